@@ -1,0 +1,61 @@
+"""Shared fixtures: real servers for the whole session, isolation per test.
+
+One mongod and one redis-server per session (per xdist worker) keep the suite fast; each
+test gets its own database name instead. A test that kills or restarts a server must start
+its own ``MongodProcess``/``RedisProcess``, never the shared ones.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymongo
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    # `.venv/bin/pytest` puts only tests/ on sys.path; the package lives one level up.
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from tmapi_crawler.servers import MongodProcess, RedisProcess  # noqa: E402
+
+# Servers.
+
+
+@pytest.fixture(scope="session")
+def mongod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongodProcess]:
+    """A mongod shared by the session; use ``mongo_db_name`` to stay out of other tests' way."""
+    with MongodProcess(tmp_path_factory.mktemp("mongod")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A redis-server shared by the session (in-memory, no persistence)."""
+    with RedisProcess(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+# MongoDB isolation.
+
+
+@pytest.fixture
+def mongo_db_name(request: pytest.FixtureRequest) -> str:
+    """A database name no other test uses, readable enough to trace back to its test."""
+    stem = re.sub(r"\W+", "_", request.node.name)[:40]
+    return f"t_{stem}_{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def mongo_client(mongod: MongodProcess, mongo_db_name: str) -> Iterator[pymongo.MongoClient]:
+    """A client of the session mongod; the test's database is dropped afterwards."""
+    client: pymongo.MongoClient = pymongo.MongoClient(mongod.uri, serverSelectionTimeoutMS=5000)
+    try:
+        yield client
+        client.drop_database(mongo_db_name)
+    finally:
+        client.close()

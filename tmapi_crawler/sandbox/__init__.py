@@ -1,0 +1,7 @@
+"""A local stand-in for tmapi's "Get Category Products V2" API.
+
+The demo, the tests and the benchmarks need an API that behaves like the real one — same
+parameters, same answers, same failure modes — but is free, fast, deterministic and can be told
+to misbehave on purpose. `catalog` makes the data, `server` answers HTTP, `process` runs it as a
+child process.
+"""

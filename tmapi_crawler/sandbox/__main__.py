@@ -1,0 +1,109 @@
+"""Run the sandbox: `python -m tmapi_crawler.sandbox --port 8099 [options]`.
+
+Prints exactly one line, `sandbox listening on http://HOST:PORT`, once it accepts connections
+(`--port 0` picks a free port), so a parent process can wait for that instead of guessing; runs
+until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from aiohttp import web
+
+from tmapi_crawler.sandbox.server import FAULT_MODES, SandboxConfig, make_app
+
+READY_PREFIX = "sandbox listening on "
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _pair(key: Callable[[str], K], value: Callable[[str], V]) -> Callable[[str], tuple[K, V]]:
+    def parse(text: str) -> tuple[K, V]:
+        left, sep, right = text.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        try:
+            return key(left), value(right)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tmapi_crawler.sandbox",
+        description="A local stand-in for tmapi's Get Category Products V2 API.",
+    )
+    add = parser.add_argument
+    add("--host", default="127.0.0.1")
+    add("--port", type=int, default=8099, help="0 picks a free port")
+    add("--token", action="append", default=[], help="accepted token (repeatable; none: any)")
+    add("--latency", type=float, default=0.0, help="seconds per answer")
+    add("--latency-jitter", type=float, default=0.0, help="extra uniform 0..S seconds")
+    add("--concurrency-limit", type=int, default=0, help="in-flight requests per token; 0: none")
+    add("--fault", action="append", default=[], type=_pair(int, float), metavar="CODE=RATE",
+        help="inject answer CODE with probability RATE (repeatable), e.g. 417=0.05")
+    add("--fault-mode", choices=FAULT_MODES, default="mixed",
+        help="faults as HTTP status, as a 200 with the code in the body, or either")
+    add("--garbage-rate", type=float, default=0.0, help="200 answers whose body is not JSON")
+    add("--missing-data-rate", type=float, default=0.0, help="200 answers without `data`")
+    add("--quota", type=int, default=0, help="successful answers before 439; 0: unlimited")
+    add("--result-cap", type=int, default=2000, help="results reachable by paging; 0: all")
+    add("--default-size", type=int, default=240, help="products per category")
+    add("--size", action="append", default=[], type=_pair(int, int), metavar="CAT=N",
+        help="products in category CAT (repeatable)")
+    add("--overlap", type=float, default=0.1, help="share of category c's products also in c+1")
+    add("--malformed-rate", type=float, default=0.0, help="items without id or with a bad price")
+    add("--price-epoch", type=int, default=0)
+    add("--seed", type=int, default=0)
+    add("--max-page-size", type=int, default=100)
+    return parser.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace) -> SandboxConfig:
+    return SandboxConfig(
+        tokens=frozenset(args.token), latency=args.latency, latency_jitter=args.latency_jitter,
+        concurrency_limit=args.concurrency_limit, fault_rates=dict(args.fault),
+        fault_mode=args.fault_mode, garbage_rate=args.garbage_rate,
+        missing_data_rate=args.missing_data_rate, quota=args.quota, result_cap=args.result_cap,
+        max_page_size=args.max_page_size, price_epoch=args.price_epoch, seed=args.seed,
+        default_size=args.default_size, sizes=dict(args.size), overlap=args.overlap,
+        malformed_rate=args.malformed_rate,
+    )
+
+
+async def serve(app: web.Application, host: str, port: int) -> None:
+    # No access log: it would print request URLs, and they carry the token.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound_port = runner.addresses[0][1]
+        shown_host = f"[{host}]" if ":" in host else host
+        print(f"{READY_PREFIX}http://{shown_host}:{bound_port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        app = make_app(config_from(args))
+    except ValueError as error:
+        raise SystemExit(f"sandbox: {error}") from None
+    asyncio.run(serve(app, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""An aiohttp imitation of tmapi's "Get Category Products V2" endpoint, with knobs to misbehave.
+
+It answers like the provider's reference (same parameters, same JSON, same error codes, a result
+cap past which pages come back empty) and can inject every failure a crawler must survive:
+latency, a per-token concurrency limit, transient faults as HTTP status or in the body, garbage
+bodies, a billing quota. Control endpoints under `/_sandbox/` expose counters and the truth so
+tests can check a crawl. The token is a secret here too: it is only compared, never stored in
+stats or echoed; accounts are told apart by a short hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import random
+import re
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiohttp import web
+
+from tmapi_crawler import api
+from tmapi_crawler.sandbox.catalog import Catalog, Query, parse_price
+
+FAULT_MODES: Final = ("status", "body", "mixed")
+#: Settings `POST /_sandbox/config` may change; the others shape the catalogue or the accounts.
+RUNTIME_SETTINGS: Final = frozenset({
+    "price_epoch", "fault_rates", "fault_mode", "garbage_rate", "missing_data_rate", "quota",
+    "latency", "latency_jitter", "concurrency_limit", "result_cap", "max_page_size",
+})
+GARBAGE_BODY: Final = "<html>upstream error</html>"
+CONTROL_PREFIX: Final = "/_sandbox"
+_INTEGER = re.compile(r"[0-9]{1,18}")
+_BOOLEANS: Final = {"true": True, "false": False}
+
+
+def token_fingerprint(token: str) -> str:
+    """How stats name an account: enough to tell tokens apart, useless to call the API with."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+@dataclass
+class SandboxConfig:
+    """Everything that shapes the sandbox's behaviour; see `RUNTIME_SETTINGS` for live changes."""
+
+    tokens: frozenset[str] = frozenset()  # empty: any non-empty token is accepted
+    latency: float = 0.0
+    latency_jitter: float = 0.0
+    concurrency_limit: int = 0  # in-flight requests per token; 0: unlimited
+    fault_rates: dict[int, float] = field(default_factory=dict)  # answer code -> probability
+    fault_mode: str = "mixed"
+    garbage_rate: float = 0.0
+    missing_data_rate: float = 0.0
+    quota: int = 0  # successful answers before 439; 0: unlimited
+    result_cap: int = 2000  # results reachable by paging; 0: all
+    max_page_size: int = 100
+    price_epoch: int = 0
+    seed: int = 0
+    default_size: int = 240
+    sizes: dict[int, int] = field(default_factory=dict)
+    overlap: float = 0.1
+    malformed_rate: float = 0.0
+    max_records: int = 200_000
+
+    def __post_init__(self) -> None:
+        self.tokens = frozenset(self.tokens)
+        self.fault_rates = {int(code): float(rate) for code, rate in self.fault_rates.items()}
+        if unknown := set(self.fault_rates) - set(api.ERROR_CODES):
+            raise ValueError(f"fault codes must be API error codes, not {sorted(unknown)}")
+        rates = [*self.fault_rates.values(), self.garbage_rate, self.missing_data_rate]
+        if any(not 0 <= rate <= 1 for rate in rates) or sum(rates) > 1:
+            raise ValueError("fault, garbage and missing-data rates must be fractions summing ≤ 1")
+        if self.fault_mode not in FAULT_MODES:
+            raise ValueError(f"fault_mode must be one of {FAULT_MODES}")
+        counts = (self.concurrency_limit, self.quota, self.result_cap, self.price_epoch,
+                  self.max_records)
+        if self.latency < 0 or self.latency_jitter < 0 or min(counts) < 0:
+            raise ValueError("latencies, limits, quota, cap, epoch and records must be ≥ 0")
+        if self.max_page_size < 1:
+            raise ValueError("max_page_size must be ≥ 1")
+
+    def public(self) -> dict[str, Any]:
+        """The settings as JSON, tokens reduced to their number."""
+        settings = dataclasses.asdict(self)
+        settings["tokens"] = len(self.tokens)
+        settings["fault_rates"] = {str(code): rate for code, rate in self.fault_rates.items()}
+        settings["sizes"] = {str(cat): size for cat, size in self.sizes.items()}
+        return settings
+
+
+class ParameterError(ValueError):
+    """A query parameter the real API would answer 422 to."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class ListingRequest:
+    """One validated API request (the token aside)."""
+
+    query: Query
+    language: str
+    page: int
+    page_size: int
+    filters: dict[str, str | bool]  # the given filters, as the answer echoes them
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "cat_id": self.query.cat_id, "language": self.language, "sort": self.query.sort,
+            "page": self.page, "page_size": self.page_size, **self.filters,
+        }
+
+
+def _integer(params: Mapping[str, str], name: str, default: int | None, low: int,
+             high: int | None = None) -> int:
+    text = params.get(name, "")
+    if not text:
+        if default is None:
+            raise ParameterError(name)
+        return default
+    if not _INTEGER.fullmatch(text) or int(text) < low or (high is not None and int(text) > high):
+        raise ParameterError(name)
+    return int(text)
+
+
+def _choice(params: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = params.get(name) or default
+    if value not in allowed:
+        raise ParameterError(name)
+    return value
+
+
+def parse_request(params: Mapping[str, str], max_page_size: int) -> ListingRequest:
+    """Validate like the real API; empty optional parameters count as absent (as in its examples).
+
+    Raises ParameterError naming the first offending parameter.
+    """
+    cat_id = _integer(params, "cat_id", None, 1)
+    language = _choice(params, "language", api.LANGUAGES, api.DEFAULT_LANGUAGE)
+    sort = _choice(params, "sort", api.SORTS, api.DEFAULT_SORT)
+    page = _integer(params, "page", 1, 1)
+    page_size = _integer(params, "page_size", api.DEFAULT_PAGE_SIZE, 1, max_page_size)
+    filters: dict[str, str | bool] = {}
+    prices = {}
+    for name in api.PRICE_FILTERS:
+        if text := params.get(name, ""):
+            try:
+                prices[name] = parse_price(text)
+            except ValueError:
+                raise ParameterError(name) from None
+            filters[name] = text
+    flags = {}
+    for name in api.FLAG_FILTERS:
+        if text := params.get(name, ""):
+            if text not in _BOOLEANS:
+                raise ParameterError(name)
+            filters[name] = flags[name] = _BOOLEANS[text]
+    return ListingRequest(Query(cat_id, sort, **prices, **flags), language, page, page_size,
+                          filters)
+
+
+def _error_body(code: int, msg: str | None = None) -> str:
+    return json.dumps({"code": code, "msg": msg or api.ERROR_CODES[code].meaning, "data": None})
+
+
+@dataclass
+class Stats:
+    """Counters since start or the last reset."""
+
+    max_records: int
+    requests: int = 0
+    answers: Counter[int] = field(default_factory=Counter)  # by the code the client sees
+    throttled: int = 0  # 503s from the concurrency limit (as opposed to injected ones)
+    garbage: int = 0
+    missing_data: int = 0
+    pages_served: int = 0  # successful, billed answers
+    items_served: int = 0
+    peak_in_flight: int = 0
+    peak_by_token: dict[str, int] = field(default_factory=dict)
+    recorded: int = 0
+    records: deque[dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.records = deque(maxlen=self.max_records)
+
+
+class Sandbox:
+    """The state behind one application: settings, catalogue, counters and fault dice."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.catalog = Catalog(
+            seed=config.seed, default_size=config.default_size, sizes=config.sizes,
+            overlap=config.overlap, malformed_rate=config.malformed_rate,
+        )
+        self.in_flight: dict[str, int] = {}  # live, so it survives resets
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the counters and quota usage and re-seed the dice, so a test can replay faults."""
+        self.stats = Stats(self.config.max_records)
+        self._dice = random.Random(f"tmapi-sandbox:{self.config.seed}:faults")
+        self._jitter = random.Random(f"tmapi-sandbox:{self.config.seed}:jitter")
+
+    def configure(self, changes: Any) -> None:
+        """Apply live changes (a JSON object); the whole configuration is re-validated."""
+        if not isinstance(changes, Mapping):
+            raise TypeError("expected a JSON object of settings")
+        if unknown := set(changes) - RUNTIME_SETTINGS:
+            raise ValueError(f"not changeable at runtime: {sorted(unknown)}")
+        self.config = dataclasses.replace(self.config, **changes)
+
+    def _reply(self, record: dict[str, Any], code: int, status: int, body: str, *,
+               content_type: str = "application/json", ok: bool = False) -> web.Response:
+        """Count and record an answer on its way out; every answer passes through here."""
+        stats = self.stats
+        stats.answers[code] += 1
+        record["code"] = code
+        record["ok"] = ok
+        stats.records.append(record)
+        stats.recorded += 1
+        return web.Response(status=status, text=body, content_type=content_type)
+
+    def _refuse(self, record: dict[str, Any], code: int, msg: str | None = None) -> web.Response:
+        return self._reply(record, code, code, _error_body(code, msg))
+
+    async def handle_items(self, request: web.Request) -> web.Response:
+        self.stats.requests += 1
+        params = request.query
+        token = params.get(api.TOKEN_PARAM, "")
+        if not token or (self.config.tokens and token not in self.config.tokens):
+            return self._refuse({}, 401)
+        try:
+            listing: ListingRequest | None = parse_request(params, self.config.max_page_size)
+            record = listing.record()
+        except ParameterError as error:
+            listing, record = None, {"invalid": error.name}
+        account = token_fingerprint(token)
+        in_flight = self.in_flight[account] = self.in_flight.get(account, 0) + 1
+        try:
+            return await self._admitted(account, in_flight, listing, record)
+        finally:
+            # Before aiohttp sends the answer: a client that has it is never counted again.
+            self.in_flight[account] -= 1
+            if not self.in_flight[account]:
+                del self.in_flight[account]
+
+    async def _admitted(self, account: str, in_flight: int, listing: ListingRequest | None,
+                        record: dict[str, Any]) -> web.Response:
+        """Everything after the token check, while the request counts as in flight."""
+        stats, config = self.stats, self.config
+        stats.peak_in_flight = max(stats.peak_in_flight, in_flight)
+        stats.peak_by_token[account] = max(stats.peak_by_token.get(account, 0), in_flight)
+        if config.concurrency_limit and in_flight > config.concurrency_limit:
+            stats.throttled += 1
+            return self._refuse(record, 503)
+        if self._quota_spent():
+            return self._refuse(record, 439)
+        if listing is None:
+            return self._refuse(record, 422, f"Parameter error: {record['invalid']}")
+        if config.latency or config.latency_jitter:
+            await asyncio.sleep(config.latency + self._jitter.uniform(0, config.latency_jitter))
+        if fault := self._fault_response(record):
+            return fault
+        if self._quota_spent():  # others may have used the last of it while this one slept
+            return self._refuse(record, 439)
+        return self._page(listing, record)
+
+    def _quota_spent(self) -> bool:
+        return bool(self.config.quota) and self.stats.pages_served >= self.config.quota
+
+    def _fault_response(self, record: dict[str, Any]) -> web.Response | None:
+        """Roll the dice once; a hit picks one injected failure in proportion to its rate."""
+        config = self.config
+        roll = self._dice.random()
+        for code, rate in sorted(config.fault_rates.items()):
+            if roll < rate:
+                mode = config.fault_mode
+                if mode == "mixed":
+                    mode = self._dice.choice(("status", "body"))
+                status = code if mode == "status" else api.SUCCESS_CODE
+                return self._reply(record, code, status, _error_body(code))
+            roll -= rate
+        if roll < config.garbage_rate:
+            self.stats.garbage += 1
+            return self._reply(record, api.SUCCESS_CODE, api.SUCCESS_CODE, GARBAGE_BODY,
+                               content_type="text/html")
+        roll -= config.garbage_rate
+        if roll < config.missing_data_rate:
+            self.stats.missing_data += 1
+            body = json.dumps({"code": api.SUCCESS_CODE, "msg": "success"})
+            return self._reply(record, api.SUCCESS_CODE, api.SUCCESS_CODE, body)
+        return None
+
+    def _page(self, listing: ListingRequest, record: dict[str, Any]) -> web.Response:
+        """A successful answer; the items are pre-encoded, so only the envelope is built here."""
+        query, epoch, cap = listing.query, self.config.price_epoch, self.config.result_cap
+        results = self.catalog.results(query, epoch)
+        reachable = min(len(results), cap) if cap else len(results)
+        start = (listing.page - 1) * listing.page_size
+        stop = min(start + listing.page_size, reachable)
+        items = self.catalog.items_json(query.cat_id, epoch, listing.language,
+                                        results[start:stop] if start < stop else ())
+        body = (
+            f'{{"code":{api.SUCCESS_CODE},"msg":"success","data":{{"page":{listing.page},'
+            f'"page_size":{listing.page_size},"total_count":{len(results)},"keyword":"",'
+            f'"sort":"{query.sort}","cat_id":{query.cat_id},'
+            f'"filters":{json.dumps(listing.filters)},"items":[{",".join(items)}],'
+            f'"has_next_page":{"true" if stop < reachable else "false"}}}}}'
+        )
+        self.stats.pages_served += 1
+        self.stats.items_served += len(items)
+        return self._reply(record, api.SUCCESS_CODE, api.SUCCESS_CODE, body, ok=True)
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        stats, quota = self.stats, self.config.quota
+        body: dict[str, Any] = {
+            "requests": stats.requests,
+            "answers": {str(code): n for code, n in sorted(stats.answers.items())},
+            "throttled": stats.throttled,
+            "garbage": stats.garbage,
+            "missing_data": stats.missing_data,
+            "pages_served": stats.pages_served,
+            "items_served": stats.items_served,
+            "quota_remaining": max(0, quota - stats.pages_served) if quota else None,
+            "in_flight": sum(self.in_flight.values()),
+            "in_flight_by_token": dict(self.in_flight),
+            "peak_in_flight": stats.peak_in_flight,
+            "peak_in_flight_by_token": dict(stats.peak_by_token),
+            "records_dropped": stats.recorded - len(stats.records),
+            "config": self.config.public(),
+        }
+        if request.query.get("records") != "0":
+            body["records"] = list(stats.records)
+        return web.json_response(body)
+
+    async def handle_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"reset": True})
+
+    async def handle_config(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            try:
+                self.configure(await request.json())
+            except (ValueError, TypeError) as error:
+                return web.json_response({"error": str(error)}, status=400)
+        return web.json_response(self.config.public())
+
+    async def handle_truth(self, request: web.Request) -> web.Response:
+        """What a complete crawl of a query must find: every result, the cap ignored."""
+        try:
+            listing = parse_request(request.query, self.config.max_page_size)
+        except ParameterError as error:
+            return web.Response(status=422, text=_error_body(422, f"Parameter error: {error}"),
+                                content_type="application/json")
+        truth = self.catalog.truth(listing.query, self.config.price_epoch)
+        return web.json_response(dataclasses.asdict(truth))
+
+
+SANDBOX: Final = web.AppKey("sandbox", Sandbox)
+
+
+def make_app(config: SandboxConfig | None = None) -> web.Application:
+    """The application; run it with `access_log=None`, or the access log would show tokens."""
+    sandbox = Sandbox(config or SandboxConfig())
+    app = web.Application()
+    app[SANDBOX] = sandbox
+    app.router.add_get(api.PATH, sandbox.handle_items)
+    app.router.add_get(f"{CONTROL_PREFIX}/stats", sandbox.handle_stats)
+    app.router.add_post(f"{CONTROL_PREFIX}/reset", sandbox.handle_reset)
+    app.router.add_get(f"{CONTROL_PREFIX}/config", sandbox.handle_config)
+    app.router.add_post(f"{CONTROL_PREFIX}/config", sandbox.handle_config)
+    app.router.add_get(f"{CONTROL_PREFIX}/truth", sandbox.handle_truth)
+    return app

@@ -1,0 +1,54 @@
+"""Settings of tmapi-crawler; profiles in ``settings_profiles/`` overlay these.
+
+Settings named in the README can also come from environment variables of the same name, so
+a token or a database address never has to be written into a file or a command line.
+"""
+
+import os
+
+from tmapi_crawler import api
+
+BOT_NAME = "tmapi_crawler"
+SPIDER_MODULES = ["tmapi_crawler.spiders"]
+NEWSPIDER_MODULE = "tmapi_crawler.spiders"
+COMMANDS_MODULE = "tmapi_crawler.commands"
+ADDONS = {"tmapi_crawler.addon.TmapiAddon": 0}
+
+# The API.
+TMAPI_TOKEN = os.environ.get("TMAPI_TOKEN", "")
+TMAPI_BASE_URL = os.environ.get("TMAPI_BASE_URL", api.DEFAULT_BASE_URL)
+#: The account's concurrency limit: never more API requests in flight than this.
+TMAPI_CONCURRENCY = int(os.environ.get("TMAPI_CONCURRENCY", "4"))
+#: Successes needed to earn back one slot after a 503 lowered the limit.
+TMAPI_THROTTLE_RECOVERY = 32
+TMAPI_RETRY_TIMES = 8
+TMAPI_RETRY_BASE_DELAY = 0.5
+TMAPI_RETRY_MAX_DELAY = 30.0
+#: Results a query can reach by paging; pages past it are never requested.
+TMAPI_RESULT_CAP = int(os.environ.get("TMAPI_RESULT_CAP", "2000"))
+
+# An API, not a web site.
+ROBOTSTXT_OBEY = False
+COOKIES_ENABLED = False
+TELNETCONSOLE_ENABLED = False
+USER_AGENT = "tmapi-crawler/0.1 (+https://github.com/tmapi-crawler)"
+DOWNLOAD_TIMEOUT = api.MIN_TIMEOUT_SECONDS
+REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
+FEED_EXPORT_ENCODING = "utf-8"
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+
+# Storage.
+ITEM_PIPELINES = {"tmapi_crawler.pipelines.MongoPipeline": 800}
+#: Empty: start (or reuse) the embedded local mongod under MONGO_EMBEDDED_DIR.
+MONGO_URI = os.environ.get("MONGO_URI", "")
+MONGO_DATABASE = os.environ.get("MONGO_DATABASE", "tmapi")
+MONGO_EMBEDDED_DIR = os.environ.get("MONGO_EMBEDDED_DIR", ".data/mongodb")
+#: Where items go, as JSON lines, when MongoDB stayed unreachable for MONGO_RETRY_TIMEOUT.
+MONGO_SPILL_DIR = ".data/unsaved"
+MONGO_BATCH_SIZE = 500
+MONGO_FLUSH_INTERVAL = 1.0
+MONGO_RETRY_TIMEOUT = 300.0
+
+EXTENSIONS = {"tmapi_crawler.extensions.StatsFile": 0}
+#: Empty: no stats file. Set it to write the final stats as JSON (scripts, CI, tests).
+STATS_FILE = os.environ.get("STATS_FILE", "")

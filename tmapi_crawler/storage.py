@@ -1,0 +1,200 @@
+"""MongoDB documents: one per product, merged across every query that saw it.
+
+The database, not the crawler's memory, knows what was seen: every sighting becomes an
+idempotent upsert keyed by ``item_id``, so a million-product crawl keeps no per-product state
+in Python, and a write retried after a failure changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+
+from tmapi_crawler.items import ProductItem
+from tmapi_crawler.normalize import TRANSLATED_FIELDS, translated_fields
+
+logger = logging.getLogger(__name__)
+
+PRODUCTS = "products"
+CRAWL_RUNS = "crawl_runs"
+REJECTED = "rejected_items"
+
+#: Where each translated field is kept, per language: ``titles.en``, ``titles.ru``, …
+TRANSLATED = dict(zip(TRANSLATED_FIELDS, ("titles", "company_names", "area_from"), strict=True))
+
+PRODUCT_INDEXES = [
+    IndexModel([("categories", ASCENDING), ("price", ASCENDING)], name="category_price"),
+    IndexModel([("categories", ASCENDING), ("free_shipping", ASCENDING), ("price", ASCENDING)],
+               name="category_free_shipping_price"),
+    IndexModel([("categories", ASCENDING), ("sales_90d", DESCENDING)], name="category_sales"),
+    IndexModel([("price", ASCENDING)], name="price"),
+    IndexModel([("sales_90d", DESCENDING)], name="sales"),
+    IndexModel([("is_super_factory", ASCENDING), ("sales_90d", DESCENDING)], name="shop_sales"),
+    IndexModel([("company_names.zh", ASCENDING)], name="shop_name", sparse=True),
+    IndexModel([("last_seen", DESCENDING)], name="last_seen"),
+    IndexModel([("first_seen", DESCENDING)], name="first_seen"),
+    IndexModel([("last_crawl_id", ASCENDING)], name="last_crawl"),
+    IndexModel([("first_crawl_id", ASCENDING)], name="first_crawl"),
+]
+#: Codes a retried write can meet: a concurrent upsert of the same new ``_id`` (11000).
+DUPLICATE_KEY = 11000
+
+
+class StorageUnavailable(Exception):
+    """MongoDB did not answer in time; the message says where it was looked for."""
+
+
+def product_update(item: ProductItem, crawl_id: str, now: datetime) -> dict[str, Any]:
+    """The update document of one sighting of a product."""
+    language = item.context.language
+    fields = dict(item.typed or {})
+    fields.pop("item_id", None)
+    for name, value in translated_fields(item.raw).items():
+        fields[f"{TRANSLATED[name]}.{language}"] = value
+    fields[f"raw.{language}"] = item.raw
+    fields["last_seen"] = now
+    fields["last_crawl_id"] = crawl_id
+    return {
+        "$set": fields,
+        "$setOnInsert": {"first_seen": now, "first_crawl_id": crawl_id},
+        "$addToSet": {"categories": {"$each": [item.context.cat_id]}},
+    }
+
+
+def merge_update(into: dict[str, Any], update: Mapping[str, Any]) -> None:
+    """Fold a later sighting of the same product into a pending update (same batch)."""
+    into["$set"].update(update["$set"])
+    categories = into["$addToSet"]["categories"]["$each"]
+    for cat_id in update["$addToSet"]["categories"]["$each"]:
+        if cat_id not in categories:
+            categories.append(cat_id)
+
+
+def rejected_document(item: ProductItem, crawl_id: str, now: datetime) -> dict[str, Any]:
+    return {
+        "crawl_id": crawl_id,
+        "at": now,
+        "reason": item.rejection,
+        "item_id": item.item_id,
+        "raw": item.raw,
+        "context": asdict(item.context),
+    }
+
+
+class ProductStore:
+    """The crawler's side of MongoDB: connection, indexes, batched writes, run records."""
+
+    def __init__(self, uri: str, database: str, retry_timeout: float) -> None:
+        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri, serverSelectionTimeoutMS=5000, tz_aware=True, appname="tmapi-crawler"
+        )
+        self.db: AsyncDatabase[dict[str, Any]] = self.client[database]
+        self.retry_timeout = retry_timeout
+
+    async def open(self) -> None:
+        """Fail fast when MongoDB is not there, then make sure the indexes exist."""
+        try:
+            await self.client.admin.command("ping")
+        except PyMongoError as exc:
+            raise StorageUnavailable(f"MongoDB not reachable: {exc}") from None
+        await self.db[PRODUCTS].create_indexes(PRODUCT_INDEXES)
+        await self.db[REJECTED].create_index([("crawl_id", ASCENDING)], name="crawl")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def write_products(self, updates: Mapping[int, dict[str, Any]]) -> tuple[int, int]:
+        """Upsert a batch, retried until it lands; returns (created, refused) counts.
+
+        Upserts are idempotent, so a batch retried after a lost connection, or an upsert that
+        raced another worker's insert of the same new product, is simply sent again.
+        """
+        pending = dict(updates)
+        created = refused = 0
+        while pending:
+            ids = list(pending)
+            ops = [UpdateOne({"_id": i}, pending[i], upsert=True) for i in ids]
+            try:
+                result = await self._retrying(self.db[PRODUCTS].bulk_write, ops, ordered=False)
+            except BulkWriteError as exc:
+                created += exc.details.get("nUpserted", 0)
+                retry = {}
+                for error in exc.details["writeErrors"]:
+                    product = ids[error["index"]]
+                    if error["code"] == DUPLICATE_KEY:
+                        retry[product] = pending[product]
+                    else:
+                        refused += 1
+                        logger.error("MongoDB refused product %s: %s", product, error["errmsg"])
+                pending = retry
+            else:
+                created += result.upserted_count
+                pending = {}
+        return created, refused
+
+    async def write_rejected(self, documents: list[dict[str, Any]]) -> None:
+        if documents:
+            await self._retrying(self.db[REJECTED].insert_many, documents, ordered=False)
+
+    async def start_run(self, document: dict[str, Any]) -> None:
+        await self._retrying(self.db[CRAWL_RUNS].insert_one, document)
+
+    async def finish_run(self, crawl_id: str, fields: dict[str, Any]) -> None:
+        await self._retrying(self.db[CRAWL_RUNS].update_one, {"_id": crawl_id}, {"$set": fields})
+
+    async def run_counts(self, crawl_id: str) -> dict[str, int]:
+        """Products this run saw, and how many of them it created: exact, from the database."""
+        products = self.db[PRODUCTS]
+        seen = await products.count_documents({"last_crawl_id": crawl_id})
+        new = await products.count_documents({"first_crawl_id": crawl_id})
+        return {"products_seen": seen, "new": new, "updated": seen - new}
+
+    async def _retrying(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        """Retry while MongoDB is unreachable (e.g. restarting), up to ``retry_timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_timeout
+        delay = 0.1
+        while True:
+            try:
+                return await operation(*args, **kwargs)
+            except (ConnectionFailure, OperationFailure) as exc:
+                if isinstance(exc, OperationFailure) and not exc.has_error_label(
+                    "RetryableWriteError"
+                ):
+                    raise
+                if loop.time() + delay > deadline:
+                    raise StorageUnavailable(f"MongoDB unavailable for "
+                                             f"{self.retry_timeout:.0f} s: {exc}") from None
+                logger.warning("MongoDB unavailable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def batch_now() -> datetime:
+    """One timestamp per batch: MongoDB stores milliseconds, so round here to match."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def updates_by_id(
+    items: Iterable[ProductItem], crawl_id: str, now: datetime
+) -> dict[int, dict[str, Any]]:
+    """Merge a batch's sightings into one update per product."""
+    updates: dict[int, dict[str, Any]] = {}
+    for item in items:
+        assert item.item_id is not None
+        update = product_update(item, crawl_id, now)
+        pending = updates.get(item.item_id)
+        if pending is None:
+            updates[item.item_id] = update
+        else:
+            merge_update(pending, update)
+    return updates

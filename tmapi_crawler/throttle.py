@@ -1,0 +1,95 @@
+"""How many API requests may be in flight: the account's limit, adapted to its 503s.
+
+The API caps concurrency per token and answers 503 beyond it. The limiter starts at
+``TMAPI_CONCURRENCY``, gives one slot back on every 503, and earns it again after a run of
+successes (additive increase, additive decrease: random 503s cost little, a real over-limit
+converges within a few answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class LimiterClosed(Exception):
+    """The crawl is stopping; no new request may start."""
+
+
+class AdaptiveLimiter:
+    def __init__(self, maximum: int, recovery: int) -> None:
+        if maximum < 1:
+            raise ValueError("TMAPI_CONCURRENCY must be at least 1")
+        self.maximum = maximum
+        self.limit = maximum
+        self.recovery = recovery
+        self.in_flight = 0
+        self.peak = 0
+        self._successes = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    async def acquire(self) -> None:
+        if self._closed:
+            raise LimiterClosed
+        if self.in_flight < self.limit and not self._waiters:
+            self._take()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release()
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def throttled(self) -> bool:
+        """Record a 503; True when it lowered the limit."""
+        self._successes = 0
+        if self.limit > 1:
+            self.limit -= 1
+            return True
+        return False
+
+    def succeeded(self) -> bool:
+        """Record a success; True when it raised the limit."""
+        if self.limit >= self.maximum:
+            return False
+        self._successes += 1
+        if self._successes < self.recovery:
+            return False
+        self._successes = 0
+        self.limit += 1
+        self._wake()
+        return True
+
+    def close(self) -> None:
+        """Refuse every waiting and future acquire (quota gone, crawl stopping)."""
+        self._closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(LimiterClosed())
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _take(self) -> None:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._take()
+                waiter.set_result(None)

@@ -1,0 +1,191 @@
+"""The downloader middleware that owns the API's transport rules.
+
+It sits closest to the downloader and downloads API requests itself, so that:
+
+* the token is added to a private copy at the last moment and never enters ``Request.url``,
+  the scheduler, fingerprints, logs or the returned response;
+* a request waits for a concurrency permit while it already holds a ``CONCURRENT_REQUESTS``
+  slot, and keeps both through its retries and backoff — a retry is not re-queued behind
+  thousands of other requests, and never exceeds the account's limit;
+* every answer code is classified once, by ``tmapi_crawler.api``, whether it came as the HTTP
+  status or inside a 200 body.
+
+Every other middleware's ``process_response`` still runs on the response returned here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.downloadermiddlewares.retry import get_retry_request
+from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.http import JsonResponse, Request, Response
+
+from tmapi_crawler import api, credentials
+from tmapi_crawler.parsing import Answer, BrokenAnswer, read_answer
+from tmapi_crawler.throttle import AdaptiveLimiter, LimiterClosed
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+#: ``Request.meta`` key marking API requests; its value is the page's query context.
+META_KEY = "tmapi"
+STATS = "tmapi"
+
+FINISH_REASONS = {
+    api.Outcome.QUOTA: "tmapi_quota_exhausted",
+    api.Outcome.UNAUTHORIZED: "tmapi_unauthorized",
+}
+
+
+class ApiError(IgnoreRequest):
+    """A page the crawler gave up on; ``reason`` says why (an answer code or a failure)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class TmapiTransportMiddleware:
+    def __init__(self, crawler: Crawler, token: str, limiter: AdaptiveLimiter) -> None:
+        settings = crawler.settings
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.token = token
+        self.limiter = limiter
+        self.max_retry_times = settings.getint("TMAPI_RETRY_TIMES")
+        self.base_delay = settings.getfloat("TMAPI_RETRY_BASE_DELAY")
+        self.max_delay = settings.getfloat("TMAPI_RETRY_MAX_DELAY")
+        self._log_filter = credentials.RedactingFilter(token)
+        self._stopping: str | None = None
+        self._stop_task: asyncio.Future[None] | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> TmapiTransportMiddleware:
+        settings = crawler.settings
+        if not settings.getbool("TMAPI_ENABLED", True):
+            raise NotConfigured
+        token = credentials.token_from_settings(settings)
+        base_url = settings.get("TMAPI_BASE_URL") or api.DEFAULT_BASE_URL
+        if base_url.startswith("http://"):
+            logger.warning(
+                "TMAPI_BASE_URL %s is plain http: the API token travels unencrypted", base_url
+            )
+        limiter = AdaptiveLimiter(
+            settings.getint("TMAPI_CONCURRENCY"), settings.getint("TMAPI_THROTTLE_RECOVERY")
+        )
+        mw = cls(crawler, token, limiter)
+        crawler.signals.connect(mw.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(mw.spider_closed, signal=signals.spider_closed)
+        logger.info("API token %s", credentials.fingerprint(token))
+        return mw
+
+    def spider_opened(self) -> None:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self._log_filter)
+        self.stats.set_value(f"{STATS}/throttle/limit", self.limiter.limit)
+
+    def spider_closed(self) -> None:
+        self.limiter.close()
+        self.stats.set_value(f"{STATS}/throttle/peak_in_flight", self.limiter.peak)
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(self._log_filter)
+
+    async def process_request(self, request: Request) -> Response | None:
+        if META_KEY not in request.meta:
+            return None
+        attempt = request
+        while True:
+            answer, response = await self._attempt(attempt)
+            outcome = api.outcome_of(answer.code)
+            if outcome is api.Outcome.OK:
+                if self.limiter.succeeded():
+                    self._count("throttle/increases")
+                self.stats.set_value(f"{STATS}/throttle/limit", self.limiter.limit)
+                assert response is not None
+                return response
+            if outcome is api.Outcome.INVALID:
+                self._count("pages/failed")
+                logger.error("API refused %s: %d %s", request, answer.code,
+                             answer.message or api.ERROR_CODES[answer.code].meaning)
+                raise ApiError(f"API answered {answer.code}", str(answer.code))
+            if outcome in FINISH_REASONS:
+                await self._stop(FINISH_REASONS[outcome], answer)
+                raise ApiError(f"API answered {answer.code}", str(answer.code))
+            if outcome is api.Outcome.THROTTLED and self.limiter.throttled():
+                self._count("throttle/decreases")
+                self.stats.set_value(f"{STATS}/throttle/limit", self.limiter.limit)
+            attempt = await self._retry(attempt, answer)
+
+    async def _attempt(self, request: Request) -> tuple[Answer, JsonResponse | None]:
+        """One paid call: wait for a permit, download a signed copy, classify the answer."""
+        try:
+            await self.limiter.acquire()
+        except LimiterClosed:
+            raise ApiError("crawl stopping; not sent", "not_sent") from None
+        self._count("requests")
+        try:
+            signed = request.replace(url=credentials.signed_url(request.url, self.token))
+            signed.headers["Accept-Encoding"] = "identity"
+            raw = await self.crawler.engine.downloader.handlers.download_request_async(signed)
+        except Exception as exc:  # every transport failure is retried, bounded
+            self._count(f"answers/{type(exc).__name__}")
+            return Answer(0, credentials.redact(str(exc), self.token) or type(exc).__name__), None
+        finally:
+            self.limiter.release()
+        response = raw.replace(cls=JsonResponse, url=request.url, request=request)
+        try:
+            answer = read_answer(response)
+        except BrokenAnswer as exc:
+            self._count(f"answers/{exc.reason}")
+            return Answer(0, exc.reason), None
+        self._count(f"answers/{answer.code}")
+        return answer, response
+
+    async def _retry(self, request: Request, answer: Answer) -> Request:
+        """Wait out an exponential backoff with full jitter, or give up."""
+        reason = str(answer.code) if answer.code else answer.message.split(":")[0]
+        retry = get_retry_request(
+            request,
+            spider=self.crawler.spider,
+            reason=reason,
+            max_retry_times=self.max_retry_times,
+            stats_base_key=f"{STATS}/retry",
+        )
+        if retry is None:
+            self._count("pages/failed")
+            raise ApiError(f"gave up after {answer.code or answer.message}", reason)
+        tries = retry.meta["retry_times"]
+        delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (tries - 1)))
+        await self._sleep(delay)
+        return retry
+
+    async def _sleep(self, delay: float) -> None:
+        """Back off, but wake up at once when the crawl is stopping."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while (remaining := deadline - loop.time()) > 0:
+            if self.limiter.closed or not self.crawler.crawling:
+                raise ApiError("crawl stopping; retry not sent", "not_sent")
+            await asyncio.sleep(min(remaining, 0.5))
+
+    async def _stop(self, reason: str, answer: Answer) -> None:
+        """Close the crawl once, without waiting for the requests still in flight."""
+        if self._stopping:
+            return
+        self._stopping = reason
+        self.limiter.close()
+        logger.error("API answered %d (%s): stopping the crawl", answer.code,
+                     api.ERROR_CODES[answer.code].meaning)
+        self._stop_task = asyncio.ensure_future(
+            self.crawler.engine.close_spider_async(reason=reason)
+        )
+
+    def _count(self, key: str, value: Any = 1) -> None:
+        self.stats.inc_value(f"{STATS}/{key}", value)
