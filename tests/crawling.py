@@ -39,9 +39,13 @@ def crawl(
     env: dict[str, str] | None = None,
     spider: str = "category_items",
     feed: bool = False,
+    store: bool = True,
     timeout: float = 240,
 ) -> CrawlResult:
-    """Run one crawl to its end in a subprocess; ``arguments`` are ``name=value`` pairs."""
+    """Run one crawl to its end in a subprocess; ``arguments`` are ``name=value`` pairs.
+
+    ``store=False`` leaves MongoDB out (items only through the feed, with ``feed=True``).
+    """
     tmp_path.mkdir(parents=True, exist_ok=True)
     stats_path = tmp_path / "stats.json"
     stats_path.unlink(missing_ok=True)
@@ -59,7 +63,7 @@ def crawl(
         "MONGO_SPILL_DIR": str(tmp_path / "unsaved"),
         **(settings or {}),
     }
-    if not mongo_uri:
+    if not store:
         all_settings.setdefault("ITEM_PIPELINES", "{}")
     for name, value in all_settings.items():
         command += ["-s", f"{name}={value}"]
@@ -83,3 +87,15 @@ def crawl(
     if feed and items_path.exists():
         result.items = [json.loads(line) for line in items_path.read_text().splitlines()]
     return result
+
+
+def records(stats: dict[str, Any], billed: bool | None = True) -> list[tuple[Any, ...]]:
+    """The sandbox's request records as (cat_id, language, sort, page) tuples.
+
+    ``billed=True``: only successful, billed answers; None: every request that named a page.
+    """
+    return [
+        (r["cat_id"], r["language"], r["sort"], r["page"])
+        for r in stats["records"]
+        if "cat_id" in r and (billed is None or r["ok"] is billed)
+    ]

@@ -28,7 +28,7 @@ from tmapi_crawler.servers import (
     STOP_TIMEOUT,
     find_mongod,
     free_port,
-    log_tail,
+    log_errors,
     mongo_status,
     mongod_args,
     pid_alive,
@@ -178,7 +178,7 @@ def _start(data_dir: Path, timeout: float) -> EmbeddedMongo:
             ) from None
         if result.returncode == 0:
             return _record_started(data_dir, port)
-        tail = log_tail(log_path, since=log_start)
+        tail = log_errors(log_path, since=log_start)
         if "already in use" not in tail:
             raise EmbeddedMongoError(_start_failure(dbpath, result.stdout, tail))
     raise EmbeddedMongoError(f"mongod could not bind a free port; see {log_path}")

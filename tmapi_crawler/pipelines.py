@@ -21,6 +21,7 @@ from scrapy import signals
 from scrapy.exceptions import CloseSpider
 
 from tmapi_crawler import embedded_mongo
+from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler.items import ProductItem
 from tmapi_crawler.storage import (
     ProductStore,
@@ -58,7 +59,6 @@ class MongoPipeline:
         self.retry_timeout = settings.getfloat("MONGO_RETRY_TIMEOUT")
         self.crawl_id = new_crawl_id()
         self.store: ProductStore | None = None
-        self.embedded: embedded_mongo.EmbeddedMongo | None = None
         self.pending: list[ProductItem] = []
         self.rejected: list[ProductItem] = []
         self._lock = asyncio.Lock()
@@ -75,10 +75,10 @@ class MongoPipeline:
     async def open_spider(self) -> None:
         """Connect before the first request: an unreachable database wastes no API call."""
         if not self.uri:
-            self.embedded = await asyncio.to_thread(
-                embedded_mongo.ensure_running, self.embedded_dir
-            )
-            self.uri = self.embedded.uri
+            # Left running at the end: other crawls may share it, and queries want it next
+            # (`scrapy mongo stop` stops it).
+            embedded = await asyncio.to_thread(embedded_mongo.ensure_running, self.embedded_dir)
+            self.uri = embedded.uri
         self.store = ProductStore(self.uri, self.database, self.retry_timeout)
         try:
             await self.store.open()
@@ -146,6 +146,7 @@ class MongoPipeline:
                     self.crawler.engine.close_spider_async(reason=UNAVAILABLE)
                 )
                 return
+            self.crawler.signals.send_catch_log(tmapi_signals.items_stored, items=items + rejected)
             self.stats.inc_value(f"{STATS}/db/batches")
             self.stats.inc_value(f"{STATS}/db/sightings", len(items))
             self.stats.inc_value(f"{STATS}/db/created", created)
@@ -160,7 +161,6 @@ class MongoPipeline:
     async def spider_closed(self, reason: str) -> None:
         """Record how the run ended; the stats are final only once the spider closed."""
         if self.store is None:
-            await self._stop_embedded()
             return
         try:
             counts = await self.store.run_counts(self.crawl_id)
@@ -185,17 +185,12 @@ class MongoPipeline:
             logger.error("Could not record the end of crawl %s: %s", self.crawl_id, exc)
         finally:
             await self.store.close()
-            await self._stop_embedded()
 
     async def _tick(self) -> None:
         """Flush at least every ``MONGO_FLUSH_INTERVAL`` seconds, so a slow crawl still lands."""
         while True:
             await asyncio.sleep(self.flush_interval)
             await self.flush()
-
-    async def _stop_embedded(self) -> None:
-        if self.embedded is not None and self.embedded.started_here:
-            await asyncio.to_thread(embedded_mongo.stop, self.embedded_dir)
 
     def _spill(self, items: list[ProductItem]) -> None:
         """Keep what could not be stored in a file, and say where: never drop it silently."""

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import re
 import select
 import shutil
 import signal
@@ -34,7 +35,8 @@ LOCALHOST = "127.0.0.1"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 _POLL_INTERVAL = 0.05
-_LOG_TAIL_BYTES = 2000
+_LOG_LINES = 8
+_ERROR_LINE = re.compile(r'"s":"[EF]"|\s#\s|error', re.IGNORECASE)
 
 
 class ServerNotFound(RuntimeError):
@@ -138,15 +140,21 @@ def mongo_status(port: int, timeout: float = 0.25) -> dict[str, Any] | None:
         client.close()
 
 
-def log_tail(path: Path, since: int = 0) -> str:
-    """The end of a server log (after byte ``since``), to put the server's reason in our error."""
+def log_errors(path: Path, since: int = 0) -> str:
+    """The error lines a server logged after byte ``since``, for our exception messages.
+
+    mongod logs dozens of shutdown lines after the one that says why it failed, so a plain
+    tail misses the reason; error-level lines (mongod ``"s":"E"``/``"F"``, redis ``#``) keep it.
+    Falls back to the last lines when none look like errors.
+    """
     try:
         with path.open("rb") as log:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(since, log.tell() - _LOG_TAIL_BYTES))
-            return log.read().decode("utf-8", "replace")
+            log.seek(since)
+            lines = log.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return ""
+    errors = [line for line in lines if _ERROR_LINE.search(line)]
+    return "\n".join((errors or lines)[-_LOG_LINES:])
 
 
 def wait_pid_gone(pid: int, timeout: float) -> bool:
@@ -262,6 +270,7 @@ class ServerProcess:
                 self.port = free_port()
             else:
                 break
+        self._auto_port = False
         return self
 
     def _spawn_and_wait(self, timeout: float) -> None:
@@ -288,7 +297,7 @@ class ServerProcess:
                     ) from None
             else:
                 _LIVE.discard(self)
-                tail = log_tail(self.log_path, since=log_start)
+                tail = log_errors(self.log_path, since=log_start)
                 raise ServerStartError(f"{self.name} exited with code {code}:\n{tail}")
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -314,7 +323,6 @@ class ServerProcess:
         """Stop if running, then start again on the same port and data directory."""
         if self.is_running():
             self.stop()
-        self._auto_port = False
         return self.start(timeout=timeout)
 
     def _signal(self, sig: signal.Signals) -> None:

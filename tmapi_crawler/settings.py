@@ -19,6 +19,8 @@ TMAPI_TOKEN = os.environ.get("TMAPI_TOKEN", "")
 TMAPI_BASE_URL = os.environ.get("TMAPI_BASE_URL", api.DEFAULT_BASE_URL)
 #: The account's concurrency limit: never more API requests in flight than this.
 TMAPI_CONCURRENCY = int(os.environ.get("TMAPI_CONCURRENCY", "4"))
+#: Who counts requests in flight: this process, or (distributed profile) the whole cluster.
+TMAPI_LIMITER = "tmapi_crawler.throttle.AdaptiveLimiter"
 #: Successes needed to earn back one slot after a 503 lowered the limit.
 TMAPI_THROTTLE_RECOVERY = 32
 TMAPI_RETRY_TIMES = 8
@@ -49,6 +51,6 @@ MONGO_BATCH_SIZE = 500
 MONGO_FLUSH_INTERVAL = 1.0
 MONGO_RETRY_TIMEOUT = 300.0
 
-EXTENSIONS = {"tmapi_crawler.extensions.StatsFile": 0}
+STATS_CLASS = "tmapi_crawler.stats.StatsFileCollector"
 #: Empty: no stats file. Set it to write the final stats as JSON (scripts, CI, tests).
 STATS_FILE = os.environ.get("STATS_FILE", "")

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, UpdateOne, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
@@ -96,7 +96,10 @@ class ProductStore:
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             uri, serverSelectionTimeoutMS=5000, tz_aware=True, appname="tmapi-crawler"
         )
-        self.db: AsyncDatabase[dict[str, Any]] = self.client[database]
+        # Journaled writes: an acknowledged batch survives a crash of mongod itself.
+        self.db: AsyncDatabase[dict[str, Any]] = self.client.get_database(
+            database, write_concern=WriteConcern(w=1, j=True)
+        )
         self.retry_timeout = retry_timeout
 
     async def open(self) -> None:

@@ -4,12 +4,19 @@ The API caps concurrency per token and answers 503 beyond it. The limiter starts
 ``TMAPI_CONCURRENCY``, gives one slot back on every 503, and earns it again after a run of
 successes (additive increase, additive decrease: random 503s cost little, a real over-limit
 converges within a few answers).
+
+``TMAPI_LIMITER`` names the class, so a cluster can share one limit through Redis; any class
+with this one's async interface fits.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
 
 
 class LimiterClosed(Exception):
@@ -17,6 +24,13 @@ class LimiterClosed(Exception):
 
 
 class AdaptiveLimiter:
+    """One process's limiter."""
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> AdaptiveLimiter:
+        settings = crawler.settings
+        return cls(settings.getint("TMAPI_CONCURRENCY"), settings.getint("TMAPI_THROTTLE_RECOVERY"))
+
     def __init__(self, maximum: int, recovery: int) -> None:
         if maximum < 1:
             raise ValueError("TMAPI_CONCURRENCY must be at least 1")
@@ -41,17 +55,17 @@ class AdaptiveLimiter:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.release()
+                await self.release()
             raise
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    def release(self) -> None:
+    async def release(self) -> None:
         self.in_flight -= 1
         self._wake()
 
-    def throttled(self) -> bool:
+    async def throttled(self) -> bool:
         """Record a 503; True when it lowered the limit."""
         self._successes = 0
         if self.limit > 1:
@@ -59,7 +73,7 @@ class AdaptiveLimiter:
             return True
         return False
 
-    def succeeded(self) -> bool:
+    async def succeeded(self) -> bool:
         """Record a success; True when it raised the limit."""
         if self.limit >= self.maximum:
             return False
@@ -71,8 +85,12 @@ class AdaptiveLimiter:
         self._wake()
         return True
 
-    def close(self) -> None:
-        """Refuse every waiting and future acquire (quota gone, crawl stopping)."""
+    async def close(self, reason: str | None = None) -> None:
+        """Refuse every waiting and future acquire.
+
+        ``reason`` is a finish reason when the whole crawl must stop (quota gone); a shared
+        limiter tells the other workers. None is a local shutdown.
+        """
         self._closed = True
         while self._waiters:
             waiter = self._waiters.popleft()

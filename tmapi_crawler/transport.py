@@ -24,6 +24,7 @@ from scrapy import signals
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.http import JsonResponse, Request, Response
+from scrapy.utils.misc import build_from_crawler, load_object
 
 from tmapi_crawler import api, credentials
 from tmapi_crawler.parsing import Answer, BrokenAnswer, read_answer
@@ -77,9 +78,7 @@ class TmapiTransportMiddleware:
             logger.warning(
                 "TMAPI_BASE_URL %s is plain http: the API token travels unencrypted", base_url
             )
-        limiter = AdaptiveLimiter(
-            settings.getint("TMAPI_CONCURRENCY"), settings.getint("TMAPI_THROTTLE_RECOVERY")
-        )
+        limiter = build_from_crawler(load_object(settings["TMAPI_LIMITER"]), crawler)
         mw = cls(crawler, token, limiter)
         crawler.signals.connect(mw.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(mw.spider_closed, signal=signals.spider_closed)
@@ -91,8 +90,8 @@ class TmapiTransportMiddleware:
             handler.addFilter(self._log_filter)
         self.stats.set_value(f"{STATS}/throttle/limit", self.limiter.limit)
 
-    def spider_closed(self) -> None:
-        self.limiter.close()
+    async def spider_closed(self) -> None:
+        await self.limiter.close()
         self.stats.set_value(f"{STATS}/throttle/peak_in_flight", self.limiter.peak)
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self._log_filter)
@@ -105,7 +104,7 @@ class TmapiTransportMiddleware:
             answer, response = await self._attempt(attempt)
             outcome = api.outcome_of(answer.code)
             if outcome is api.Outcome.OK:
-                if self.limiter.succeeded():
+                if await self.limiter.succeeded():
                     self._count("throttle/increases")
                 self.stats.set_value(f"{STATS}/throttle/limit", self.limiter.limit)
                 assert response is not None
@@ -116,29 +115,41 @@ class TmapiTransportMiddleware:
                              answer.message or api.ERROR_CODES[answer.code].meaning)
                 raise ApiError(f"API answered {answer.code}", str(answer.code))
             if outcome in FINISH_REASONS:
-                await self._stop(FINISH_REASONS[outcome], answer)
                 raise ApiError(f"API answered {answer.code}", str(answer.code))
-            if outcome is api.Outcome.THROTTLED and self.limiter.throttled():
+            if outcome is api.Outcome.THROTTLED and await self.limiter.throttled():
                 self._count("throttle/decreases")
                 self.stats.set_value(f"{STATS}/throttle/limit", self.limiter.limit)
             attempt = await self._retry(attempt, answer)
 
     async def _attempt(self, request: Request) -> tuple[Answer, JsonResponse | None]:
-        """One paid call: wait for a permit, download a signed copy, classify the answer."""
+        """One paid call: wait for a permit, download, classify.
+
+        The permit is held until the answer is classified, so that after a 439 no waiting
+        request can take the freed permit before the limiter is closed.
+        """
         try:
             await self.limiter.acquire()
         except LimiterClosed:
             raise ApiError("crawl stopping; not sent", "not_sent") from None
         self._count("requests")
         try:
-            signed = request.replace(url=credentials.signed_url(request.url, self.token))
-            signed.headers["Accept-Encoding"] = "identity"
+            answer, response = await self._download(request)
+            reason = FINISH_REASONS.get(api.outcome_of(answer.code))
+            if reason is not None:
+                await self._stop(reason, answer)
+        finally:
+            await self.limiter.release()
+        return answer, response
+
+    async def _download(self, request: Request) -> tuple[Answer, JsonResponse | None]:
+        """Download a token-bearing copy; hand back a token-free response."""
+        signed = request.replace(url=credentials.signed_url(request.url, self.token))
+        signed.headers["Accept-Encoding"] = "identity"
+        try:
             raw = await self.crawler.engine.downloader.handlers.download_request_async(signed)
         except Exception as exc:  # every transport failure is retried, bounded
             self._count(f"answers/{type(exc).__name__}")
             return Answer(0, credentials.redact(str(exc), self.token) or type(exc).__name__), None
-        finally:
-            self.limiter.release()
         response = raw.replace(cls=JsonResponse, url=request.url, request=request)
         try:
             answer = read_answer(response)
@@ -180,7 +191,7 @@ class TmapiTransportMiddleware:
         if self._stopping:
             return
         self._stopping = reason
-        self.limiter.close()
+        await self.limiter.close(reason)
         logger.error("API answered %d (%s): stopping the crawl", answer.code,
                      api.ERROR_CODES[answer.code].meaning)
         self._stop_task = asyncio.ensure_future(

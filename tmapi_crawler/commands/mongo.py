@@ -124,7 +124,7 @@ class Command(ScrapyCommand):
 
     def _shell(self) -> None:
         assert self.settings is not None
-        uri = self._external_uri or embedded_mongo.ensure_running(self._data_dir).uri
+        uri = embedded_mongo.resolve_mongo_uri(self.settings)
         client: pymongo.MongoClient = pymongo.MongoClient(uri)
         db = client[self.settings.get("MONGO_DATABASE") or DEFAULT_DATABASE]
         products = db[PRODUCTS_COLLECTION]

@@ -64,7 +64,7 @@ class SandboxConfig:
     sizes: dict[int, int] = field(default_factory=dict)
     overlap: float = 0.1
     malformed_rate: float = 0.0
-    max_records: int = 200_000
+    max_records: int = 100_000  # request records kept for /_sandbox/stats
 
     def __post_init__(self) -> None:
         self.tokens = frozenset(self.tokens)
@@ -181,7 +181,8 @@ class Stats:
     missing_data: int = 0
     pages_served: int = 0  # successful, billed answers
     items_served: int = 0
-    peak_in_flight: int = 0
+    peak_in_flight: int = 0  # the most requests of one token in the handler at once
+    peak_in_flight_total: int = 0  # the same, all tokens together
     peak_by_token: dict[str, int] = field(default_factory=dict)
     recorded: int = 0
     records: deque[dict[str, Any]] = field(init=False)
@@ -256,6 +257,7 @@ class Sandbox:
         """Everything after the token check, while the request counts as in flight."""
         stats, config = self.stats, self.config
         stats.peak_in_flight = max(stats.peak_in_flight, in_flight)
+        stats.peak_in_flight_total = max(stats.peak_in_flight_total, sum(self.in_flight.values()))
         stats.peak_by_token[account] = max(stats.peak_by_token.get(account, 0), in_flight)
         if config.concurrency_limit and in_flight > config.concurrency_limit:
             stats.throttled += 1
@@ -307,11 +309,12 @@ class Sandbox:
         stop = min(start + listing.page_size, reachable)
         items = self.catalog.items_json(query.cat_id, epoch, listing.language,
                                         results[start:stop] if start < stop else ())
+        filters = json.dumps(listing.filters, separators=(",", ":"))
         body = (
             f'{{"code":{api.SUCCESS_CODE},"msg":"success","data":{{"page":{listing.page},'
             f'"page_size":{listing.page_size},"total_count":{len(results)},"keyword":"",'
             f'"sort":"{query.sort}","cat_id":{query.cat_id},'
-            f'"filters":{json.dumps(listing.filters)},"items":[{",".join(items)}],'
+            f'"filters":{filters},"items":[{",".join(items)}],'
             f'"has_next_page":{"true" if stop < reachable else "false"}}}}}'
         )
         self.stats.pages_served += 1
@@ -332,6 +335,7 @@ class Sandbox:
             "in_flight": sum(self.in_flight.values()),
             "in_flight_by_token": dict(self.in_flight),
             "peak_in_flight": stats.peak_in_flight,
+            "peak_in_flight_total": stats.peak_in_flight_total,
             "peak_in_flight_by_token": dict(stats.peak_by_token),
             "records_dropped": stats.recorded - len(stats.records),
             "config": self.config.public(),

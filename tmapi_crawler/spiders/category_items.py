@@ -10,6 +10,7 @@ from scrapy.http import TextResponse
 from twisted.python.failure import Failure
 
 from tmapi_crawler import api
+from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.paging import page_url, pages_after
 from tmapi_crawler.parsing import read_page
@@ -74,22 +75,26 @@ class CategoryItemsSpider(scrapy.Spider):
             result_cap=self.result_cap,
         )
         last = max(context["last"], following[-1] if following else 0)
+        filters = query.filters()
+        items = [
+            ProductItem.from_raw(raw, QueryContext(
+                cat_id=query.cat_id, language=query.language, sort=query.sort,
+                filters=filters, page=page_number, position=position,
+            ))
+            for position, raw in enumerate(page.items)
+        ]
+        self.crawler.signals.send_catch_log(
+            tmapi_signals.page_parsed, request=response.request, items=items
+        )
         for number in following:
             yield self.page_request(query, number, last)
-        filters = query.filters()
-        for position, raw in enumerate(page.items):
-            context = QueryContext(
-                cat_id=query.cat_id,
-                language=query.language,
-                sort=query.sort,
-                filters=filters,
-                page=page_number,
-                position=position,
-            )
-            yield ProductItem.from_raw(raw, context)
-        stats.inc_value(f"{STATS}/items", len(page.items))
+        yield from items
+        stats.inc_value(f"{STATS}/items", len(items))
 
     def page_failed(self, failure: Failure) -> None:
         """A page given up on is counted by reason; the transport already logged why."""
         reason = failure.value.reason if isinstance(failure.value, ApiError) else "error"
         self.crawler.stats.inc_value(f"{STATS}/pages/failed_by_reason/{reason}")
+        self.crawler.signals.send_catch_log(
+            tmapi_signals.page_failed, request=failure.request, reason=reason
+        )

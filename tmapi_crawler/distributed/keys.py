@@ -1,0 +1,83 @@
+"""Names of the Redis keys a cluster shares; the layout is described in the package docstring."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlKeys:
+    """Keys of one spider's cluster crawl, under ``<prefix>:<spider>``."""
+
+    base: str
+
+    @property
+    def queue(self) -> str:
+        return f"{self.base}:requests"
+
+    @property
+    def dupefilter(self) -> str:
+        return f"{self.base}:dupefilter"
+
+    @property
+    def crawl(self) -> str:
+        return f"{self.base}:crawl"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.base}:workers"
+
+    @property
+    def done(self) -> str:
+        return f"{self.base}:done"
+
+    @property
+    def failed(self) -> str:
+        return f"{self.base}:failed"
+
+    @property
+    def deliveries(self) -> str:
+        return f"{self.base}:deliveries"
+
+    def alive(self, worker: str) -> str:
+        return f"{self.base}:alive:{worker}"
+
+    def leases(self, worker: str) -> str:
+        return f"{self.base}:leases:{worker}"
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterKeys:
+    """Keys of the account-wide limiter, under ``<prefix>:limiter``: every spider shares it."""
+
+    base: str
+
+    @property
+    def permits(self) -> str:
+        return f"{self.base}:permits"
+
+    @property
+    def limit(self) -> str:
+        return f"{self.base}:limit"
+
+    @property
+    def successes(self) -> str:
+        return f"{self.base}:successes"
+
+    @property
+    def stop(self) -> str:
+        return f"{self.base}:stop"
+
+    @property
+    def released_channel(self) -> str:
+        return f"{self.base}:released"
+
+    @property
+    def stopped_channel(self) -> str:
+        return f"{self.base}:stopped"
+
+
+def redact_url(url: str) -> str:
+    """A Redis URL without its password, for messages."""
+    return re.sub(r"(?<=://)[^@/]*@", "***@", url)

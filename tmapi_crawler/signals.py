@@ -1,0 +1,18 @@
+"""Signals of the crawl, for components that need to know when a page's work is done.
+
+A page is done when its follow-up requests are queued and every product it carried is
+stored: a distributed queue acknowledges its lease only then, so a worker that dies before
+that point loses nothing.
+"""
+
+#: Sent by the spider before it yields anything from a page:
+#: ``page_parsed(request, items: list[ProductItem])``. Follow-up requests are yielded before
+#: the items, so once every item is stored they are queued too.
+page_parsed = object()
+
+#: Sent by the spider's errback for a page given up on: ``page_failed(request, reason: str)``.
+page_failed = object()
+
+#: Sent by the storage pipeline after a batch is durably written (or refused by the database,
+#: which is final): ``items_stored(items: list[ProductItem])``.
+items_stored = object()
