@@ -58,6 +58,8 @@ class MongoPipeline:
         self.flush_interval = settings.getfloat("MONGO_FLUSH_INTERVAL")
         self.retry_timeout = settings.getfloat("MONGO_RETRY_TIMEOUT")
         self.crawl_id = new_crawl_id()
+        #: Set when a distributed scheduler shares its crawl: this process is one of its workers.
+        self.worker_id: str | None = None
         self.store: ProductStore | None = None
         self.pending: list[ProductItem] = []
         self.rejected: list[ProductItem] = []
@@ -87,6 +89,9 @@ class MongoPipeline:
             await self.store.close()
             self.store = None
             raise CloseSpider(UNAVAILABLE) from None
+        scheduler = self.crawler.engine.scheduler
+        self.crawl_id = getattr(scheduler, "crawl_id", None) or self.crawl_id
+        self.worker_id = getattr(scheduler, "worker_id", None)
         self.stats.set_value(f"{STATS}/crawl_id", self.crawl_id)
         spider = self.crawler.spider
         await self.store.start_run({
@@ -103,7 +108,7 @@ class MongoPipeline:
             "database": self.database,
             "started_at": datetime.now(UTC),
             "status": "running",
-        })
+        }, worker_id=self.worker_id)
         logger.info("Storing into MongoDB database %r as crawl %s", self.database, self.crawl_id)
         self._ticker = asyncio.ensure_future(self._tick())
 
@@ -178,7 +183,7 @@ class MongoPipeline:
                     **counts,
                 },
                 "answers": {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)},
-            })
+            }, worker_id=self.worker_id)
             for name, value in counts.items():
                 self.stats.set_value(f"{STATS}/products/{name}", value)
         except StorageUnavailable as exc:

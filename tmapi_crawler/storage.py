@@ -44,6 +44,10 @@ PRODUCT_INDEXES = [
     IndexModel([("last_crawl_id", ASCENDING)], name="last_crawl"),
     IndexModel([("first_crawl_id", ASCENDING)], name="first_crawl"),
 ]
+#: Run fields that describe one worker of a distributed crawl, not the crawl.
+_PER_WORKER = ("host", "arguments", "started_at", "status")
+#: Run counts taken from the database, so already the whole crawl's (see ``run_counts``).
+_CRAWL_COUNTS = ("products_seen", "new", "updated")
 #: Codes a retried write can meet: a concurrent upsert of the same new ``_id`` (11000).
 DUPLICATE_KEY = 11000
 
@@ -147,11 +151,51 @@ class ProductStore:
         if documents:
             await self._retrying(self.db[REJECTED].insert_many, documents, ordered=False)
 
-    async def start_run(self, document: dict[str, Any]) -> None:
-        await self._retrying(self.db[CRAWL_RUNS].insert_one, document)
+    async def start_run(self, document: dict[str, Any], worker_id: str | None = None) -> None:
+        """Record a run; a worker of a distributed crawl joins the crawl's one document.
 
-    async def finish_run(self, crawl_id: str, fields: dict[str, Any]) -> None:
-        await self._retrying(self.db[CRAWL_RUNS].update_one, {"_id": crawl_id}, {"$set": fields})
+        The workers of a cluster share a crawl id, so the first one creates the document and
+        each records itself under ``workers.<worker_id>``; queries add up.
+        """
+        runs = self.db[CRAWL_RUNS]
+        if worker_id is None:
+            await self._retrying(runs.insert_one, document)
+            return
+        shared = {k: v for k, v in document.items()
+                  if k not in ("_id", "queries", "host", "arguments", "status")}
+        await self._retrying(runs.update_one, {"_id": document["_id"]}, {
+            "$setOnInsert": shared,
+            "$set": {"status": "running",
+                     f"workers.{worker_id}": {k: document[k] for k in _PER_WORKER}},
+            "$addToSet": {"queries": {"$each": document.get("queries", [])}},
+        }, upsert=True)
+
+    async def finish_run(
+        self, crawl_id: str, fields: dict[str, Any], worker_id: str | None = None
+    ) -> None:
+        """Record how a run ended; a worker's counts add up into its distributed crawl's.
+
+        Product counts come from the database and are already the crawl's; the status and
+        finish reason at the top are those of the last worker that closed.
+        """
+        if worker_id is None:
+            update: dict[str, Any] = {"$set": fields}
+        else:
+            counts, answers = fields.get("counts", {}), fields.get("answers", {})
+            own = {k: v for k, v in counts.items() if k not in _CRAWL_COUNTS}
+            update = {
+                "$set": {
+                    **{f"workers.{worker_id}.{k}": v for k, v in fields.items() if k != "counts"},
+                    f"workers.{worker_id}.counts": own,
+                    **{k: v for k, v in fields.items() if k not in ("counts", "answers")},
+                    **{f"counts.{k}": counts[k] for k in _CRAWL_COUNTS if k in counts},
+                },
+                "$inc": {
+                    **{f"counts.{k}": v for k, v in own.items()},
+                    **{f"answers.{k}": v for k, v in answers.items()},
+                },
+            }
+        await self._retrying(self.db[CRAWL_RUNS].update_one, {"_id": crawl_id}, update)
 
     async def run_counts(self, crawl_id: str) -> dict[str, int]:
         """Products this run saw, and how many of them it created: exact, from the database."""
