@@ -19,7 +19,13 @@ import aiohttp
 import pytest
 
 from tmapi_crawler import api
-from tmapi_crawler.sandbox.catalog import Catalog, Query, sales_value
+from tmapi_crawler.sandbox.catalog import (
+    PRICE_POINT_CENTS,
+    Catalog,
+    Query,
+    format_price,
+    sales_value,
+)
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.sandbox.server import RUNTIME_SETTINGS, SandboxConfig, token_fingerprint
 
@@ -401,6 +407,25 @@ def test_price_epoch_moves_a_fifth_of_the_prices(sandbox: SandboxProcess,
             assert old[field] == new[field]
 
 
+def test_a_category_resized_at_runtime_loses_or_gains_products_at_its_end(
+    sandbox: SandboxProcess, catalog: Catalog
+) -> None:
+    before = ids(crawl(sandbox, cat_id=1001))
+    try:
+        config = sandbox.configure(sizes={"1001": 450})
+        assert config["sizes"] == {"1001": 450, "1002": 500, "1003": 3000}
+        assert ids(crawl(sandbox, cat_id=1001)) == before[:450]
+        assert sandbox.truth(cat_id=1001)["item_ids"] == before[:450]
+        assert ids(crawl(sandbox, cat_id=1003)) == catalog.truth(Query.of(1003)).item_ids[:2000]
+        with pytest.raises(urllib.error.HTTPError) as error:
+            sandbox.configure(sizes={"1001": -1})
+        assert error.value.code == 400
+        assert sandbox.configure()["sizes"]["1001"] == 450
+    finally:
+        sandbox.configure(sizes={"1001": 500})
+    assert ids(crawl(sandbox, cat_id=1001)) == before
+
+
 def test_truth_matches_an_independent_catalogue(sandbox: SandboxProcess,
                                                 catalog: Catalog) -> None:
     truth = sandbox.truth(cat_id=1003, sort="price_down", free_shipping=True)
@@ -460,3 +485,17 @@ def test_catalogue_is_deterministic_and_fast_enough_to_build() -> None:
     assert again.results(by_sales) == big.results(by_sales)
     assert again.query(4, "ru", "price_up") == big.query(4, "ru", "price_up")
     assert Catalog(seed=SEED + 1).products(5, 0)[0] != Catalog(seed=SEED).products(5, 0)[0]
+
+
+def test_a_share_of_the_products_at_one_price() -> None:
+    plain = Catalog(seed=SEED, sizes={9: 2000})
+    pointed = Catalog(seed=SEED, sizes={9: 2000}, price_point_share=0.5)
+    at_point = {p.item_id for p in pointed.products(9, 0) if p.price_cents == PRICE_POINT_CENTS}
+    assert 0.45 * 2000 < len(at_point) < 0.55 * 2000
+    for before, after in zip(plain.products(9, 0), pointed.products(9, 0), strict=True):
+        assert before.item_id == after.item_id
+        assert after.price_cents in (before.price_cents, PRICE_POINT_CENTS)
+    point = format_price(PRICE_POINT_CENTS)
+    assert pointed.matching_ids(9, price_start=point, price_end=point) == at_point
+    with pytest.raises(ValueError, match="price_point_share"):
+        Catalog(price_point_share=1.5)

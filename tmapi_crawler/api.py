@@ -8,6 +8,7 @@ reference is a change in this file only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import Enum
 from typing import Final
 
@@ -17,6 +18,8 @@ TOKEN_PARAM: Final = "apiToken"
 
 LANGUAGES: Final = ("en", "zh", "ru", "vi", "ja", "ko")
 SORTS: Final = ("default", "sales", "price_up", "price_down")
+#: The sorts that order results by price: 1 cheapest first, -1 dearest first.
+PRICE_SORTS: Final = {"price_up": 1, "price_down": -1}
 DEFAULT_LANGUAGE: Final = "en"
 DEFAULT_SORT: Final = "default"
 DEFAULT_PAGE_SIZE: Final = 20
@@ -25,8 +28,11 @@ MIN_TIMEOUT_SECONDS: Final = 60.0
 
 #: Boolean filters, in the order they appear in request URLs.
 FLAG_FILTERS: Final = ("new_arrival", "support_dropshipping", "free_shipping", "is_super_factory")
-#: Price-range filters; the API takes them as strings.
+#: Price-range filters; the API takes them as strings, and both bounds are inclusive.
 PRICE_FILTERS: Final = ("price_start", "price_end")
+#: Prices are CNY with two decimals (fen), as the reference's example shows ("0.60"): the step
+#: between neighbouring prices, so a price range can be cut with neither overlap nor gap.
+PRICE_STEP: Final = Decimal("0.01")
 #: Query-string order of every parameter except the token.
 PARAMETER_ORDER: Final = (
     "cat_id", "language", "page", "page_size", "sort", *PRICE_FILTERS, *FLAG_FILTERS

@@ -17,11 +17,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pymongo.errors import OperationFailure
 from scrapy import signals
 from scrapy.exceptions import CloseSpider
 
 from tmapi_crawler import embedded_mongo
 from tmapi_crawler import signals as tmapi_signals
+from tmapi_crawler.coverage import complete_categories, mark_incomplete
 from tmapi_crawler.items import ProductItem
 from tmapi_crawler.storage import (
     ProductStore,
@@ -120,6 +122,9 @@ class MongoPipeline:
         else:
             self.rejected.append(item)
             self.stats.inc_value(f"{STATS}/items/rejected")
+            if item.item_id is None:
+                # Any stored product of the category might be this one: none may be called gone.
+                mark_incomplete(self.stats, item.context.cat_id)
             logger.warning("Rejected item %s (cat_id=%s page=%s position=%s): %s",
                            item.item_id, item.context.cat_id, item.context.page,
                            item.context.position, item.rejection)
@@ -137,8 +142,8 @@ class MongoPipeline:
                 return
             now = batch_now()
             try:
-                created, refused = await self.store.write_products(
-                    updates_by_id(items, self.crawl_id, now)
+                result = await self.store.write_products(
+                    updates_by_id(items, self.crawl_id, now), self.crawl_id, now
                 )
                 await self.store.write_rejected(
                     [rejected_document(i, self.crawl_id, now) for i in rejected]
@@ -154,9 +159,11 @@ class MongoPipeline:
             self.crawler.signals.send_catch_log(tmapi_signals.items_stored, items=items + rejected)
             self.stats.inc_value(f"{STATS}/db/batches")
             self.stats.inc_value(f"{STATS}/db/sightings", len(items))
-            self.stats.inc_value(f"{STATS}/db/created", created)
-            if refused:
-                self.stats.inc_value(f"{STATS}/db/refused", refused)
+            self.stats.inc_value(f"{STATS}/db/created", result.created)
+            if result.changed:
+                self.stats.inc_value(f"{STATS}/db/changed", result.changed)
+            if result.refused:
+                self.stats.inc_value(f"{STATS}/db/refused", result.refused)
 
     async def close_spider(self) -> None:
         if self._ticker is not None:
@@ -168,7 +175,8 @@ class MongoPipeline:
         if self.store is None:
             return
         try:
-            counts = await self.store.run_counts(self.crawl_id)
+            vanished = await self._mark_vanished(reason)
+            counts = {**await self.store.run_counts(self.crawl_id), "vanished": vanished}
             stats = self.stats.get_stats()
             prefix = f"{STATS}/answers/"
             await self.store.finish_run(self.crawl_id, {
@@ -191,11 +199,35 @@ class MongoPipeline:
         finally:
             await self.store.close()
 
+    async def _mark_vanished(self, reason: str) -> int:
+        """Mark products gone from the categories this crawl saw whole (``coverage``).
+
+        Only a crawl that finished can tell; a worker of a distributed crawl sees neither the
+        other workers' pages nor their failures, so it never marks.
+        """
+        if reason != "finished" or self.worker_id is not None or self.store is None:
+            return 0
+        plan = getattr(self.crawler.spider, "plan", None)
+        categories = complete_categories(getattr(plan, "queries", ()), self.stats.get_stats())
+        if not categories:
+            return 0
+        try:
+            marked = await self.store.mark_vanished(self.crawl_id, categories, batch_now())
+        except OperationFailure as exc:  # e.g. a MongoDB older than 5.2 ($sortArray)
+            logger.error("Could not mark the products gone from categories %s: %s",
+                         ", ".join(map(str, categories)), exc)
+            return 0
+        logger.info("Crawled completely: categories %s; %d listings gone since earlier crawls "
+                    "marked vanished", ", ".join(map(str, categories)), marked)
+        return marked
+
     async def _tick(self) -> None:
         """Flush at least every ``MONGO_FLUSH_INTERVAL`` seconds, so a slow crawl still lands."""
         while True:
             await asyncio.sleep(self.flush_interval)
-            await self.flush()
+            # Shielded: cancelling the ticker at close must not abort a batch halfway, with its
+            # items already taken from the buffer and never stored.
+            await asyncio.shield(self.flush())
 
     def _spill(self, items: list[ProductItem]) -> None:
         """Keep what could not be stored in a file, and say where: never drop it silently."""

@@ -51,6 +51,15 @@ MONGO_BATCH_SIZE = 500
 MONGO_FLUSH_INTERVAL = 1.0
 MONGO_RETRY_TIMEOUT = 300.0
 
+# Progress (tmapi_crawler/progress.py).
+EXTENSIONS = {"tmapi_crawler.progress.ProgressReporter": 500}
+#: Seconds between progress lines in the log; 0 turns progress reporting off entirely.
+TMAPI_PROGRESS_INTERVAL = 30.0
+#: A live progress bar on stderr, when stderr is a terminal.
+TMAPI_PROGRESS_BAR = True
+#: Publish this worker's progress to Redis (REDIS_URL) for `scrapy status` (distributed profile).
+TMAPI_PROGRESS_REDIS = False
+
 STATS_CLASS = "tmapi_crawler.stats.StatsFileCollector"
 #: Empty: no stats file. Set it to write the final stats as JSON (scripts, CI, tests).
 STATS_FILE = os.environ.get("STATS_FILE", "")

@@ -23,14 +23,25 @@ from tmapi_crawler.plan import PlanError
 USAGE_ERROR = 2
 
 
-def check_before_start(settings: BaseSettings, spider_name: str, spargs: dict) -> None:
-    """Exit with one line if the spider's arguments or the API settings are unusable."""
+def check_before_start(
+    settings: BaseSettings,
+    spider_name: str,
+    spargs: dict,
+    *,
+    arguments_optional: bool = False,
+    needs_token: bool = True,
+) -> None:
+    """Exit with one line if the spider's arguments or the API settings are unusable.
+
+    ``arguments_optional``: a distributed worker without arguments crawls what was seeded.
+    ``needs_token``: ``scrapy seed`` only queues requests, it never calls the API.
+    """
     spidercls = get_spider_loader(settings).load(spider_name)
     try:
         check = getattr(spidercls, "check_arguments", None)
-        if check is not None:
+        if check is not None and (spargs or not arguments_optional):
             check(spargs)
-        if settings.getbool("TMAPI_ENABLED", True):
+        if needs_token and settings.getbool("TMAPI_ENABLED", True):
             token_from_settings(settings)
     except (PlanError, MissingToken) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -43,7 +54,8 @@ class Command(ScrapyCrawlCommand):
         if len(args) != 1:
             raise UsageError("give exactly one spider name")
         assert self.settings is not None
-        check_before_start(self.settings, args[0], opts.spargs)
+        check_before_start(self.settings, args[0], opts.spargs,
+                           arguments_optional=self.settings.getbool("TMAPI_DISTRIBUTED"))
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.crawler_process is not None

@@ -23,6 +23,8 @@ Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W
     P:S:deliveries      hash    lease id -> times the request was handed out (poison guard)
     P:S:done            string  requests acknowledged (page parsed, products stored)
     P:S:failed          hash    lease id -> JSON {reason, at, worker, deliveries, request}
+    P:S:progress        hash    W -> JSON progress snapshot (``tmapi_crawler.progress``);
+                                expires a day after the last write
     P:limiter:permits   zset    permit id (W:n:i) -> lease expiry (ms, Redis clock)
     P:limiter:limit     string  the shared limit while lowered by 503s (absent: TMAPI_CONCURRENCY)
     P:limiter:successes string  successes since the last change of the limit

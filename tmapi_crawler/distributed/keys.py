@@ -40,6 +40,10 @@ class CrawlKeys:
     def deliveries(self) -> str:
         return f"{self.base}:deliveries"
 
+    @property
+    def progress(self) -> str:
+        return f"{self.base}:progress"
+
     def alive(self, worker: str) -> str:
         return f"{self.base}:alive:{worker}"
 

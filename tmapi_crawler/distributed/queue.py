@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
+class ForeignRequest(Exception):
+    """A queued request for another address than this worker's API: it would get the token."""
+
 #: ``Request.meta`` key carrying the lease id of a request popped from the shared queue.
 #: Copies made for retries keep it, so any of them can acknowledge the page.
 LEASE_META = "tmapi_lease"
@@ -133,11 +137,13 @@ class ReliablePriorityQueue(PriorityQueue):
         serializer: Any = json_serializer,
         *,
         keys: CrawlKeys,
+        api_prefix: str,
         worker: str | None = None,
         max_deliveries: int = 5,
     ) -> None:
         super().__init__(server, spider, key, serializer)
         self.keys = keys
+        self.api_prefix = api_prefix
         self.worker = worker
         self.max_deliveries = max_deliveries
         self._push_unique = server.register_script(_PUSH_UNIQUE)
@@ -183,7 +189,13 @@ class ReliablePriorityQueue(PriorityQueue):
         return bool(added)
 
     def pop(self, timeout: int = 0) -> Request | None:
-        """Lease the most urgent request to this worker (never blocks: ``timeout`` is ignored)."""
+        """Lease the most urgent request to this worker (never blocks: ``timeout`` is ignored).
+
+        Raises ``ForeignRequest``, after giving the request back, when its URL is not under this
+        worker's ``TMAPI_BASE_URL``: whoever can write to Redis must not be able to make
+        workers send their token elsewhere, and a worker configured for another API address
+        must not use up the queue.
+        """
         popped = self._pop(keys=[self.key, self._leases_key, self.keys.deliveries])
         if not popped:
             return None
@@ -194,6 +206,10 @@ class ReliablePriorityQueue(PriorityQueue):
             logger.error("Unusable request in the shared queue (lease %s): %s", lease, exc)
             self.fail(lease, "undecodable")
             return None
+        if not request.url.startswith(self.api_prefix):
+            self.give_back([lease], counted=False, reason="foreign")
+            raise ForeignRequest(f"queued request {request.url} is not for this worker's API "
+                                 f"({self.api_prefix}...): check TMAPI_BASE_URL")
         request.meta[LEASE_META] = lease
         return request
 
@@ -225,5 +241,5 @@ class ReliablePriorityQueue(PriorityQueue):
         )
         return int(requeued), int(failed)
 
-    def leased(self) -> int:
-        return int(self.server.hlen(self._leases_key))
+    def leased_ids(self) -> list[str]:
+        return [lease.decode() for lease in self.server.hkeys(self._leases_key)]

@@ -50,5 +50,5 @@ def dumps(obj: dict[str, Any]) -> str:
 def loads(data: str | bytes) -> dict[str, Any]:
     obj = json.loads(data, object_hook=_decode)
     if not isinstance(obj, dict):
-        raise ValueError("a queued request must be a JSON object")
+        raise TypeError("a queued request must be a JSON object")
     return obj

@@ -60,6 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="products in category CAT (repeatable)")
     add("--overlap", type=float, default=0.1, help="share of category c's products also in c+1")
     add("--malformed-rate", type=float, default=0.0, help="items without id or with a bad price")
+    add("--price-point-share", type=float, default=0.0,
+        help="share of products all costing 9.90, e.g. more than the result cap reaches")
     add("--price-epoch", type=int, default=0)
     add("--seed", type=int, default=0)
     add("--max-page-size", type=int, default=100)
@@ -74,7 +76,7 @@ def config_from(args: argparse.Namespace) -> SandboxConfig:
         missing_data_rate=args.missing_data_rate, quota=args.quota, result_cap=args.result_cap,
         max_page_size=args.max_page_size, price_epoch=args.price_epoch, seed=args.seed,
         default_size=args.default_size, sizes=dict(args.size), overlap=args.overlap,
-        malformed_rate=args.malformed_rate,
+        malformed_rate=args.malformed_rate, price_point_share=args.price_point_share,
     )
 
 

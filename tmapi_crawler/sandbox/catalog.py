@@ -150,6 +150,8 @@ _MAX_SIZE = 1 << 20
 _MOQS = ("1", "1", "1", "2", "3", "5", "10", "20", "50", "100")
 _EPOCH_CHANGE_THRESHOLD = 51  # of 256: ~20 % of products change price at each epoch
 _EPOCHS_PER_DIGEST = 16
+#: The one price (9.90 CNY) that `price_point_share` of the products cost.
+PRICE_POINT_CENTS = 990
 MISSING_ITEM_ID = "missing_item_id"
 BAD_PRICE = "bad_price"
 
@@ -287,25 +289,30 @@ class Catalog:
         sizes: Mapping[int, int] | None = None,
         overlap: float = 0.1,
         malformed_rate: float = 0.0,
+        price_point_share: float = 0.0,
     ) -> None:
         self.default_size = default_size
         self.sizes = dict(sizes or {})
         if any(not 0 <= size <= _MAX_SIZE for size in (default_size, *self.sizes.values())):
             raise ValueError(f"category sizes must be between 0 and {_MAX_SIZE}")
-        if not 0 <= overlap <= 1 or not 0 <= malformed_rate <= 1:
-            raise ValueError("overlap and malformed_rate are fractions between 0 and 1")
+        if not all(0 <= share <= 1 for share in (overlap, malformed_rate, price_point_share)):
+            raise ValueError(
+                "overlap, malformed_rate and price_point_share are fractions between 0 and 1")
         self.overlap = overlap
         self.malformed_rate = malformed_rate
+        #: Products costing PRICE_POINT_CENTS, more than a result cap may reach: no price
+        #: range can split them, as happens with popular price points.
+        self.price_point_share = price_point_share
         self._prefix = f"tmapi-sandbox:{seed}:".encode()
         ids = random.Random(f"tmapi-sandbox:{seed}:item-ids")
         self._id_mul = ids.randrange(1, _ID_PRIME)
         self._id_add = ids.randrange(_ID_PRIME)
         # Caches sized for a benchmark's working set (a 50,000-product category costs ~15 MB of
         # products and ~50 MB of encoded items per language), bounded so memory stays bounded.
-        self._products = lru_cache(maxsize=8)(self._build_products)
+        self._products = lru_cache(maxsize=32)(self._build_products)
         self._borrowed = lru_cache(maxsize=64)(self._build_borrowed)
         self._results = lru_cache(maxsize=128)(self._evaluate)
-        self._json_cache = lru_cache(maxsize=8)(self._json_slots)
+        self._json_cache = lru_cache(maxsize=32)(self._json_slots)
 
     def size(self, cat_id: int) -> int:
         return self.sizes.get(cat_id, self.default_size)
@@ -341,6 +348,7 @@ class Catalog:
         d = hashlib.blake2b(self._prefix + b"p:%d:%d" % (origin, position),
                             digest_size=48).digest()
         sales_draw = int.from_bytes(d[12:14]) / 65536
+        price_draw = int.from_bytes(d[0:2]) / 65536
         malformed = ""
         if self.malformed_rate and int.from_bytes(d[28:30]) / 65536 < self.malformed_rate:
             malformed = MISSING_ITEM_ID if d[30] & 1 else BAD_PRICE
@@ -350,7 +358,8 @@ class Catalog:
             position,
             d,
             # price log-uniform between 0.10 and 2000.00 CNY: most wholesale items are cheap
-            int(10 * 20_000 ** (int.from_bytes(d[0:2]) / 65536)),
+            PRICE_POINT_CENTS if price_draw < self.price_point_share
+            else int(10 * 20_000 ** price_draw),
             0 if sales_draw < 0.1 else int(300_000 ** ((sales_draw - 0.1) / 0.9)),
             d[2] < 38,  # new_arrival
             d[3] < 102,  # support_dropshipping

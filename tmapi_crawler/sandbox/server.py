@@ -28,9 +28,11 @@ from tmapi_crawler.sandbox.catalog import Catalog, Query, parse_price
 
 FAULT_MODES: Final = ("status", "body", "mixed")
 #: Settings `POST /_sandbox/config` may change; the others shape the catalogue or the accounts.
+#: `sizes` is merged into the current sizes (`{"201": 50}` resizes category 201 only): the
+#: category loses or gains products at its end, as listings do between crawls.
 RUNTIME_SETTINGS: Final = frozenset({
     "price_epoch", "fault_rates", "fault_mode", "garbage_rate", "missing_data_rate", "quota",
-    "latency", "latency_jitter", "concurrency_limit", "result_cap", "max_page_size",
+    "latency", "latency_jitter", "concurrency_limit", "result_cap", "max_page_size", "sizes",
 })
 GARBAGE_BODY: Final = "<html>upstream error</html>"
 CONTROL_PREFIX: Final = "/_sandbox"
@@ -64,11 +66,13 @@ class SandboxConfig:
     sizes: dict[int, int] = field(default_factory=dict)
     overlap: float = 0.1
     malformed_rate: float = 0.0
+    price_point_share: float = 0.0  # products all at one price (catalog.PRICE_POINT_CENTS)
     max_records: int = 100_000  # request records kept for /_sandbox/stats
 
     def __post_init__(self) -> None:
         self.tokens = frozenset(self.tokens)
         self.fault_rates = {int(code): float(rate) for code, rate in self.fault_rates.items()}
+        self.sizes = {int(cat_id): int(size) for cat_id, size in self.sizes.items()}
         if unknown := set(self.fault_rates) - set(api.ERROR_CODES):
             raise ValueError(f"fault codes must be API error codes, not {sorted(unknown)}")
         rates = [*self.fault_rates.values(), self.garbage_rate, self.missing_data_rate]
@@ -196,12 +200,17 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
-        self.catalog = Catalog(
-            seed=config.seed, default_size=config.default_size, sizes=config.sizes,
-            overlap=config.overlap, malformed_rate=config.malformed_rate,
-        )
+        self.catalog = self._catalog()
         self.in_flight: dict[str, int] = {}  # live, so it survives resets
         self.reset()
+
+    def _catalog(self) -> Catalog:
+        config = self.config
+        return Catalog(
+            seed=config.seed, default_size=config.default_size, sizes=config.sizes,
+            overlap=config.overlap, malformed_rate=config.malformed_rate,
+            price_point_share=config.price_point_share,
+        )
 
     def reset(self) -> None:
         """Zero the counters and quota usage and re-seed the dice, so a test can replay faults."""
@@ -215,7 +224,21 @@ class Sandbox:
             raise TypeError("expected a JSON object of settings")
         if unknown := set(changes) - RUNTIME_SETTINGS:
             raise ValueError(f"not changeable at runtime: {sorted(unknown)}")
-        self.config = dataclasses.replace(self.config, **changes)
+        if "sizes" in changes:
+            if not isinstance(changes["sizes"], Mapping):
+                raise TypeError("sizes: expected an object of category id -> size")
+            resized = {int(cat_id): size for cat_id, size in changes["sizes"].items()}
+            changes = {**changes, "sizes": {**self.config.sizes, **resized}}
+        previous = self.config
+        self.config = dataclasses.replace(previous, **changes)
+        if self.config.sizes != previous.sizes:
+            # Products are pure functions of their position: a new catalogue keeps every other
+            # one (but what category c+1 borrows from a resized c). Building it validates too.
+            try:
+                self.catalog = self._catalog()
+            except ValueError:
+                self.config = previous
+                raise
 
     def _reply(self, record: dict[str, Any], code: int, status: int, body: str, *,
                content_type: str = "application/json", ok: bool = False) -> web.Response:

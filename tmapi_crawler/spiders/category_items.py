@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping
+from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 import scrapy
+from scrapy import signals
 from scrapy.http import TextResponse
 from twisted.python.failure import Failure
 
-from tmapi_crawler import api
+from tmapi_crawler import api, splitting
 from tmapi_crawler import signals as tmapi_signals
+from tmapi_crawler.coverage import cut_short, mark_incomplete
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.paging import page_url, pages_after
-from tmapi_crawler.parsing import read_page
+from tmapi_crawler.parsing import Page, read_page
 from tmapi_crawler.plan import Plan, Query, plan_from_arguments
 from tmapi_crawler.transport import META_KEY, STATS, ApiError
+
+logger = logging.getLogger(__name__)
+
+#: What a slice of a capped query carries in its meta, beside its query and page:
+#: ``parent_total`` (a price slice's parent's total: a slice as big did not narrow),
+#: ``by_price`` (false once the API was seen to ignore the price filter) and ``cell`` (a query
+#: read under every sort: ``{"key": ..., "total": ...}``). Its own later pages keep them.
+SPLIT_META = ("parent_total", "by_price", "cell")
 
 
 class CategoryItemsSpider(scrapy.Spider):
@@ -24,7 +37,8 @@ class CategoryItemsSpider(scrapy.Spider):
     def __init__(self, **kwargs: Any) -> None:
         arguments = {k: v for k, v in kwargs.items() if k != "name"}
         self.arguments = arguments
-        self.plan: Plan = plan_from_arguments(arguments)
+        # None at all: a distributed worker that only crawls what was seeded (commands/crawl.py).
+        self.plan: Plan = plan_from_arguments(arguments) if arguments else Plan(queries=())
         super().__init__()
 
     @staticmethod
@@ -41,18 +55,35 @@ class CategoryItemsSpider(scrapy.Spider):
 
     async def start(self) -> AsyncIterator[scrapy.Request]:
         self.crawler.stats.set_value(f"{STATS}/queries", len(self.plan.queries))
+        # A page given up on or dropped as a duplicate is finished too, or its query never is.
+        self.crawler.signals.connect(self._request_dropped, signal=signals.request_dropped)
+        self.crawler.signals.connect(self._page_given_up, signal=tmapi_signals.page_failed)
+        self.crawler.signals.connect(self._report_at_close, signal=signals.spider_closed)
         for query in self.plan.queries:
-            yield self.page_request(query, 1, known_last=1)
+            yield self._request(query, 1, known_last=1)
 
-    def page_request(self, query: Query, page: int, known_last: int) -> scrapy.Request:
-        """A page's request; its meta is plain data so it can be queued anywhere."""
+    def page_request(
+        self, query: Query, page: int, known_last: int, *,
+        split: Mapping[str, Any] | None = None, refetch: bool = False,
+    ) -> scrapy.Request:
+        """A page's request; its meta is plain data so it can be queued anywhere.
+
+        ``split`` is what a slice of a capped query carries (``SPLIT_META``). ``refetch`` asks
+        again for a page fetched before a cap was found, now that it must decide a split.
+        """
+        meta = {"query": query.to_dict(), "page": page, "last": known_last, **(split or {})}
+        if refetch:
+            meta["refetch"] = True
         return scrapy.Request(
             page_url(self.base_url, query, page),
             callback=self.parse,
             errback=self.page_failed,
             # Page 1 first: it tells how many pages a query has, so work is known early.
-            priority=-min(page, 1000) + 1,
-            meta={META_KEY: {"query": query.to_dict(), "page": page, "last": known_last}},
+            # The rest share one priority, so the scheduler's LIFO order keeps a query's
+            # pages together instead of round-robin over every query.
+            priority=1 if page == 1 else 0,
+            meta={META_KEY: meta},
+            dont_filter=refetch,
         )
 
     def parse(self, response: TextResponse) -> Iterator[ProductItem | scrapy.Request]:
@@ -64,6 +95,7 @@ class CategoryItemsSpider(scrapy.Spider):
         stats.inc_value(f"{STATS}/pages")
         if not page.items:
             stats.inc_value(f"{STATS}/pages/empty")
+        reach = self._reach_after(query, page_number, page)
         following = pages_after(
             page_number,
             context["last"],
@@ -72,8 +104,14 @@ class CategoryItemsSpider(scrapy.Spider):
             total_count=page.total_count,
             has_next_page=page.has_next_page,
             max_pages=self.plan.max_pages,
-            result_cap=self.result_cap,
+            result_cap=reach,
         )
+        # The result cap cuts nothing short: capped queries are split, and what still stays
+        # out of reach is marked by _out_of_reach.
+        if cut_short(page=page_number, page_size=query.page_size, total_count=page.total_count,
+                     has_next_page=page.has_next_page, max_pages=self.plan.max_pages,
+                     result_cap=None):
+            mark_incomplete(stats, query.cat_id)
         last = max(context["last"], following[-1] if following else 0)
         filters = query.filters()
         items = [
@@ -86,8 +124,18 @@ class CategoryItemsSpider(scrapy.Spider):
         self.crawler.signals.send_catch_log(
             tmapi_signals.page_parsed, request=response.request, items=items
         )
+        carried = {k: context[k] for k in SPLIT_META if k in context}
+        splits: list[scrapy.Request] = []
+        if "cell" in context:
+            self._seen_in_cell(context["cell"]["key"], items)
+        elif (total := page.total_count) is not None and reach is not None and (
+                splitting.capped(total, reach) and not self._max_pages_bind(query, reach)):
+            splits, stop = self._decide(query, context, total, reach, items)
+            following = range(0) if stop else following
         for number in following:
-            yield self.page_request(query, number, last)
+            yield self._request(query, number, last, split=carried)
+        yield from splits
+        self._page_finished(context)
         yield from items
         stats.inc_value(f"{STATS}/items", len(items))
 
@@ -95,6 +143,170 @@ class CategoryItemsSpider(scrapy.Spider):
         """A page given up on is counted by reason; the transport already logged why."""
         reason = failure.value.reason if isinstance(failure.value, ApiError) else "error"
         self.crawler.stats.inc_value(f"{STATS}/pages/failed_by_reason/{reason}")
+        mark_incomplete(self.crawler.stats, failure.request.meta[META_KEY]["query"]["cat_id"])
         self.crawler.signals.send_catch_log(
             tmapi_signals.page_failed, request=failure.request, reason=reason
         )
+
+    @cached_property
+    def _splitting(self) -> splitting.SplitState:
+        return splitting.SplitState()
+
+    def _request(
+        self, query: Query, page: int, known_last: int, *,
+        split: Mapping[str, Any] | None = None, refetch: bool = False,
+    ) -> scrapy.Request:
+        """``page_request`` within this crawl: the page counts as known and outstanding."""
+        request = self.page_request(query, page, known_last, split=split, refetch=refetch)
+        self._splitting.page_created(self._track_key(request.meta[META_KEY]))
+        self.crawler.stats.inc_value(f"{STATS}/pages/known")
+        return request
+
+    @staticmethod
+    def _track_key(meta: Mapping[str, Any]) -> str:
+        """The query a page belongs to; a cell's sort queries are apart from the same query
+        asked for elsewhere, so each cell learns when all of its own are done."""
+        key = Query.from_dict(meta["query"]).key()
+        return f"{key} in {meta['cell']['key']}" if "cell" in meta else key
+
+    def _reach_after(self, query: Query, page_number: int, page: Page) -> int | None:
+        """Results a query can reach by paging, counting the cap this answer may reveal."""
+        state = self._splitting
+        cap = state.observe(page_number, query.page_size, items=len(page.items),
+                            total_count=page.total_count, has_next_page=page.has_next_page)
+        if cap is not None and (not self.result_cap or cap < self.result_cap):
+            logger.info("Paging reaches only %d results of a query (%s): splitting queries "
+                        "with more", cap, query.key())
+        return state.reach(self.result_cap)
+
+    def _max_pages_bind(self, query: Query, reach: int) -> bool:
+        """``max_pages`` stops the query before the cap does: splitting would only cost more."""
+        max_pages = self.plan.max_pages
+        return max_pages is not None and max_pages * query.page_size <= reach
+
+    def _decide(
+        self, query: Query, context: Mapping[str, Any], total: int, reach: int,
+        items: list[ProductItem],
+    ) -> tuple[list[scrapy.Request], bool]:
+        """Requests that reach what a capped query cannot, and whether its own paging stops.
+
+        Only the query's deciding page decides (``splitting.decision_page``), once. Any other
+        page of it past that one was asked for before the cap was known: once it is (not just
+        bounded), the deciding page is fetched again, once, to decide.
+        """
+        state, stats = self._splitting, self.crawler.stats
+        key, page_number = query.key(), context["page"]
+        by_price = context.get("by_price", True)
+        if (by_price and page_number == 1 and total >= context.get("parent_total", total + 1)
+                and not splitting.is_point(query)):
+            logger.warning("%s: the price filter did not narrow its parent's %d results: "
+                           "splitting it by other filters and sorts", key, total)
+            by_price = False
+        deciding = splitting.decision_page(query, reach) if by_price else 1
+        if key in state.decided or page_number < deciding:
+            return [], False
+        if page_number > deciding:
+            if key in state.refetched or not state.settled(self.result_cap):
+                return [], False
+            state.refetched.add(key)
+            stats.inc_value(f"{STATS}/split/extra_requests")
+            carried = {k: context[k] for k in SPLIT_META if k in context}
+            return [self._request(query, deciding, deciding, split=carried, refetch=True)], False
+        state.decided.add(key)
+        if by_price and splitting.walked(query):
+            following = splitting.walk(query, self._edge(query, items))
+            if not following:
+                self._out_of_reach(key, query.cat_id, total - reach, total,
+                                   "the API did not narrow it by price")
+                return [], True
+            return self._split_into("walk", [self._request(q, 1, 1) for q in following]), True
+        split = splitting.plan_split(query, self._prices(items), total=total, reach=reach,
+                                     by_price=by_price)
+        if not context.get("refetch"):
+            stats.inc_value(f"{STATS}/split/extra_requests")  # this page 1 only probed
+        meta: dict[str, Any] = {}
+        if split.how == "price":
+            meta["parent_total"] = total
+        elif not by_price:
+            meta["by_price"] = False
+        if split.how == "sort":
+            meta["cell"] = {"key": key, "total": total}
+        requests = [self._request(q, 1, 1, split=meta) for q in split.queries]
+        if split.how == "sort":
+            # The query itself is one of the cell's sorts: read again, its products counted.
+            requests.append(self._request(query, 1, 1, split=meta, refetch=True))
+            stats.inc_value(f"{STATS}/split/extra_requests")
+            state.cells[key] = splitting.Cell(total, pending=len(requests))
+        return self._split_into(split.how, requests), True
+
+    def _split_into(self, how: str, requests: list[scrapy.Request]) -> list[scrapy.Request]:
+        stats = self.crawler.stats
+        stats.inc_value(f"{STATS}/split/queries")
+        stats.inc_value(f"{STATS}/split/by/{how}")
+        stats.inc_value(f"{STATS}/split/slices", len(requests))
+        stats.inc_value(f"{STATS}/queries", len(requests))
+        return requests
+
+    @staticmethod
+    def _prices(items: list[ProductItem]) -> list[Decimal]:
+        return [Decimal(str(price)) for item in items
+                if item.typed and (price := item.typed.get("price")) is not None]
+
+    def _edge(self, query: Query, items: list[ProductItem]) -> Decimal | None:
+        """The price a price-sorted page ends at: where the rest of its query starts."""
+        prices = self._prices(items)
+        if not prices:
+            return None
+        return max(prices) if api.PRICE_SORTS[query.sort] > 0 else min(prices)
+
+    def _seen_in_cell(self, key: str, items: list[ProductItem]) -> None:
+        cell = self._splitting.cells.get(key)
+        if cell is not None:
+            cell.ids.update(item.item_id for item in items if item.item_id is not None)
+
+    def _page_finished(self, meta: Mapping[str, Any]) -> None:
+        """Count a page done; its query may be done, and with it a cell's last sort."""
+        state = self._splitting
+        if not state.page_finished(self._track_key(meta)):
+            return
+        self.crawler.stats.inc_value(f"{STATS}/queries/done")
+        key = meta["cell"]["key"] if "cell" in meta else None
+        cell = state.cells.get(key) if key else None
+        if cell is None:
+            return
+        cell.pending -= 1
+        if not cell.pending:
+            del state.cells[key]
+            if cell.unreachable:
+                self._out_of_reach(key, meta["query"]["cat_id"], cell.unreachable, cell.total,
+                                   "more results share one price than paging reaches, under "
+                                   "every filter and sort")
+
+    def _out_of_reach(self, key: str, cat_id: int, count: int, total: int, why: str) -> None:
+        """Results nothing can reach are counted and said, never hidden."""
+        self.crawler.stats.inc_value(f"{STATS}/split/unreachable", count)
+        mark_incomplete(self.crawler.stats, cat_id)
+        logger.warning("%s: %d of its %d results are out of reach: %s", key, count, total, why)
+
+    def _request_dropped(self, request: scrapy.Request) -> None:
+        """A duplicate the scheduler dropped will never be fetched."""
+        if META_KEY in request.meta:
+            self.crawler.stats.inc_value(f"{STATS}/pages/known", -1)
+            self._page_finished(request.meta[META_KEY])
+
+    def _page_given_up(self, request: scrapy.Request) -> None:
+        self._page_finished(request.meta[META_KEY])
+
+    def _report_at_close(self) -> None:
+        """The cap as answers showed it, and the cells whose sort queries did not all finish
+        here (a crawl cut short, or pages taken by other workers of a cluster): how much those
+        missed is unknown, and said so."""
+        state = self._splitting
+        if state.detected_cap is not None:
+            self.crawler.stats.set_value(f"{STATS}/split/detected_cap", state.detected_cap)
+        cells = state.cells
+        if cells:
+            self.crawler.stats.set_value(f"{STATS}/split/unsettled_cells", len(cells))
+            logger.warning("Out of reach unknown for %d queries over the cap at one price: "
+                           "their sort queries did not all finish here: %s",
+                           len(cells), "; ".join(sorted(cells)))

@@ -1,0 +1,55 @@
+"""Distributed profile: workers anywhere share one crawl through Redis (``REDIS_URL``).
+
+``SCRAPY_PROJECT=distributed scrapy seed category_items -a ...`` queues a crawl;
+``SCRAPY_PROJECT=distributed scrapy crawl category_items`` (no arguments) on each machine works
+it; ``scrapy status category_items`` shows how far it got. What this changes, and why:
+
+* the scheduler, queue and dupefilter live in Redis (scrapy-redis), with a reliable queue:
+  popped requests are leased until their products are stored, so a killed worker loses nothing;
+* requests are stored as JSON, never pickled: writing to Redis must not mean running code;
+* ``SCHEDULER_PERSIST``: no worker's exit deletes the shared queue or dupefilter; ``scrapy
+  seed`` starts a fresh crawl (new crawl id, cleared dupefilter) once the previous one is over;
+* the concurrency limit (``TMAPI_CONCURRENCY``) and its 503 adaptation are cluster-wide, and a
+  439 (quota) seen by any worker stops them all, keeping the queue for a resume;
+* a worker stays while the cluster has queued or leased work, then exits after
+  ``MAX_IDLE_TIME_BEFORE_CLOSE`` seconds without any;
+* ``scrapy crawl`` accepts no arguments (a pure worker); with arguments it seeds, then works.
+
+Every worker must use the same ``MONGO_URI``: an embedded MongoDB per machine would split the
+data.
+"""
+
+import os
+
+from tmapi_crawler.settings import *  # noqa: F403
+
+#: Marks a shared queue: ``scrapy crawl`` without arguments is a worker, ``scrapy seed`` works.
+TMAPI_DISTRIBUTED = True
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+#: Every key starts with it (layout in ``tmapi_crawler/distributed/__init__.py``); it also
+#: replaces scrapy-redis's SCHEDULER_QUEUE_KEY / SCHEDULER_DUPEFILTER_KEY.
+TMAPI_REDIS_PREFIX = os.environ.get("TMAPI_REDIS_PREFIX", "tmapi")
+
+SCHEDULER = "tmapi_crawler.distributed.scheduler.DistributedScheduler"
+SCHEDULER_QUEUE_CLASS = "tmapi_crawler.distributed.queue.ReliablePriorityQueue"
+SCHEDULER_SERIALIZER = "tmapi_crawler.distributed.serializer"
+DUPEFILTER_CLASS = "scrapy_redis.dupefilter.RFPDupeFilter"
+SCHEDULER_PERSIST = True
+TMAPI_LIMITER = "tmapi_crawler.distributed.limiter.RedisLimiter"
+
+#: Seconds a worker waits with nothing queued or leased anywhere before it exits.
+MAX_IDLE_TIME_BEFORE_CLOSE = 30
+#: How often a worker says it is alive, and after how long without it the others take its
+#: leased requests and permits back.
+TMAPI_HEARTBEAT_INTERVAL = 2.0
+TMAPI_HEARTBEAT_TTL = 15.0
+#: A concurrency permit's lease: longer than any request (DOWNLOAD_TIMEOUT is at least 60 s).
+TMAPI_LEASE_SECONDS = 90.0
+#: How often an idle worker looks for work queued by others, and a permit waiter re-asks when
+#: no release notification came (releases normally wake waiters at once).
+TMAPI_QUEUE_POLL_INTERVAL = 0.2
+TMAPI_LIMITER_POLL_INTERVAL = 0.1
+#: Deliveries after which a request whose workers keep dying is recorded as failed.
+TMAPI_MAX_DELIVERIES = 5
+#: Each worker's progress snapshot in Redis, which `scrapy status` adds up for the cluster.
+TMAPI_PROGRESS_REDIS = True

@@ -1,0 +1,1 @@
+"""Benchmarks: run by ``scripts/benchmark`` (not collected by the test suite)."""

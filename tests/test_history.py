@@ -1,0 +1,238 @@
+"""What changed between crawls: ``history`` documents and products gone from a category.
+
+Real crawls of the sandbox into a real mongod, compared with what the products held before and
+after (and with the catalogue's own record of which prices moved); the store's batch writes are
+also driven directly, to replay a retried batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.crawling import TOKEN, CrawlResult, crawl
+from tmapi_crawler.history import AVAILABLE_IN, HISTORY, TRACKED_FIELDS
+from tmapi_crawler.items import ProductItem, QueryContext
+from tmapi_crawler.sandbox.catalog import Catalog, build_item
+from tmapi_crawler.sandbox.process import SandboxProcess
+from tmapi_crawler.servers import MongodProcess
+from tmapi_crawler.storage import PRODUCTS, ProductStore, batch_now, updates_by_id
+
+# Not neighbours: resizing 301 leaves 303 (which borrows from 302) as it is.
+SIZES = {"301": 120, "303": 80}
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxProcess]:
+    with SandboxProcess(token=[TOKEN], size=SIZES) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh(sandbox: SandboxProcess) -> SandboxProcess:
+    sandbox.reset()
+    sandbox.configure(price_epoch=0, sizes=SIZES, fault_rates={})
+    return sandbox
+
+
+def run(tmp_path: Path, name: str, sandbox: SandboxProcess, mongod: MongodProcess,
+        database: str, *arguments: str) -> CrawlResult:
+    result = crawl(tmp_path / name, *arguments, base_url=sandbox.url, mongo_uri=mongod.uri,
+                   database=database, settings={"MONGO_BATCH_SIZE": "50"})
+    assert result.returncode == 0, result.log[-3000:]
+    return result
+
+
+def products(db: Any) -> dict[int, dict[str, Any]]:
+    return {d["_id"]: d for d in db[PRODUCTS].find()}
+
+
+def history_of(db: Any, crawl_id: str) -> dict[int, dict[str, Any]]:
+    documents = list(db[HISTORY].find({"crawl_id": crawl_id}))
+    by_item = {d["item_id"]: d for d in documents}
+    assert len(by_item) == len(documents), "one document per product and crawl"
+    return by_item
+
+
+def test_a_recrawl_records_exactly_the_products_whose_tracked_values_changed(
+    fresh, mongod, mongo_client, mongo_db_name, tmp_path: Path
+) -> None:
+    db = mongo_client[mongo_db_name]
+    args = ("cat_id=301,303", "language=en,zh", "sort=default,sales")
+    first = run(tmp_path, "1", fresh, mongod, mongo_db_name, *args)
+    assert db[HISTORY].count_documents({}) == 0, "new products have no history"
+    before = products(db)
+    fresh.configure(price_epoch=1)
+    second = run(tmp_path, "2", fresh, mongod, mongo_db_name, *args)
+    after = products(db)
+    assert after.keys() == before.keys()
+
+    expected = {}
+    for item_id, old in before.items():
+        changes = {f: [old[f], after[item_id][f]] for f in TRACKED_FIELDS
+                   if old[f] != after[item_id][f]}
+        if changes:
+            expected[item_id] = changes
+    crawl_id = second.stat("tmapi/crawl_id")
+    recorded = history_of(db, crawl_id)
+    assert {i: d["changes"] for i, d in recorded.items()} == expected
+    for item_id, document in recorded.items():
+        assert document["_id"] == f"{item_id}:{crawl_id}"
+        assert before[item_id]["last_seen"] < document["at"] <= after[item_id]["last_seen"]
+    # Every recorded product really moved in the catalogue; the moves not recorded are sales
+    # figures of products whose listing shows none.
+    catalog = Catalog(sizes={int(c): n for c, n in SIZES.items()})
+    moved = catalog.changed_ids(301, 0, 1) | catalog.changed_ids(303, 0, 1)
+    assert expected.keys() <= moved
+    assert len(expected) > 0.1 * len(before)
+    for item_id in moved - expected.keys():
+        assert before[item_id]["price"] == after[item_id]["price"]
+        assert before[item_id]["sales_90d"] is after[item_id]["sales_90d"] is None
+    assert second.stat("tmapi/products/changed") == len(expected)
+    assert db.crawl_runs.find_one({"_id": crawl_id})["counts"]["changed"] == len(expected)
+    assert first.stat("tmapi/products/changed") == 0
+
+    third = run(tmp_path, "3", fresh, mongod, mongo_db_name, *args)
+    assert history_of(db, third.stat("tmapi/crawl_id")) == {}
+    assert db[HISTORY].count_documents({}) == len(expected)
+    assert third.stat("tmapi/products/changed") == 0
+
+
+def test_products_gone_from_a_completely_crawled_category_are_marked_not_deleted(
+    fresh, mongod, mongo_client, mongo_db_name, tmp_path: Path
+) -> None:
+    db = mongo_client[mongo_db_name]
+    listed = fresh.truth(cat_id=301)["item_ids"]
+    first = run(tmp_path, "1", fresh, mongod, mongo_db_name, "cat_id=301,303")
+    fresh.configure(sizes={"301": 100})
+    gone = set(listed) - set(fresh.truth(cat_id=301)["item_ids"])
+    assert len(gone) == 20
+
+    # A crawl that did not see the whole category cannot tell what is gone.
+    partial = run(tmp_path, "2", fresh, mongod, mongo_db_name, "cat_id=301", "max_pages=2")
+    filtered = run(tmp_path, "3", fresh, mongod, mongo_db_name, "cat_id=301",
+                   "free_shipping=true")
+    for result in (partial, filtered):
+        assert result.stat("tmapi/products/vanished") == 0
+        assert history_of(db, result.stat("tmapi/crawl_id")) == {}
+    assert partial.stat("tmapi/coverage/incomplete/301") > 0
+    assert not any(d.get("vanished") for d in products(db).values())
+
+    complete = run(tmp_path, "4", fresh, mongod, mongo_db_name, "cat_id=301,303")
+    noticed_by = complete.stat("tmapi/crawl_id")
+    stored = products(db)
+    assert set(listed) <= stored.keys(), "nothing is deleted"
+    assert {i for i, d in stored.items() if d.get("vanished")} == gone
+    for item_id in gone:
+        mark = stored[item_id]["vanished"]
+        assert mark.keys() == {"301"}
+        assert mark["301"]["crawl_id"] == first.stat("tmapi/crawl_id")
+        assert mark["301"]["noticed_by"] == noticed_by
+    assert complete.stat("tmapi/products/vanished") == len(gone)
+    recorded = history_of(db, noticed_by)
+    assert recorded.keys() == gone
+    assert all(d["changes"] == {AVAILABLE_IN: [[301], []]} for d in recorded.values())
+
+    again = run(tmp_path, "5", fresh, mongod, mongo_db_name, "cat_id=301")
+    assert again.stat("tmapi/products/vanished") == 0
+    assert history_of(db, again.stat("tmapi/crawl_id")) == {}
+
+    fresh.configure(sizes={"301": 120})
+    back = run(tmp_path, "6", fresh, mongod, mongo_db_name, "cat_id=301")
+    assert not any(d.get("vanished") for d in products(db).values())
+    recorded = history_of(db, back.stat("tmapi/crawl_id"))
+    assert recorded.keys() == gone
+    assert all(d["changes"] == {AVAILABLE_IN: [[], [301]]} for d in recorded.values())
+
+
+# The store, driven directly.
+
+CATALOG = Catalog(sizes={7: 30, 9: 30}, overlap=0.0)
+
+
+def sightings(cat_id: int, epoch: int, ids: set[int] | None = None) -> list[ProductItem]:
+    """The category's products at a price epoch, as the spider would yield them."""
+    items = []
+    for position, product in enumerate(CATALOG.products(cat_id, epoch)):
+        if ids is None or product.item_id in ids:
+            context = QueryContext(cat_id, "en", "default", {}, 1, position)
+            items.append(ProductItem.from_raw(build_item(product, "en"), context))
+    return items
+
+
+def also_in(cat_id: int, items: list[ProductItem]) -> list[ProductItem]:
+    """The same products, seen under another category."""
+    return [ProductItem.from_raw(i.raw, QueryContext(cat_id, "en", "default", {}, 1, 0))
+            for i in items]
+
+
+def test_a_retried_batch_does_not_duplicate_history(mongod, mongo_client, mongo_db_name) -> None:
+    async def scenario() -> None:
+        store = ProductStore(mongod.uri, mongo_db_name, retry_timeout=10)
+        await store.open()
+        try:
+            first, now = sightings(7, 0), batch_now()
+            await store.write_products(updates_by_id(first, "c1", now), "c1", now)
+            second, now = sightings(7, 1), batch_now()
+            # The history landed but the batch did not: the retry writes both again.
+            await store.record_changes(updates_by_id(second, "c2", now), "c2", now)
+            for _ in range(2):
+                result = await store.write_products(updates_by_id(second, "c2", now), "c2", now)
+                assert result.created == 0
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    new = {i.item_id: i.typed for i in sightings(7, 1)}
+    expected = {}
+    for item_id, old in ((i.item_id, i.typed) for i in sightings(7, 0)):
+        changes = {f: [old[f], new[item_id][f]] for f in TRACKED_FIELDS
+                   if old[f] != new[item_id][f]}
+        if changes:
+            expected[item_id] = changes
+    assert expected
+    assert expected.keys() <= CATALOG.changed_ids(7, 0, 1)
+    documents = list(mongo_client[mongo_db_name][HISTORY].find())
+    assert len(documents) == len(expected)
+    assert {d["item_id"]: d["changes"] for d in documents} == expected
+
+
+def test_availability_changes_across_categories_merge_into_one_document_per_crawl(
+    mongod, mongo_client, mongo_db_name
+) -> None:
+    product = sightings(7, 0)[:1]
+    item_id = product[0].item_id
+
+    async def scenario() -> None:
+        store = ProductStore(mongod.uri, mongo_db_name, retry_timeout=10)
+        await store.open()
+        try:
+            now = batch_now()
+            seen = updates_by_id(product + also_in(9, product), "c1", now)
+            await store.write_products(seen, "c1", now)
+            # c2 saw categories 7 and 9 whole, without the product: gone from both.
+            for _ in range(2):
+                await store.mark_vanished("c2", [7, 9], datetime.now(UTC))
+            # c3 finds it again, in 7, then in 9, in two batches.
+            for batch in (product, also_in(9, product)):
+                now = batch_now()
+                await store.write_products(updates_by_id(batch, "c3", now), "c3", now)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    db = mongo_client[mongo_db_name]
+    changes = {d["crawl_id"]: d["changes"] for d in db[HISTORY].find({"item_id": item_id})}
+    assert changes == {
+        "c2": {AVAILABLE_IN: [[7, 9], []]},
+        "c3": {AVAILABLE_IN: [[], [7, 9]]},
+    }
+    stored = db[PRODUCTS].find_one({"_id": item_id})
+    assert not stored["vanished"]
+    assert stored["seen_in"] == {"7": "c3", "9": "c3"}
+

@@ -1,0 +1,59 @@
+"""Which categories a crawl saw whole: only there can a product's absence mean it is gone.
+
+A category is complete when the plan has a query of it without any filter (every product of
+the category matches it) and nothing of the category was lost: no page given up on, no query
+cut short by the result cap or ``max_pages``, no item without a readable id. Whoever notices a
+loss says so with :func:`mark_incomplete`; the marks are stats, so they also end up in the
+stats file, and a crawl-wide loss (a spider exception, a product the database refused) leaves
+no category complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from tmapi_crawler.transport import STATS
+
+if TYPE_CHECKING:
+    from scrapy.statscollectors import StatsCollector
+
+    from tmapi_crawler.plan import Query
+
+#: ``tmapi/coverage/incomplete/<cat_id>``: how many losses were noticed in the category.
+INCOMPLETE = f"{STATS}/coverage/incomplete/"
+#: Losses that cannot be pinned on a category: products refused by or never written to MongoDB.
+_CRAWL_WIDE_LOSSES = (f"{STATS}/db/refused", f"{STATS}/items/spilled")
+
+
+def mark_incomplete(stats: StatsCollector, cat_id: int) -> None:
+    stats.inc_value(f"{INCOMPLETE}{cat_id}")
+
+
+def cut_short(
+    *,
+    page: int,
+    page_size: int,
+    total_count: int | None,
+    has_next_page: bool | None,
+    max_pages: int | None,
+    result_cap: int | None,
+) -> bool:
+    """Whether an answer shows results past what paging will fetch (see ``paging``)."""
+    limits = [n for n in (max_pages and max_pages * page_size, result_cap) if n]
+    if not limits:
+        return False
+    reachable = min(limits)
+    if total_count:
+        return total_count > reachable
+    return bool(has_next_page) and page * page_size >= reachable
+
+
+def complete_categories(queries: Iterable[Query], stats: Mapping[str, Any]) -> list[int]:
+    """Categories with an unfiltered query and no loss noticed, from a crawl's final stats."""
+    if any(stats.get(key) for key in _CRAWL_WIDE_LOSSES) or any(
+        key.startswith("spider_exceptions/") for key in stats
+    ):
+        return []
+    whole = {query.cat_id for query in queries if not query.filters()}
+    return sorted(c for c in whole if not stats.get(f"{INCOMPLETE}{c}"))

@@ -1,0 +1,434 @@
+"""Where a long crawl is: a progress line in the log, a live bar on a terminal, a Redis snapshot.
+
+Everything is read from the stats on a timer, never per item or per page, so it costs next to
+nothing; ``TMAPI_PROGRESS_INTERVAL = 0`` turns it off entirely. The numbers:
+
+* queries done / planned (``tmapi/queries/done``, ``tmapi/queries``);
+* pages done / known (``tmapi/pages`` + ``tmapi/pages/failed``, ``tmapi/pages/known``);
+* items yielded, and of those stored: new products (``tmapi/db/created``) and updates of known
+  ones (the rest of ``tmapi/db/sightings``), and rejected (``tmapi/items/rejected``);
+* API answers by code (``tmapi/answers/<code>``);
+* pages per second over the last ``RATE_WINDOW`` seconds, and the ETA of the known pages left.
+
+In a distributed crawl (``TMAPI_PROGRESS_REDIS``) each worker also keeps a JSON snapshot in the
+Redis hash ``<TMAPI_REDIS_PREFIX>:<spider>:progress`` under its worker id; :func:`cluster_progress`
+adds them up for ``scrapy status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Self, TextIO
+
+import redis
+import redis.asyncio
+from scrapy import signals
+from scrapy.exceptions import NotConfigured
+
+from tmapi_crawler.distributed.keys import CrawlKeys, redact_url
+from tmapi_crawler.transport import STATS
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.statscollectors import StatsCollector
+
+logger = logging.getLogger(__name__)
+
+#: Seconds of history the rate is measured over: long enough to smooth bursts of page 1s and
+#: retries, short enough to follow a throttled account.
+RATE_WINDOW = 60.0
+#: How often the bar is redrawn (2 Hz).
+BAR_PERIOD = 0.5
+BAR_CELLS = 20
+#: The Redis snapshots outlive a crawl by this much, so ``scrapy status`` can show how it ended.
+SNAPSHOT_TTL = 24 * 3600
+#: A running worker whose snapshot is older than this many intervals, plus a grace of
+#: ``STALE_GRACE`` seconds for a busy event loop, is not counted as running (it died).
+STALE_INTERVALS = 3
+STALE_GRACE = 5.0
+_ANSWERS = f"{STATS}/answers/"
+_CLEAR_LINE = "\r\x1b[K"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The counters of one crawl (or, summed, of a cluster's workers)."""
+
+    queries: int = 0
+    queries_done: int = 0
+    pages: int = 0
+    pages_failed: int = 0
+    pages_known: int = 0
+    items: int = 0
+    stored: int = 0
+    new: int = 0
+    rejected: int = 0
+    answers: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_stats(cls, stats: Mapping[str, Any]) -> Self:
+        return cls(
+            queries=stats.get(f"{STATS}/queries", 0),
+            queries_done=stats.get(f"{STATS}/queries/done", 0),
+            pages=stats.get(f"{STATS}/pages", 0),
+            pages_failed=stats.get(f"{STATS}/pages/failed", 0),
+            pages_known=stats.get(f"{STATS}/pages/known", 0),
+            items=stats.get(f"{STATS}/items", 0),
+            stored=stats.get(f"{STATS}/db/sightings", 0),
+            new=stats.get(f"{STATS}/db/created", 0),
+            rejected=stats.get(f"{STATS}/items/rejected", 0),
+            answers={k[len(_ANSWERS):]: v for k, v in stats.items() if k.startswith(_ANSWERS)},
+        )
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Mapping[str, Any]) -> Self:
+        return cls(**{f.name: snapshot.get(f.name, f.default) for f in fields(cls)
+                      if f.name != "answers"}, answers=dict(snapshot.get("answers", {})))
+
+    @classmethod
+    def total(cls, parts: Iterable[Progress]) -> Self:
+        """The sum of several workers' counters."""
+        sums: dict[str, Any] = {f.name: 0 for f in fields(cls) if f.name != "answers"}
+        answers: dict[str, int] = {}
+        for part in parts:
+            for name in sums:
+                sums[name] += getattr(part, name)
+            for code, count in part.answers.items():
+                answers[code] = answers.get(code, 0) + count
+        return cls(**sums, answers=answers)
+
+    @property
+    def pages_done(self) -> int:
+        return self.pages + self.pages_failed
+
+    @property
+    def pages_left(self) -> int | None:
+        """Known pages not done yet; None while nothing says how many pages there are."""
+        return max(self.pages_known - self.pages_done, 0) if self.pages_known else None
+
+    @property
+    def updated(self) -> int:
+        return self.stored - self.new
+
+
+class Rate:
+    """Pages per second over the last ``window`` seconds of samples."""
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, at: float, done: int) -> None:
+        self._samples.append((at, done))
+        # Keep the newest sample older than the window as the base: a rate over at least the
+        # window, also when samples come less often than that.
+        while len(self._samples) > 2 and self._samples[1][0] <= at - self.window:
+            self._samples.popleft()
+
+    def per_second(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (start, first), (end, last) = self._samples[0], self._samples[-1]
+        return (last - first) / (end - start) if end > start else 0.0
+
+
+def eta_seconds(progress: Progress, rate: float) -> float | None:
+    """Seconds until the known pages are done at ``rate``; None when it cannot be told."""
+    left = progress.pages_left
+    if left is None:
+        return None
+    if left == 0:
+        return 0.0
+    return left / rate if rate > 0 else None
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _of(done: int, total: int) -> str:
+    return f"{done}/{total or '?'}"
+
+
+def format_line(progress: Progress, rate: float, eta: float | None) -> str:
+    """The log's progress line, e.g.
+    ``queries 3/10 | pages 120/340 (35.3%), 2 failed | items 2400: 1100 new, 1290 updated,
+    10 rejected | answers 200:125 417:3 | 12.5 pages/s | ETA 0:00:17``.
+    """
+    pages = f"pages {_of(progress.pages_done, progress.pages_known)}"
+    if progress.pages_known:
+        pages += f" ({progress.pages_done / progress.pages_known:.1%})"
+    if progress.pages_failed:
+        pages += f", {progress.pages_failed} failed"
+    answers = " ".join(f"{code}:{n}" for code, n in sorted(progress.answers.items())) or "none"
+    return " | ".join((
+        f"queries {_of(progress.queries_done, progress.queries)}",
+        pages,
+        f"items {progress.items}: {progress.new} new, {progress.updated} updated, "
+        f"{progress.rejected} rejected",
+        f"answers {answers}",
+        f"{rate:.1f} pages/s",
+        f"ETA {format_duration(eta)}",
+    ))
+
+
+def format_bar(progress: Progress, rate: float, eta: float | None, width: int) -> str:
+    """The terminal's one-line bar, cut to ``width`` characters."""
+    if progress.pages_known:
+        share = min(progress.pages_done / progress.pages_known, 1.0)
+        filled = round(share * BAR_CELLS)
+        bar = f"[{'#' * filled}{'-' * (BAR_CELLS - filled)}] {share:4.0%}"
+    else:
+        bar = f"[{'?' * BAR_CELLS}]    ?"
+    text = (f"{bar} {_of(progress.pages_done, progress.pages_known)} pages | "
+            f"{rate:.1f}/s | ETA {format_duration(eta)} | {progress.items} items, "
+            f"{progress.new} new")
+    return text[:width]
+
+
+class _Bar:
+    """A line redrawn in place on a terminal. A log record clears it first (the timer draws
+    it again at its next tick), so log lines never end up glued to it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.shown = False
+        self._handlers: list[logging.Handler] = []
+
+    def attach(self) -> None:
+        """Hook the log handlers writing to the same stream; only once the crawl runs, as
+        Scrapy replaces its root handler after the extensions are built."""
+        self._handlers = [
+            h for h in logging.getLogger().handlers
+            if isinstance(h, logging.StreamHandler) and h.stream is self.stream
+        ]
+        for handler in self._handlers:
+            handler.addFilter(self._before_record)
+
+    def detach(self) -> None:
+        self.clear()
+        for handler in self._handlers:
+            handler.removeFilter(self._before_record)
+
+    def width(self) -> int:
+        """Columns to draw in: one less than the terminal's, so the line never wraps."""
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except OSError:
+            columns = 0
+        return (columns or 80) - 1
+
+    def draw(self, text: str) -> None:
+        self.stream.write(f"\r{text}\x1b[K")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write(_CLEAR_LINE)
+            self.stream.flush()
+            self.shown = False
+
+    def _before_record(self, record: logging.LogRecord) -> bool:
+        self.clear()
+        return True
+
+
+class _Publisher:
+    """This worker's snapshot in the cluster's progress hash; Redis trouble is only logged."""
+
+    def __init__(self, url: str, key: str, worker: str) -> None:
+        self.url, self.key, self.worker = url, key, worker
+        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=5,
+                                                    socket_connect_timeout=5)
+        #: Redis's clock minus ours: snapshots are stamped in the clock every reader shares.
+        self._offset: float | None = None
+        self._failing = False
+
+    async def publish(self, snapshot: dict[str, Any]) -> None:
+        try:
+            if self._offset is None:
+                seconds, micros = await self.client.time()
+                self._offset = seconds + micros / 1e6 - time.time()
+            snapshot["updated_at"] = time.time() + self._offset
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(self.key, self.worker, json.dumps(snapshot))
+                pipe.expire(self.key, SNAPSHOT_TTL)
+                await pipe.execute()
+        except redis.RedisError as exc:
+            if not self._failing:
+                logger.warning("Could not publish progress to Redis at %s: %s",
+                               redact_url(self.url), exc)
+            self._failing = True
+        else:
+            self._failing = False
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class ProgressReporter:
+    """The extension: ``TMAPI_PROGRESS_INTERVAL`` seconds between log lines (0: off), a bar
+    when stderr is a terminal and ``TMAPI_PROGRESS_BAR`` allows, Redis snapshots with
+    ``TMAPI_PROGRESS_REDIS`` and ``REDIS_URL``."""
+
+    def __init__(self, crawler: Crawler, interval: float, bar: _Bar | None,
+                 redis_url: str | None) -> None:
+        self.crawler = crawler
+        self.stats: StatsCollector = crawler.stats
+        self.interval = interval
+        self.bar = bar
+        self.redis_url = redis_url
+        self.rate = Rate()
+        self.publisher: _Publisher | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        settings = crawler.settings
+        interval = settings.getfloat("TMAPI_PROGRESS_INTERVAL")
+        if interval <= 0:
+            raise NotConfigured
+        bar = None
+        if settings.getbool("TMAPI_PROGRESS_BAR") and sys.stderr.isatty():
+            bar = _Bar(sys.stderr)
+        redis_url = None
+        if settings.getbool("TMAPI_PROGRESS_REDIS"):
+            redis_url = settings.get("REDIS_URL") or None
+            if redis_url is None:
+                logger.warning("TMAPI_PROGRESS_REDIS is set but REDIS_URL is not: progress "
+                               "stays in this worker's log")
+        reporter = cls(crawler, interval, bar, redis_url)
+        crawler.signals.connect(reporter.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(reporter.spider_closed, signal=signals.spider_closed)
+        return reporter
+
+    def spider_opened(self) -> None:
+        if self.redis_url is not None:
+            spider = self.crawler.spider
+            assert spider is not None
+            prefix = self.crawler.settings.get("TMAPI_REDIS_PREFIX") or "tmapi"
+            worker = (getattr(self.crawler.engine.scheduler, "worker_id", None)
+                      or f"{socket.gethostname()}-{os.getpid()}")
+            key = CrawlKeys(f"{prefix}:{spider.name}").progress
+            self.publisher = _Publisher(self.redis_url, key, worker)
+        progress = self._sample()
+        if self.bar is not None:
+            self.bar.attach()
+            self._draw(progress)
+        self._task = asyncio.ensure_future(self._run())
+
+    async def spider_closed(self, reason: str) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        progress = self._sample()
+        if self.bar is not None:
+            self.bar.detach()
+        self._log(progress)
+        if self.publisher is not None:
+            await self.publisher.publish(self._snapshot(progress, "closed", reason))
+            await self.publisher.close()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = min(self.interval, BAR_PERIOD) if self.bar is not None else self.interval
+        next_line = loop.time() + self.interval
+        if self.publisher is not None:  # `scrapy status` shows a worker as soon as it starts
+            await self.publisher.publish(self._snapshot(self._sample(), "running"))
+        while True:
+            await asyncio.sleep(period)
+            progress = self._sample()
+            if self.bar is not None:
+                self._draw(progress)
+            now = loop.time()
+            if now + period / 2 >= next_line:
+                next_line += self.interval
+                if next_line <= now:  # the loop was stalled: no burst of lines to catch up
+                    next_line = now + self.interval
+                self._log(progress)
+                if self.publisher is not None:
+                    await self.publisher.publish(self._snapshot(progress, "running"))
+
+    def _sample(self) -> Progress:
+        progress = Progress.from_stats(self.stats.get_stats())
+        self.rate.add(time.monotonic(), progress.pages_done)
+        return progress
+
+    def _draw(self, progress: Progress) -> None:
+        assert self.bar is not None
+        rate = self.rate.per_second()
+        self.bar.draw(format_bar(progress, rate, eta_seconds(progress, rate), self.bar.width()))
+
+    def _log(self, progress: Progress) -> None:
+        rate = self.rate.per_second()
+        logger.info("Progress: %s", format_line(progress, rate, eta_seconds(progress, rate)))
+
+    def _snapshot(
+        self, progress: Progress, state: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        return {
+            **asdict(progress),
+            "rate": self.rate.per_second(),
+            "crawl_id": self.stats.get_value(f"{STATS}/crawl_id"),
+            "state": state,
+            "finish_reason": reason,
+            "interval": self.interval,
+        }
+
+
+def cluster_progress(
+    client: redis.Redis, spider_name: str, *, prefix: str = "tmapi", crawl_id: str | None = None
+) -> dict[str, Any]:
+    """Every worker's progress in one crawl, added up (``scrapy status``).
+
+    ``crawl_id`` None: the cluster's current crawl, else the crawl of the newest snapshot.
+    Counters are sums over the crawl's workers, finished ones included; the rate only counts
+    workers still running. For the cluster's current crawl the pages known are the shared
+    dupefilter's size (every page ever queued), which also counts the pages ``scrapy seed``
+    queued and no worker created.
+    """
+    keys = CrawlKeys(f"{prefix}:{spider_name}")
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.progress).time().hget(keys.crawl, "id").scard(keys.dupefilter)
+        entries, (seconds, micros), current, queued = pipe.execute()
+    now = seconds + micros / 1e6
+    snapshots = [json.loads(value) for value in entries.values()]
+    if crawl_id is None:
+        if current is not None:
+            crawl_id = current.decode()
+        elif snapshots:
+            crawl_id = max(snapshots, key=lambda s: s["updated_at"])["crawl_id"]
+    ours = [s for s in snapshots if s["crawl_id"] == crawl_id]
+    running = [s for s in ours if s["state"] == "running"
+               and now - s["updated_at"] <= STALE_INTERVALS * s["interval"] + STALE_GRACE]
+    total = Progress.total(Progress.from_snapshot(s) for s in ours)
+    if queued and current is not None and current.decode() == crawl_id:
+        total = replace(total, pages_known=queued)
+    rate = sum(s["rate"] for s in running)
+    eta = eta_seconds(total, rate)
+    return {
+        "crawl_id": crawl_id,
+        "workers": len(ours),
+        "running": len(running),
+        **asdict(total),
+        "pages_done": total.pages_done,
+        "pages_left": total.pages_left,
+        "rate": rate,
+        "eta": eta,
+        "line": format_line(total, rate, eta),
+    }
