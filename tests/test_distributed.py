@@ -338,6 +338,15 @@ def test_three_workers_crawl_everything_once_within_the_limit(
     assert (status["queued"], status["in_flight"], status["failed"]) == (0, 0, 0)
     assert status["done"] == status["known"] == len(pages)
     assert b"tmapi:category_items:dupefilter" in assert_no_secret_or_pickle(redis_client)
+    shown = env.scrapy("status", "category_items", "--json")
+    assert shown.returncode == 0, shown.stderr
+    summed = json.loads(shown.stdout)["cluster_progress"]
+    assert summed["crawl_id"] == crawl_id
+    assert summed["pages_done"] == len(pages)
+    assert summed["items"] == sum(w.stats["tmapi/items"] for w in cluster)
+    text = env.scrapy("status", "category_items").stdout
+    assert f"crawl {crawl_id}: finished" in text
+    assert f"pages {len(pages)}/{len(pages)} (100.0%)" in text
 
 
 def test_a_killed_worker_loses_nothing(

@@ -499,3 +499,14 @@ def test_a_share_of_the_products_at_one_price() -> None:
     assert pointed.matching_ids(9, price_start=point, price_end=point) == at_point
     with pytest.raises(ValueError, match="price_point_share"):
         Catalog(price_point_share=1.5)
+
+
+def test_busy_window_spans_first_request_to_last_answer(sandbox: SandboxProcess) -> None:
+    assert sandbox.stats(records=False)["busy_seconds"] is None
+    sandbox.configure(latency=0.05)
+    call(sandbox, cat_id=1001)
+    call(sandbox, cat_id=1001, page=2)
+    # Two answers of 50 ms each, one after the other: the window holds both latencies.
+    assert sandbox.stats(records=False)["busy_seconds"] >= 0.1
+    sandbox.reset()
+    assert sandbox.stats(records=False)["busy_seconds"] is None

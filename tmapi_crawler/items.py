@@ -1,7 +1,8 @@
-"""What the spider yields: one product as the API sent it, where it was seen, and its typed values.
+"""What the spider yields: pages of products, each product as the API sent it, where it was
+seen, and its typed values.
 
 Plain dataclasses, so ``ItemAdapter`` and Scrapy's feed exports handle them without Scrapy's
-``Item`` machinery, and every value stays JSON-friendly (``-O items.jsonl`` works as is).
+``Item`` machinery, and every value stays JSON-friendly.
 """
 
 from __future__ import annotations
@@ -68,3 +69,16 @@ def _readable_item_id(raw: Mapping[str, Any]) -> int | None:
         return parse_item_id(raw.get("item_id"))
     except MalformedItem:
         return None
+
+
+@dataclass(slots=True)
+class ProductPage:
+    """The products of one answered page: the unit that travels through Scrapy's item path.
+
+    Scrapy spends more per item (spider-middleware layers, a task, signals, a log record) than
+    normalising and storing a product costs; moving pages instead divides that by the page
+    size (BENCHMARKS.md, B3). Feed exports still write one record per product
+    (``tmapi_crawler.exporters``); item pipelines see pages.
+    """
+
+    products: list[ProductItem]

@@ -24,7 +24,7 @@ from scrapy.exceptions import CloseSpider
 from tmapi_crawler import embedded_mongo
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler.coverage import complete_categories, mark_incomplete
-from tmapi_crawler.items import ProductItem
+from tmapi_crawler.items import ProductItem, ProductPage
 from tmapi_crawler.storage import (
     ProductStore,
     StorageUnavailable,
@@ -63,6 +63,7 @@ class MongoPipeline:
         #: Set when a distributed scheduler shares its crawl: this process is one of its workers.
         self.worker_id: str | None = None
         self.store: ProductStore | None = None
+        self.pages: list[ProductPage] = []
         self.pending: list[ProductItem] = []
         self.rejected: list[ProductItem] = []
         self._lock = asyncio.Lock()
@@ -115,26 +116,32 @@ class MongoPipeline:
         self._ticker = asyncio.ensure_future(self._tick())
 
     async def process_item(self, item: Any) -> Any:
-        if not isinstance(item, ProductItem):
+        if not isinstance(item, ProductPage):
             return item
-        if item.rejection is None:
-            self.pending.append(item)
-        else:
-            self.rejected.append(item)
-            self.stats.inc_value(f"{STATS}/items/rejected")
-            if item.item_id is None:
-                # Any stored product of the category might be this one: none may be called gone.
-                mark_incomplete(self.stats, item.context.cat_id)
-            logger.warning("Rejected item %s (cat_id=%s page=%s position=%s): %s",
-                           item.item_id, item.context.cat_id, item.context.page,
-                           item.context.position, item.rejection)
+        self.pages.append(item)
+        for product in item.products:
+            if product.rejection is None:
+                self.pending.append(product)
+            else:
+                self._reject(product)
         if len(self.pending) + len(self.rejected) >= self.batch_size:
             await self.flush()
         return item
 
+    def _reject(self, product: ProductItem) -> None:
+        self.rejected.append(product)
+        self.stats.inc_value(f"{STATS}/items/rejected")
+        if product.item_id is None:
+            # Any stored product of the category might be this one: none may be called gone.
+            mark_incomplete(self.stats, product.context.cat_id)
+        logger.warning("Rejected item %s (cat_id=%s page=%s position=%s): %s",
+                       product.item_id, product.context.cat_id, product.context.page,
+                       product.context.position, product.rejection)
+
     async def flush(self) -> None:
         """Write what is buffered; one flush at a time, while new items keep arriving."""
         async with self._lock:
+            pages, self.pages = self.pages, []
             items, self.pending = self.pending, []
             rejected, self.rejected = self.rejected, []
             if self._failed or self.store is None or not (items or rejected):
@@ -156,7 +163,7 @@ class MongoPipeline:
                     self.crawler.engine.close_spider_async(reason=UNAVAILABLE)
                 )
                 return
-            self.crawler.signals.send_catch_log(tmapi_signals.items_stored, items=items + rejected)
+            self.crawler.signals.send_catch_log(tmapi_signals.items_stored, items=pages)
             self.stats.inc_value(f"{STATS}/db/batches")
             self.stats.inc_value(f"{STATS}/db/sightings", len(items))
             self.stats.inc_value(f"{STATS}/db/created", result.created)

@@ -37,6 +37,16 @@ USER_AGENT = "tmapi-crawler/0.1 (+https://github.com/tmapi-crawler)"
 DOWNLOAD_TIMEOUT = api.MIN_TIMEOUT_SECONDS
 REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 FEED_EXPORT_ENCODING = "utf-8"
+# The spider yields pages of products; these exporters write one record per product.
+FEED_EXPORTERS = {
+    "json": "tmapi_crawler.exporters.JsonExporter",
+    "jsonlines": "tmapi_crawler.exporters.JsonLinesExporter",
+    "jsonl": "tmapi_crawler.exporters.JsonLinesExporter",
+    "jl": "tmapi_crawler.exporters.JsonLinesExporter",
+    "csv": "tmapi_crawler.exporters.CsvExporter",
+    "xml": "tmapi_crawler.exporters.XmlExporter",
+}
+LOG_FORMATTER = "tmapi_crawler.logformatter.LogFormatter"
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 
 # Storage.
@@ -47,7 +57,7 @@ MONGO_DATABASE = os.environ.get("MONGO_DATABASE", "tmapi")
 MONGO_EMBEDDED_DIR = os.environ.get("MONGO_EMBEDDED_DIR", ".data/mongodb")
 #: Where items go, as JSON lines, when MongoDB stayed unreachable for MONGO_RETRY_TIMEOUT.
 MONGO_SPILL_DIR = ".data/unsaved"
-MONGO_BATCH_SIZE = 500
+MONGO_BATCH_SIZE = 100
 MONGO_FLUSH_INTERVAL = 1.0
 MONGO_RETRY_TIMEOUT = 300.0
 

@@ -6,13 +6,13 @@ that point loses nothing.
 """
 
 #: Sent by the spider before it yields anything from a page:
-#: ``page_parsed(request, items: list[ProductItem])``. Follow-up requests are yielded before
-#: the items, so once every item is stored they are queued too.
+#: ``page_parsed(request, items: list[ProductPage])`` (the page's one item, none for an empty
+#: page). Follow-up requests are yielded before it, so once it is stored they are queued too.
 page_parsed = object()
 
 #: Sent by the spider's errback for a page given up on: ``page_failed(request, reason: str)``.
 page_failed = object()
 
 #: Sent by the storage pipeline after a batch is durably written (or refused by the database,
-#: which is final): ``items_stored(items: list[ProductItem])``.
+#: which is final): ``items_stored(items: list[ProductPage])``.
 items_stored = object()

@@ -2,7 +2,9 @@
 
 Read-only, so it is safe to run any time and from anywhere: queued, in flight (leased by live
 workers, and by dead ones until the reaper returns them), done, failed, the workers seen with
-their last heartbeat, the cluster-wide stop flag and the shared concurrency limit.
+their last heartbeat, the cluster-wide stop flag, the shared concurrency limit, and the
+progress line of a single crawl (queries, pages, items, answers, rate, ETA) summed over every
+worker.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tmapi_crawler.commands.crawl import USAGE_ERROR
 from tmapi_crawler.commands.seed import require_distributed
 from tmapi_crawler.distributed.cluster import Cluster, ClusterSettingsError
 from tmapi_crawler.distributed.keys import redact_url
+from tmapi_crawler.progress import cluster_progress
 
 if TYPE_CHECKING:
     import argparse
@@ -53,6 +56,9 @@ class Command(ScrapyCommand):
             raise SystemExit(USAGE_ERROR) from None
         try:
             status = cluster.status()
+            status["cluster_progress"] = cluster_progress(
+                cluster.redis, name, prefix=self.settings.get("TMAPI_REDIS_PREFIX") or "tmapi"
+            )
         except redis.RedisError as exc:
             print(f"error: Redis at {redact_url(cluster.url)}: {exc}", file=sys.stderr)
             self.exitcode = 1
@@ -84,6 +90,7 @@ def describe(status: dict[str, Any]) -> str:
     limiter = status["limiter"]
     lines.append(f"  limiter    {limiter['permits_in_use']} permits in use, limit "
                  + (f"lowered to {limiter['limit']}" if limiter["limit"] else "at maximum"))
+    lines.append(f"  progress   {status['cluster_progress']['line']}")
     lines.append(f"  workers    {len(status['workers'])} seen")
     for worker in status["workers"]:
         ended = f" ({worker['finish_reason']})" if worker["finish_reason"] else ""

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
     from twisted.python.failure import Failure
 
-    from tmapi_crawler.items import ProductItem
+    from tmapi_crawler.items import ProductPage
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _stores_items(settings: BaseSettings) -> bool:
 
 @dataclass(slots=True)
 class _Page:
-    """A leased request's progress: products still to be stored, None until it is parsed."""
+    """A leased request's progress: its page item still to be stored, None until parsed."""
 
     items_left: int | None = None
     parsed_at: float = 0.0
@@ -105,7 +105,7 @@ class DistributedScheduler(Scheduler):
             raise ClusterSettingsError("TMAPI_QUEUE_POLL_INTERVAL must be positive and "
                                        "MAX_IDLE_TIME_BEFORE_CLOSE not negative")
         self._pages: dict[str, _Page] = {}
-        self._items: dict[int, tuple[ProductItem, str]] = {}
+        self._items: dict[int, tuple[ProductPage, str]] = {}
         self._idle_since: float | None = None
         self._started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
@@ -233,7 +233,7 @@ class DistributedScheduler(Scheduler):
 
     # The acknowledgement ledger.
 
-    def page_parsed(self, request: Request, items: list[ProductItem]) -> None:
+    def page_parsed(self, request: Request, items: list[ProductPage]) -> None:
         lease = request.meta.get(LEASE_META)
         page = self._pages.get(lease or "")
         if lease is None or page is None:
@@ -245,16 +245,16 @@ class DistributedScheduler(Scheduler):
         for item in items:
             self._items[id(item)] = (item, lease)
 
-    def items_stored(self, items: list[ProductItem]) -> None:
+    def items_stored(self, items: list[ProductPage]) -> None:
         self._ack([lease for item in items if (lease := self._settle(item))])
 
     def item_settled(self, item: Any) -> None:
-        """A pipeline decided not to keep the product (or none stores it): it is done."""
+        """A pipeline decided not to keep the page (or none stores it): it is done."""
         if lease := self._settle(item):
             self._ack([lease])
 
     def item_error(self, item: Any) -> None:
-        """A pipeline failed on a product: the page is not complete, record it as failed."""
+        """A pipeline failed on a page: it is not complete, record it as failed."""
         entry = self._items.get(id(item))
         if entry is not None:
             self._fail(entry[1], "item_error")

@@ -190,6 +190,10 @@ class Stats:
     peak_by_token: dict[str, int] = field(default_factory=dict)
     recorded: int = 0
     records: deque[dict[str, Any]] = field(init=False)
+    #: When the first request arrived and the last answer left (loop clock, seconds): the
+    #: window in which a client used the API, for benchmarks' pages per second.
+    first_request_at: float | None = None
+    last_answer_at: float | None = None
 
     def __post_init__(self) -> None:
         self.records = deque(maxlen=self.max_records)
@@ -249,6 +253,7 @@ class Sandbox:
         record["ok"] = ok
         stats.records.append(record)
         stats.recorded += 1
+        stats.last_answer_at = asyncio.get_running_loop().time()
         return web.Response(status=status, text=body, content_type=content_type)
 
     def _refuse(self, record: dict[str, Any], code: int, msg: str | None = None) -> web.Response:
@@ -256,6 +261,8 @@ class Sandbox:
 
     async def handle_items(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
+        if self.stats.first_request_at is None:
+            self.stats.first_request_at = asyncio.get_running_loop().time()
         params = request.query
         token = params.get(api.TOKEN_PARAM, "")
         if not token or (self.config.tokens and token not in self.config.tokens):
@@ -289,13 +296,15 @@ class Sandbox:
             return self._refuse(record, 439)
         if listing is None:
             return self._refuse(record, 422, f"Parameter error: {record['invalid']}")
-        if config.latency or config.latency_jitter:
-            await asyncio.sleep(config.latency + self._jitter.uniform(0, config.latency_jitter))
-        if fault := self._fault_response(record):
-            return fault
-        if self._quota_spent():  # others may have used the last of it while this one slept
-            return self._refuse(record, 439)
-        return self._page(listing, record)
+        # The answer is built first and sent when the latency is up, so that an answer takes
+        # the configured latency in total, however long building it took.
+        loop = asyncio.get_running_loop()
+        due = loop.time() + config.latency + self._jitter.uniform(0, config.latency_jitter)
+        answer = self._fault_response(record) or self._page(listing, record)
+        if (remaining := due - loop.time()) > 0:
+            await asyncio.sleep(remaining)
+            stats.last_answer_at = loop.time()
+        return answer
 
     def _quota_spent(self) -> bool:
         return bool(self.config.quota) and self.stats.pages_served >= self.config.quota
@@ -358,6 +367,8 @@ class Sandbox:
             "in_flight": sum(self.in_flight.values()),
             "in_flight_by_token": dict(self.in_flight),
             "peak_in_flight": stats.peak_in_flight,
+            "busy_seconds": (stats.last_answer_at - stats.first_request_at
+                             if stats.last_answer_at and stats.first_request_at else None),
             "peak_in_flight_total": stats.peak_in_flight_total,
             "peak_in_flight_by_token": dict(stats.peak_by_token),
             "records_dropped": stats.recorded - len(stats.records),

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from tmapi_crawler import api, splitting
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler.coverage import cut_short, mark_incomplete
-from tmapi_crawler.items import ProductItem, QueryContext
+from tmapi_crawler.items import ProductItem, ProductPage, QueryContext
 from tmapi_crawler.paging import page_url, pages_after
 from tmapi_crawler.parsing import Page, read_page
 from tmapi_crawler.plan import Plan, Query, plan_from_arguments
@@ -86,7 +86,7 @@ class CategoryItemsSpider(scrapy.Spider):
             dont_filter=refetch,
         )
 
-    def parse(self, response: TextResponse) -> Iterator[ProductItem | scrapy.Request]:
+    def parse(self, response: TextResponse) -> Iterator[ProductPage | scrapy.Request]:
         context = response.meta[META_KEY]
         query = Query.from_dict(context["query"])
         page_number = context["page"]
@@ -121,8 +121,10 @@ class CategoryItemsSpider(scrapy.Spider):
             ))
             for position, raw in enumerate(page.items)
         ]
+        product_page = ProductPage(items)
         self.crawler.signals.send_catch_log(
-            tmapi_signals.page_parsed, request=response.request, items=items
+            tmapi_signals.page_parsed, request=response.request,
+            items=[product_page] if items else [],
         )
         carried = {k: context[k] for k in SPLIT_META if k in context}
         splits: list[scrapy.Request] = []
@@ -136,7 +138,8 @@ class CategoryItemsSpider(scrapy.Spider):
             yield self._request(query, number, last, split=carried)
         yield from splits
         self._page_finished(context)
-        yield from items
+        if items:
+            yield product_page
         stats.inc_value(f"{STATS}/items", len(items))
 
     def page_failed(self, failure: Failure) -> None:
