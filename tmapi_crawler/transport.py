@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
 from scrapy.downloadermiddlewares.retry import get_retry_request
-from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.exceptions import IgnoreRequest
 from scrapy.http import JsonResponse, Request, Response
 from scrapy.utils.misc import build_from_crawler, load_object
 
@@ -70,8 +70,6 @@ class TmapiTransportMiddleware:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> TmapiTransportMiddleware:
         settings = crawler.settings
-        if not settings.getbool("TMAPI_ENABLED", True):
-            raise NotConfigured
         token = credentials.token_from_settings(settings)
         base_url = settings.get("TMAPI_BASE_URL") or api.DEFAULT_BASE_URL
         if base_url.startswith("http://"):

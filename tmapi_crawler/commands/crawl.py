@@ -41,7 +41,7 @@ def check_before_start(
         check = getattr(spidercls, "check_arguments", None)
         if check is not None and (spargs or not arguments_optional):
             check(spargs)
-        if needs_token and settings.getbool("TMAPI_ENABLED", True):
+        if needs_token:
             token_from_settings(settings)
     except (PlanError, MissingToken) as exc:
         print(f"error: {exc}", file=sys.stderr)
