@@ -9,38 +9,24 @@ exactly the requests a seeding worker would have queued. No token is needed: not
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
-from scrapy.commands import ScrapyCommand
 from scrapy.crawler import Crawler
 from scrapy.exceptions import UsageError
 from scrapy.spiderloader import get_spider_loader
 from scrapy.utils.conf import arglist_to_dict
 
-from tmapi_crawler.commands.crawl import USAGE_ERROR, check_before_start
-from tmapi_crawler.distributed.cluster import Cluster, ClusterSettingsError
+from tmapi_crawler.commands.crawl import check_before_start
+from tmapi_crawler.distributed.command import ClusterCommand, require_distributed
 from tmapi_crawler.distributed.keys import redact_url
 
 if TYPE_CHECKING:
     import argparse
 
-    from scrapy.settings import BaseSettings
 
 
-def require_distributed(settings: BaseSettings, command: str) -> None:
-    """Exit 2 with one line when the profile has no shared queue to work on."""
-    if not settings.getbool("TMAPI_DISTRIBUTED"):
-        print(f"error: scrapy {command} needs the shared queue of the distributed profile "
-              "(run it with SCRAPY_PROJECT=distributed)", file=sys.stderr)
-        raise SystemExit(USAGE_ERROR)
-
-
-class Command(ScrapyCommand):
-    requires_project = True
-    requires_crawler_process = False
-    default_settings: dict[str, Any] = {"LOG_ENABLED": False}
-
+class Command(ClusterCommand):
     def syntax(self) -> str:
         return "<spider> [-a NAME=VALUE ...]"
 
@@ -76,11 +62,7 @@ class Command(ScrapyCommand):
         assert self.settings is not None
         spidercls = get_spider_loader(self.settings).load(args[0])
         spider = spidercls.from_crawler(Crawler(spidercls, self.settings), **opts.spargs)
-        try:
-            cluster = Cluster(self.settings, spider.name)
-        except ClusterSettingsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(USAGE_ERROR) from None
+        cluster = self.open_cluster(spider.name)
         try:
             crawl_id, fresh = cluster.begin_crawl(renew=True, worker_info=None)
             queue, dupefilter = cluster.open_queue(spider, worker=None), cluster.dupefilter()

@@ -14,13 +14,11 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import redis
-from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 from scrapy.spiderloader import get_spider_loader
 
 from tmapi_crawler.commands.crawl import USAGE_ERROR
-from tmapi_crawler.commands.seed import require_distributed
-from tmapi_crawler.distributed.cluster import Cluster, ClusterSettingsError
+from tmapi_crawler.distributed.command import ClusterCommand, require_distributed
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.progress import cluster_progress
 
@@ -28,11 +26,7 @@ if TYPE_CHECKING:
     import argparse
 
 
-class Command(ScrapyCommand):
-    requires_project = True
-    requires_crawler_process = False
-    default_settings: dict[str, Any] = {"LOG_ENABLED": False}
-
+class Command(ClusterCommand):
     def syntax(self) -> str:
         return "<spider> [--json]"
 
@@ -50,10 +44,10 @@ class Command(ScrapyCommand):
         require_distributed(self.settings, "status")
         try:
             name = get_spider_loader(self.settings).load(args[0]).name
-            cluster = Cluster(self.settings, name)
-        except (KeyError, ClusterSettingsError) as exc:
+        except KeyError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(USAGE_ERROR) from None
+        cluster = self.open_cluster(name)
         try:
             status = cluster.status()
             status["cluster_progress"] = cluster_progress(
