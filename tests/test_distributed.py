@@ -453,7 +453,9 @@ def test_503s_lower_the_limit_of_the_whole_cluster(
     cluster = workers(env, 2)
     assert finish(cluster) == ["finished"] * 2
     assert sum(w.stats.get("tmapi/throttle/decreases", 0) for w in cluster) >= LIMIT - 2
-    assert env.status()["limiter"]["limit"] in {2, 3}  # shared, and still lowered
+    # Shared, and still lowered. How far it went depends on how many 503s arrived together
+    # (each takes one slot off), so any value below the maximum is right.
+    assert 1 <= env.status()["limiter"]["limit"] < LIMIT
     products, pages = truth(env)
     assert sorted(stored_products(env, mongo_client)) == sorted(products)
     assert set(records(env.sandbox.stats())) == pages
