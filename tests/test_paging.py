@@ -2,7 +2,7 @@
 
 import pytest
 
-from tmapi_crawler.paging import page_url, pages_after
+from tmapi_crawler.frontier.paging import page_url, pages_after
 from tmapi_crawler.plan import Query
 
 

@@ -19,9 +19,10 @@ from pymongo.write_concern import WriteConcern
 from scrapy.exceptions import UsageError
 from scrapy.settings import Settings
 
-from tmapi_crawler import embedded_mongo, servers
+from tmapi_crawler import servers
 from tmapi_crawler.commands.mongo import Command as MongoCommand
 from tmapi_crawler.servers import MongodProcess, RedisProcess, ServerNotFound
+from tmapi_crawler.storage import embedded as embedded_mongo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

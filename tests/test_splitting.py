@@ -26,10 +26,8 @@ from scrapy.utils.request import request_from_dict
 from tests.crawling import TOKEN, CrawlResult, crawl
 from tmapi_crawler import api
 from tmapi_crawler.distributed import serializer
-from tmapi_crawler.plan import Query
-from tmapi_crawler.sandbox.catalog import PRICE_POINT_CENTS, format_price
-from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.splitting import (
+from tmapi_crawler.frontier.context import CellRef, PageContext
+from tmapi_crawler.frontier.splitting import (
     Cell,
     SplitState,
     capped,
@@ -40,6 +38,9 @@ from tmapi_crawler.splitting import (
     walk,
     with_prices,
 )
+from tmapi_crawler.plan import Query
+from tmapi_crawler.sandbox.catalog import PRICE_POINT_CENTS, format_price
+from tmapi_crawler.sandbox.process import SandboxProcess
 
 D = Decimal
 STEP = api.PRICE_STEP
@@ -420,8 +421,8 @@ def test_a_slice_is_an_ordinary_request_for_the_cluster_queue() -> None:
     spidercls = get_spider_loader(settings).load("category_items")
     spider = spidercls.from_crawler(Crawler(spidercls, settings), cat_id="5")
     cell = Query(cat_id=5, sort="sales", price_start="9.9", price_end="9.9", new_arrival=False)
-    split = {"by_price": False, "cell": {"key": cell.key(), "total": 3}}
-    request = spider.page_request(cell, 1, 1, split=split, refetch=True)
+    context = PageContext(cell, by_price=False, cell=CellRef(cell.key(), 3), refetch=True)
+    request = spider.page_request(context)
     again = request_from_dict(serializer.loads(serializer.dumps(request.to_dict(spider=spider))),
                               spider=spider)
     assert (again.url, again.meta, again.dont_filter) == (request.url, request.meta, True)

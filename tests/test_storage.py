@@ -16,10 +16,10 @@ import pymongo
 import pytest
 
 from tests.crawling import PROJECT_ROOT, TOKEN, crawl
-from tmapi_crawler import embedded_mongo
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.servers import MongodProcess, free_port
-from tmapi_crawler.storage import CRAWL_RUNS, PRODUCTS, REJECTED
+from tmapi_crawler.storage import embedded as embedded_mongo
+from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, REJECTED
 
 SIZES = {"201": 120, "202": 90}
 TYPED = {

@@ -16,8 +16,8 @@ import pymongo
 from scrapy.utils.project import get_project_settings
 
 from tmapi_crawler.commands.report import summary
-from tmapi_crawler.embedded_mongo import resolve_mongo_uri
 from tmapi_crawler.sandbox.process import SandboxProcess
+from tmapi_crawler.storage.embedded import resolve_mongo_uri
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_TOKEN = "sandbox-demo-token"

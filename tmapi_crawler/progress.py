@@ -35,8 +35,8 @@ import redis.asyncio
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
+from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.distributed.keys import CrawlKeys, redact_url
-from tmapi_crawler.transport import STATS
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -56,7 +56,6 @@ SNAPSHOT_TTL = 24 * 3600
 #: ``STALE_GRACE`` seconds for a busy event loop, is not counted as running (it died).
 STALE_INTERVALS = 3
 STALE_GRACE = 5.0
-_ANSWERS = f"{STATS}/answers/"
 _CLEAR_LINE = "\r\x1b[K"
 
 
@@ -78,16 +77,16 @@ class Progress:
     @classmethod
     def from_stats(cls, stats: Mapping[str, Any]) -> Self:
         return cls(
-            queries=stats.get(f"{STATS}/queries", 0),
-            queries_done=stats.get(f"{STATS}/queries/done", 0),
-            pages=stats.get(f"{STATS}/pages", 0),
-            pages_failed=stats.get(f"{STATS}/pages/failed", 0),
-            pages_known=stats.get(f"{STATS}/pages/known", 0),
-            items=stats.get(f"{STATS}/items", 0),
-            stored=stats.get(f"{STATS}/db/sightings", 0),
-            new=stats.get(f"{STATS}/db/created", 0),
-            rejected=stats.get(f"{STATS}/items/rejected", 0),
-            answers={k[len(_ANSWERS):]: v for k, v in stats.items() if k.startswith(_ANSWERS)},
+            queries=stats.get(stats_keys.QUERIES, 0),
+            queries_done=stats.get(stats_keys.QUERIES_DONE, 0),
+            pages=stats.get(stats_keys.PAGES, 0),
+            pages_failed=stats.get(stats_keys.PAGES_FAILED, 0),
+            pages_known=stats.get(stats_keys.PAGES_KNOWN, 0),
+            items=stats.get(stats_keys.ITEMS, 0),
+            stored=stats.get(stats_keys.DB_SIGHTINGS, 0),
+            new=stats.get(stats_keys.DB_CREATED, 0),
+            rejected=stats.get(stats_keys.ITEMS_REJECTED, 0),
+            answers=stats_keys.with_prefix(stats, stats_keys.ANSWERS),
         )
 
     @classmethod
@@ -384,7 +383,7 @@ class ProgressReporter:
         return {
             **asdict(progress),
             "rate": self.rate.per_second(),
-            "crawl_id": self.stats.get_value(f"{STATS}/crawl_id"),
+            "crawl_id": self.stats.get_value(stats_keys.CRAWL_ID),
             "state": state,
             "finish_reason": reason,
             "interval": self.interval,

@@ -12,7 +12,7 @@ BOT_NAME = "tmapi_crawler"
 SPIDER_MODULES = ["tmapi_crawler.spiders"]
 NEWSPIDER_MODULE = "tmapi_crawler.spiders"
 COMMANDS_MODULE = "tmapi_crawler.commands"
-ADDONS = {"tmapi_crawler.addon.TmapiAddon": 0}
+ADDONS = {"tmapi_crawler.transport.addon.TmapiAddon": 0}
 
 # The API.
 TMAPI_TOKEN = os.environ.get("TMAPI_TOKEN", "")
@@ -20,7 +20,7 @@ TMAPI_BASE_URL = os.environ.get("TMAPI_BASE_URL", api.DEFAULT_BASE_URL)
 #: The account's concurrency limit: never more API requests in flight than this.
 TMAPI_CONCURRENCY = int(os.environ.get("TMAPI_CONCURRENCY", "4"))
 #: Who counts requests in flight: this process, or (distributed profile) the whole cluster.
-TMAPI_LIMITER = "tmapi_crawler.throttle.AdaptiveLimiter"
+TMAPI_LIMITER = "tmapi_crawler.transport.limiter.AdaptiveLimiter"
 #: Successes needed to earn back one slot after a 503 lowered the limit.
 TMAPI_THROTTLE_RECOVERY = 32
 TMAPI_RETRY_TIMES = 8
@@ -50,7 +50,7 @@ LOG_FORMATTER = "tmapi_crawler.logformatter.LogFormatter"
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 
 # Storage.
-ITEM_PIPELINES = {"tmapi_crawler.pipelines.MongoPipeline": 800}
+ITEM_PIPELINES = {"tmapi_crawler.storage.pipeline.MongoPipeline": 800}
 #: Empty: start (or reuse) the embedded local mongod under MONGO_EMBEDDED_DIR.
 MONGO_URI = os.environ.get("MONGO_URI", "")
 MONGO_DATABASE = os.environ.get("MONGO_DATABASE", "tmapi")

@@ -1,4 +1,9 @@
-"""A stats collector that also writes the final stats as JSON, for scripts and CI to read.
+"""Every stats key the crawler writes, and the collector that saves them to ``STATS_FILE``.
+
+Keys live here only, so a reader (progress, ``crawl_runs``, reports, tests) and a writer can
+never disagree on a spelling; ``docs/reference/stats.md`` says what each one counts. Keys
+with a variable part are built by the functions below, from a bounded vocabulary (answer
+codes, failure reasons, category ids, split kinds), never from free text.
 
 Scrapy's collectors persist the stats in ``_persist_stats`` once the spider closed, after
 ``finish_reason`` is set — also when the crawl ended before it started (e.g. storage down),
@@ -9,9 +14,91 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from scrapy.statscollectors import MemoryStatsCollector
+
+PREFIX: Final = "tmapi"
+
+CRAWL_ID: Final = f"{PREFIX}/crawl_id"
+
+# Transport: paid calls and what they answered.
+REQUESTS: Final = f"{PREFIX}/requests"
+ANSWERS: Final = f"{PREFIX}/answers/"
+RETRY: Final = f"{PREFIX}/retry"
+THROTTLE_LIMIT: Final = f"{PREFIX}/throttle/limit"
+THROTTLE_PEAK: Final = f"{PREFIX}/throttle/peak_in_flight"
+THROTTLE_INCREASES: Final = f"{PREFIX}/throttle/increases"
+THROTTLE_DECREASES: Final = f"{PREFIX}/throttle/decreases"
+
+# Pages and queries.
+QUERIES: Final = f"{PREFIX}/queries"
+QUERIES_DONE: Final = f"{PREFIX}/queries/done"
+PAGES: Final = f"{PREFIX}/pages"
+PAGES_EMPTY: Final = f"{PREFIX}/pages/empty"
+PAGES_KNOWN: Final = f"{PREFIX}/pages/known"
+PAGES_FAILED: Final = f"{PREFIX}/pages/failed"
+PAGES_FAILED_BY_REASON: Final = f"{PREFIX}/pages/failed_by_reason/"
+
+# Items.
+ITEMS: Final = f"{PREFIX}/items"
+ITEMS_REJECTED: Final = f"{PREFIX}/items/rejected"
+ITEMS_SPILLED: Final = f"{PREFIX}/items/spilled"
+
+# Splitting past the result cap.
+SPLIT_QUERIES: Final = f"{PREFIX}/split/queries"
+SPLIT_BY: Final = f"{PREFIX}/split/by/"
+SPLIT_SLICES: Final = f"{PREFIX}/split/slices"
+SPLIT_EXTRA_REQUESTS: Final = f"{PREFIX}/split/extra_requests"
+SPLIT_UNREACHABLE: Final = f"{PREFIX}/split/unreachable"
+SPLIT_DETECTED_CAP: Final = f"{PREFIX}/split/detected_cap"
+SPLIT_UNSETTLED_CELLS: Final = f"{PREFIX}/split/unsettled_cells"
+
+# Storage.
+DB_BATCHES: Final = f"{PREFIX}/db/batches"
+DB_SIGHTINGS: Final = f"{PREFIX}/db/sightings"
+DB_CREATED: Final = f"{PREFIX}/db/created"
+DB_CHANGED: Final = f"{PREFIX}/db/changed"
+DB_REFUSED: Final = f"{PREFIX}/db/refused"
+PRODUCTS: Final = f"{PREFIX}/products/"
+COVERAGE_INCOMPLETE: Final = f"{PREFIX}/coverage/incomplete/"
+
+# Distributed workers.
+DISTRIBUTED: Final = f"{PREFIX}/distributed"
+WORKER_ID: Final = f"{DISTRIBUTED}/worker_id"
+DISTRIBUTED_GIVEN_BACK: Final = f"{DISTRIBUTED}/given_back"
+DISTRIBUTED_ACKED: Final = f"{DISTRIBUTED}/acked"
+DISTRIBUTED_RECLAIMED: Final = f"{DISTRIBUTED}/reclaimed_before_ack"
+DISTRIBUTED_FAILED: Final = f"{DISTRIBUTED}/failed"
+DISTRIBUTED_REAPED: Final = f"{DISTRIBUTED}/reaped"
+
+
+def answer(code: int | str) -> str:
+    """Answers by code: an API code, or a transport failure's class (``answers/TimeoutError``)."""
+    return f"{ANSWERS}{code}"
+
+
+def failed_by_reason(reason: str) -> str:
+    return f"{PAGES_FAILED_BY_REASON}{reason}"
+
+
+def split_by(how: str) -> str:
+    return f"{SPLIT_BY}{how}"
+
+
+def product_count(name: str) -> str:
+    """Products counted from the database at close: ``products/{new,updated,changed,...}``."""
+    return f"{PRODUCTS}{name}"
+
+
+def incomplete(cat_id: int) -> str:
+    """Losses noticed in one category (see ``storage.coverage``)."""
+    return f"{COVERAGE_INCOMPLETE}{cat_id}"
+
+
+def with_prefix(stats: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The stats under ``prefix``, keyed by the rest of their name."""
+    return {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)}
 
 
 class StatsFileCollector(MemoryStatsCollector):

@@ -17,8 +17,8 @@ from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 from scrapy.spiderloader import get_spider_loader
 
-from tmapi_crawler.credentials import MissingToken, token_from_settings
 from tmapi_crawler.plan import PlanError
+from tmapi_crawler.transport.credentials import MissingToken, token_from_settings
 
 USAGE_ERROR = 2
 

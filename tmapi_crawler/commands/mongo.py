@@ -15,8 +15,8 @@ import pymongo
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
-from tmapi_crawler import embedded_mongo
 from tmapi_crawler.servers import ServerNotFound
+from tmapi_crawler.storage import embedded as embedded_mongo
 
 if TYPE_CHECKING:
     import argparse

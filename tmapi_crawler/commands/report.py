@@ -8,8 +8,8 @@ from typing import Any
 import pymongo
 from scrapy.commands import ScrapyCommand
 
-from tmapi_crawler.embedded_mongo import resolve_mongo_uri
-from tmapi_crawler.storage import CRAWL_RUNS, PRODUCTS, REJECTED
+from tmapi_crawler.storage.embedded import resolve_mongo_uri
+from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, REJECTED
 
 
 class Command(ScrapyCommand):

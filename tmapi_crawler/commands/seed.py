@@ -20,6 +20,7 @@ from scrapy.utils.conf import arglist_to_dict
 from tmapi_crawler.commands.crawl import check_before_start
 from tmapi_crawler.distributed.command import ClusterCommand, require_distributed
 from tmapi_crawler.distributed.keys import redact_url
+from tmapi_crawler.frontier.context import PageContext
 
 if TYPE_CHECKING:
     import argparse
@@ -68,7 +69,7 @@ class Command(ClusterCommand):
             queue, dupefilter = cluster.open_queue(spider, worker=None), cluster.dupefilter()
             queries = spider.plan.queries
             added = sum(
-                queue.push_unique(spider.page_request(query, 1, known_last=1), dupefilter)
+                queue.push_unique(spider.page_request(PageContext(query)), dupefilter)
                 for query in queries
             )
         except redis.RedisError as exc:

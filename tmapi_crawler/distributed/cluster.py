@@ -25,9 +25,9 @@ from scrapy_redis.dupefilter import RFPDupeFilter
 from tmapi_crawler import api
 from tmapi_crawler.distributed.keys import CrawlKeys, LimiterKeys, redact_url
 from tmapi_crawler.distributed.queue import LUA_GIVE_BACK, ReliablePriorityQueue
-from tmapi_crawler.paging import page_url
-from tmapi_crawler.pipelines import new_crawl_id
+from tmapi_crawler.frontier.paging import page_url
 from tmapi_crawler.plan import Query
+from tmapi_crawler.storage.pipeline import new_crawl_id
 
 if TYPE_CHECKING:
     from scrapy import Spider

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 from scrapy import signals
 
+from tmapi_crawler.closing import close_spider
 from tmapi_crawler.distributed.cluster import Cluster
-from tmapi_crawler.throttle import LimiterClosed
+from tmapi_crawler.transport.limiter import LimiterClosed
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -150,7 +151,6 @@ class RedisLimiter:
         self._started_ms = 0
         self._batches = 0
         self._closed = False
-        self._stop_task: asyncio.Future[None] | None = None
         client = cluster.aio
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
@@ -360,7 +360,5 @@ class RedisLimiter:
             return
         logger.error("Another worker stopped the crawl (%s); closing", reason)
         self._shut()
-        if self.crawler.crawling and self.crawler.engine.spider is not None:
-            self._stop_task = asyncio.ensure_future(
-                self.crawler.engine.close_spider_async(reason=reason)
-            )
+        if self.crawler.crawling:
+            close_spider(self.crawler, reason)

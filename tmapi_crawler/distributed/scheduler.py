@@ -32,11 +32,17 @@ from scrapy_redis.scheduler import Scheduler
 
 from tmapi_crawler import api
 from tmapi_crawler import signals as tmapi_signals
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.closing import (
+    FOREIGN_REQUEST,
+    REDIS_UNAVAILABLE,
+    STOPPING_OUTCOMES,
+    close_spider,
+)
 from tmapi_crawler.distributed.cluster import Census, Cluster, ClusterSettingsError
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.queue import LEASE_META, ForeignRequest, ReliablePriorityQueue
-from tmapi_crawler.pipelines import MongoPipeline
-from tmapi_crawler.transport import FINISH_REASONS, STATS
+from tmapi_crawler.storage.pipeline import MongoPipeline
 
 if TYPE_CHECKING:
     from scrapy import Spider
@@ -53,13 +59,8 @@ logger = logging.getLogger(__name__)
 #: shutdown). Such pages stay leased and go back to the queue, for a later resume.
 RESUMABLE_FAILURES = frozenset(
     {"not_sent"}
-    | {str(code) for code, error in api.ERROR_CODES.items() if error.outcome in FINISH_REASONS}
+    | {str(code) for code, error in api.ERROR_CODES.items() if error.outcome in STOPPING_OUTCOMES}
 )
-#: Finish reason of a worker that met a request for another API address than its own.
-FOREIGN_REQUEST = "tmapi_foreign_request"
-#: Finish reason of a worker that could not join the cluster crawl.
-REDIS_UNAVAILABLE = "redis_unavailable"
-_DSTATS = f"{STATS}/distributed"
 
 
 def _stores_items(settings: BaseSettings) -> bool:
@@ -109,7 +110,7 @@ class DistributedScheduler(Scheduler):
         self._idle_since: float | None = None
         self._started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping: asyncio.Future[None] | None = None
+        self._stopping = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> DistributedScheduler:
@@ -160,7 +161,7 @@ class DistributedScheduler(Scheduler):
             logger.error("Redis at %s unreachable (%s): nothing was sent to the API",
                          redact_url(self.cluster.url), exc)
             return
-        self.stats.set_value(f"{_DSTATS}/worker_id", self.worker_id)
+        self.stats.set_value(stats_keys.WORKER_ID, self.worker_id)
         logger.info("%s cluster crawl %s at %s as worker %s; %d requests queued",
                     "Started" if fresh else "Joined", self.crawl_id,
                     redact_url(self.cluster.url), self.worker_id, queued)
@@ -184,7 +185,7 @@ class DistributedScheduler(Scheduler):
                          "unfinished requests once its heartbeat expires", exc, len(leftover))
             return
         if requeued:
-            self.stats.inc_value(f"{_DSTATS}/given_back", requeued)
+            self.stats.inc_value(stats_keys.DISTRIBUTED_GIVEN_BACK, requeued)
             logger.info("Gave %d unfinished requests back to the shared queue", requeued)
 
     def spider_opened(self) -> None:
@@ -192,10 +193,8 @@ class DistributedScheduler(Scheduler):
             self._close_soon(REDIS_UNAVAILABLE)
 
     def _close_soon(self, reason: str) -> None:
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(
-                self.crawler.engine.close_spider_async(reason=reason)
-            )
+        self._stopping = True
+        close_spider(self.crawler, reason)
 
     def has_pending_requests(self) -> bool:
         return self.crawl_id is not None and super().has_pending_requests()
@@ -220,7 +219,7 @@ class DistributedScheduler(Scheduler):
         try:
             request = self.queue.pop()
         except ForeignRequest as exc:
-            if self._stopping is None:
+            if not self._stopping:
                 logger.error("%s; stopping this worker", exc)
                 self._close_soon(FOREIGN_REQUEST)
             return None
@@ -290,9 +289,9 @@ class DistributedScheduler(Scheduler):
             self._pages.pop(lease, None)
         assert self.queue is not None
         acked = self.queue.ack(leases)
-        self.stats.inc_value(f"{_DSTATS}/acked", acked)
+        self.stats.inc_value(stats_keys.DISTRIBUTED_ACKED, acked)
         if acked < len(leases):
-            self.stats.inc_value(f"{_DSTATS}/reclaimed_before_ack", len(leases) - acked)
+            self.stats.inc_value(stats_keys.DISTRIBUTED_RECLAIMED, len(leases) - acked)
 
     def _fail(self, lease: str, reason: str) -> None:
         self._pages.pop(lease, None)
@@ -300,7 +299,7 @@ class DistributedScheduler(Scheduler):
             del self._items[key]
         assert self.queue is not None
         self.queue.fail(lease, reason)
-        self.stats.inc_value(f"{_DSTATS}/failed")
+        self.stats.inc_value(stats_keys.DISTRIBUTED_FAILED)
 
     # Lifetime.
 
@@ -362,7 +361,7 @@ class DistributedScheduler(Scheduler):
             return
         requeued, failed = self.cluster.reap_dead(census)
         if requeued or failed:
-            self.stats.inc_value(f"{_DSTATS}/reaped", requeued)
+            self.stats.inc_value(stats_keys.DISTRIBUTED_REAPED, requeued)
             logger.warning("Workers %s stopped heartbeating: %d of their requests re-queued, %d "
                            "failed as poison", ", ".join(census.dead_with_leases), requeued, failed)
 

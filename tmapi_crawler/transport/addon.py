@@ -10,7 +10,7 @@ from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.settings import BaseSettings
 
 from tmapi_crawler import api
-from tmapi_crawler.transport import TmapiTransportMiddleware
+from tmapi_crawler.transport.middleware import TmapiTransportMiddleware
 
 #: Closest to the downloader: every other middleware's process_request ran before it.
 TRANSPORT_ORDER = 1000

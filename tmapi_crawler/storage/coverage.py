@@ -13,21 +13,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from tmapi_crawler.transport import STATS
+from tmapi_crawler import stats as stats_keys
 
 if TYPE_CHECKING:
     from scrapy.statscollectors import StatsCollector
 
     from tmapi_crawler.plan import Query
 
-#: ``tmapi/coverage/incomplete/<cat_id>``: how many losses were noticed in the category.
-INCOMPLETE = f"{STATS}/coverage/incomplete/"
 #: Losses that cannot be pinned on a category: products refused by or never written to MongoDB.
-_CRAWL_WIDE_LOSSES = (f"{STATS}/db/refused", f"{STATS}/items/spilled")
+_CRAWL_WIDE_LOSSES = (stats_keys.DB_REFUSED, stats_keys.ITEMS_SPILLED)
 
 
 def mark_incomplete(stats: StatsCollector, cat_id: int) -> None:
-    stats.inc_value(f"{INCOMPLETE}{cat_id}")
+    stats.inc_value(stats_keys.incomplete(cat_id))
 
 
 def cut_short(
@@ -56,4 +54,4 @@ def complete_categories(queries: Iterable[Query], stats: Mapping[str, Any]) -> l
     ):
         return []
     whole = {query.cat_id for query in queries if not query.filters()}
-    return sorted(c for c in whole if not stats.get(f"{INCOMPLETE}{c}"))
+    return sorted(c for c in whole if not stats.get(stats_keys.incomplete(c)))

@@ -5,15 +5,15 @@ The API caps concurrency per token and answers 503 beyond it. The limiter starts
 successes (additive increase, additive decrease: random 503s cost little, a real over-limit
 converges within a few answers).
 
-``TMAPI_LIMITER`` names the class, so a cluster can share one limit through Redis; any class
-with this one's async interface fits.
+``TMAPI_LIMITER`` names the class, so a cluster can share one limit through Redis
+(``distributed.limiter.RedisLimiter``); both implement :class:`Limiter`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -21,6 +21,35 @@ if TYPE_CHECKING:
 
 class LimiterClosed(Exception):
     """The crawl is stopping; no new request may start."""
+
+
+class Limiter(Protocol):
+    """What the transport needs from a limiter: permits, the 503 feedback, a stop."""
+
+    #: The limit in force now (lowered by 503s, at most ``maximum``).
+    limit: int
+    #: ``TMAPI_CONCURRENCY``.
+    maximum: int
+    #: The most permits seen in use at once.
+    peak: int
+
+    async def acquire(self) -> None:
+        """Wait for a permit; raise ``LimiterClosed`` once the crawl is stopping."""
+
+    async def release(self) -> None:
+        """Give back one permit this process holds."""
+
+    async def throttled(self) -> bool:
+        """Record a 503; True when it lowered the limit."""
+
+    async def succeeded(self) -> bool:
+        """Record a success; True when it raised the limit."""
+
+    async def close(self, reason: str | None = None) -> None:
+        """Refuse every waiting and later ``acquire``; a finish reason stops every worker."""
+
+    @property
+    def closed(self) -> bool: ...
 
 
 class AdaptiveLimiter:

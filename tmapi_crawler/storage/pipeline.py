@@ -21,26 +21,24 @@ from pymongo.errors import OperationFailure
 from scrapy import signals
 from scrapy.exceptions import CloseSpider
 
-from tmapi_crawler import embedded_mongo
 from tmapi_crawler import signals as tmapi_signals
-from tmapi_crawler.coverage import complete_categories, mark_incomplete
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.closing import MONGODB_UNAVAILABLE, close_spider
 from tmapi_crawler.items import ProductItem, ProductPage
-from tmapi_crawler.storage import (
+from tmapi_crawler.storage import embedded as embedded_mongo
+from tmapi_crawler.storage.coverage import complete_categories, mark_incomplete
+from tmapi_crawler.storage.store import (
     ProductStore,
     StorageUnavailable,
     batch_now,
     rejected_document,
     updates_by_id,
 )
-from tmapi_crawler.transport import STATS
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
-
-UNAVAILABLE = "mongodb_unavailable"
-
 
 def new_crawl_id() -> str:
     """Sortable by start time, unique across workers started in the same second."""
@@ -69,7 +67,6 @@ class MongoPipeline:
         self._lock = asyncio.Lock()
         self._ticker: asyncio.Task[None] | None = None
         self._failed = False
-        self._closing: asyncio.Future[None] | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> MongoPipeline:
@@ -91,11 +88,11 @@ class MongoPipeline:
             logger.error("%s; nothing was sent to the API", exc)
             await self.store.close()
             self.store = None
-            raise CloseSpider(UNAVAILABLE) from None
+            raise CloseSpider(MONGODB_UNAVAILABLE) from None
         scheduler = self.crawler.engine.scheduler
         self.crawl_id = getattr(scheduler, "crawl_id", None) or self.crawl_id
         self.worker_id = getattr(scheduler, "worker_id", None)
-        self.stats.set_value(f"{STATS}/crawl_id", self.crawl_id)
+        self.stats.set_value(stats_keys.CRAWL_ID, self.crawl_id)
         spider = self.crawler.spider
         await self.store.start_run({
             "_id": self.crawl_id,
@@ -130,7 +127,7 @@ class MongoPipeline:
 
     def _reject(self, product: ProductItem) -> None:
         self.rejected.append(product)
-        self.stats.inc_value(f"{STATS}/items/rejected")
+        self.stats.inc_value(stats_keys.ITEMS_REJECTED)
         if product.item_id is None:
             # Any stored product of the category might be this one: none may be called gone.
             mark_incomplete(self.stats, product.context.cat_id)
@@ -159,18 +156,16 @@ class MongoPipeline:
                 self._failed = True
                 logger.error("%s; stopping the crawl", exc)
                 self._spill(items + rejected)
-                self._closing = asyncio.ensure_future(
-                    self.crawler.engine.close_spider_async(reason=UNAVAILABLE)
-                )
+                close_spider(self.crawler, MONGODB_UNAVAILABLE)
                 return
             self.crawler.signals.send_catch_log(tmapi_signals.items_stored, items=pages)
-            self.stats.inc_value(f"{STATS}/db/batches")
-            self.stats.inc_value(f"{STATS}/db/sightings", len(items))
-            self.stats.inc_value(f"{STATS}/db/created", result.created)
+            self.stats.inc_value(stats_keys.DB_BATCHES)
+            self.stats.inc_value(stats_keys.DB_SIGHTINGS, len(items))
+            self.stats.inc_value(stats_keys.DB_CREATED, result.created)
             if result.changed:
-                self.stats.inc_value(f"{STATS}/db/changed", result.changed)
+                self.stats.inc_value(stats_keys.DB_CHANGED, result.changed)
             if result.refused:
-                self.stats.inc_value(f"{STATS}/db/refused", result.refused)
+                self.stats.inc_value(stats_keys.DB_REFUSED, result.refused)
 
     async def close_spider(self) -> None:
         if self._ticker is not None:
@@ -185,22 +180,21 @@ class MongoPipeline:
             vanished = await self._mark_vanished(reason)
             counts = {**await self.store.run_counts(self.crawl_id), "vanished": vanished}
             stats = self.stats.get_stats()
-            prefix = f"{STATS}/answers/"
             await self.store.finish_run(self.crawl_id, {
                 "status": "closed",
                 "finished_at": datetime.now(UTC),
                 "finish_reason": reason,
                 "counts": {
-                    "pages": stats.get(f"{STATS}/pages", 0),
-                    "items": stats.get(f"{STATS}/items", 0),
-                    "rejected": stats.get(f"{STATS}/items/rejected", 0),
-                    "failed_pages": stats.get(f"{STATS}/pages/failed", 0),
+                    "pages": stats.get(stats_keys.PAGES, 0),
+                    "items": stats.get(stats_keys.ITEMS, 0),
+                    "rejected": stats.get(stats_keys.ITEMS_REJECTED, 0),
+                    "failed_pages": stats.get(stats_keys.PAGES_FAILED, 0),
                     **counts,
                 },
-                "answers": {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)},
+                "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
             }, worker_id=self.worker_id)
             for name, value in counts.items():
-                self.stats.set_value(f"{STATS}/products/{name}", value)
+                self.stats.set_value(stats_keys.product_count(name), value)
         except StorageUnavailable as exc:
             logger.error("Could not record the end of crawl %s: %s", self.crawl_id, exc)
         finally:
@@ -245,5 +239,5 @@ class MongoPipeline:
         with path.open("a", encoding="utf-8") as spill:
             for item in items:
                 spill.write(json.dumps(asdict(item), default=str, ensure_ascii=False) + "\n")
-        self.stats.inc_value(f"{STATS}/items/spilled", len(items))
+        self.stats.inc_value(stats_keys.ITEMS_SPILLED, len(items))
         logger.error("%d items could not be stored in MongoDB; kept in %s", len(items), path)

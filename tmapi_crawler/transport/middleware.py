@@ -26,23 +26,18 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.http import JsonResponse, Request, Response
 from scrapy.utils.misc import build_from_crawler, load_object
 
-from tmapi_crawler import api, credentials
-from tmapi_crawler.parsing import Answer, BrokenAnswer, read_answer
-from tmapi_crawler.throttle import AdaptiveLimiter, LimiterClosed
+from tmapi_crawler import api
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.closing import STOPPING_OUTCOMES, close_spider
+from tmapi_crawler.frontier.context import META_KEY
+from tmapi_crawler.transport import credentials
+from tmapi_crawler.transport.answers import Answer, BrokenAnswer, read_answer
+from tmapi_crawler.transport.limiter import Limiter, LimiterClosed
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
-
-#: ``Request.meta`` key marking API requests; its value is the page's query context.
-META_KEY = "tmapi"
-STATS = "tmapi"
-
-FINISH_REASONS = {
-    api.Outcome.QUOTA: "tmapi_quota_exhausted",
-    api.Outcome.UNAUTHORIZED: "tmapi_unauthorized",
-}
 
 
 class ApiError(IgnoreRequest):
@@ -54,7 +49,7 @@ class ApiError(IgnoreRequest):
 
 
 class TmapiTransportMiddleware:
-    def __init__(self, crawler: Crawler, token: str, limiter: AdaptiveLimiter) -> None:
+    def __init__(self, crawler: Crawler, token: str, limiter: Limiter) -> None:
         settings = crawler.settings
         self.crawler = crawler
         self.stats = crawler.stats
@@ -65,7 +60,6 @@ class TmapiTransportMiddleware:
         self.max_delay = settings.getfloat("TMAPI_RETRY_MAX_DELAY")
         self._log_filter = credentials.RedactingFilter(token)
         self._stopping: str | None = None
-        self._stop_task: asyncio.Future[None] | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> TmapiTransportMiddleware:
@@ -86,11 +80,11 @@ class TmapiTransportMiddleware:
     def spider_opened(self) -> None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(self._log_filter)
-        self.stats.set_value(f"{STATS}/throttle/limit", self.limiter.limit)
+        self.stats.set_value(stats_keys.THROTTLE_LIMIT, self.limiter.limit)
 
     async def spider_closed(self) -> None:
         await self.limiter.close()
-        self.stats.set_value(f"{STATS}/throttle/peak_in_flight", self.limiter.peak)
+        self.stats.set_value(stats_keys.THROTTLE_PEAK, self.limiter.peak)
         for handler in logging.getLogger().handlers:
             handler.removeFilter(self._log_filter)
 
@@ -103,20 +97,20 @@ class TmapiTransportMiddleware:
             outcome = api.outcome_of(answer.code)
             if outcome is api.Outcome.OK:
                 if await self.limiter.succeeded():
-                    self._count("throttle/increases")
-                self.stats.set_value(f"{STATS}/throttle/limit", self.limiter.limit)
+                    self._count(stats_keys.THROTTLE_INCREASES)
+                self.stats.set_value(stats_keys.THROTTLE_LIMIT, self.limiter.limit)
                 assert response is not None
                 return response
             if outcome is api.Outcome.INVALID:
-                self._count("pages/failed")
+                self._count(stats_keys.PAGES_FAILED)
                 logger.error("API refused %s: %d %s", request, answer.code,
                              answer.message or api.ERROR_CODES[answer.code].meaning)
                 raise ApiError(f"API answered {answer.code}", str(answer.code))
-            if outcome in FINISH_REASONS:
+            if outcome in STOPPING_OUTCOMES:
                 raise ApiError(f"API answered {answer.code}", str(answer.code))
             if outcome is api.Outcome.THROTTLED and await self.limiter.throttled():
-                self._count("throttle/decreases")
-                self.stats.set_value(f"{STATS}/throttle/limit", self.limiter.limit)
+                self._count(stats_keys.THROTTLE_DECREASES)
+                self.stats.set_value(stats_keys.THROTTLE_LIMIT, self.limiter.limit)
             attempt = await self._retry(attempt, answer)
 
     async def _attempt(self, request: Request) -> tuple[Answer, JsonResponse | None]:
@@ -129,10 +123,10 @@ class TmapiTransportMiddleware:
             await self.limiter.acquire()
         except LimiterClosed:
             raise ApiError("crawl stopping; not sent", "not_sent") from None
-        self._count("requests")
+        self._count(stats_keys.REQUESTS)
         try:
             answer, response = await self._download(request)
-            reason = FINISH_REASONS.get(api.outcome_of(answer.code))
+            reason = STOPPING_OUTCOMES.get(api.outcome_of(answer.code))
             if reason is not None:
                 await self._stop(reason, answer)
         finally:
@@ -146,15 +140,15 @@ class TmapiTransportMiddleware:
         try:
             raw = await self.crawler.engine.downloader.handlers.download_request_async(signed)
         except Exception as exc:  # every transport failure is retried, bounded
-            self._count(f"answers/{type(exc).__name__}")
+            self._count(stats_keys.answer(type(exc).__name__))
             return Answer(0, credentials.redact(str(exc), self.token) or type(exc).__name__), None
         response = raw.replace(cls=JsonResponse, url=request.url, request=request)
         try:
             answer = read_answer(response)
         except BrokenAnswer as exc:
-            self._count(f"answers/{exc.reason}")
+            self._count(stats_keys.answer(exc.reason))
             return Answer(0, exc.reason), None
-        self._count(f"answers/{answer.code}")
+        self._count(stats_keys.answer(answer.code))
         return answer, response
 
     async def _retry(self, request: Request, answer: Answer) -> Request:
@@ -165,10 +159,10 @@ class TmapiTransportMiddleware:
             spider=self.crawler.spider,
             reason=reason,
             max_retry_times=self.max_retry_times,
-            stats_base_key=f"{STATS}/retry",
+            stats_base_key=stats_keys.RETRY,
         )
         if retry is None:
-            self._count("pages/failed")
+            self._count(stats_keys.PAGES_FAILED)
             raise ApiError(f"gave up after {answer.code or answer.message}", reason)
         tries = retry.meta["retry_times"]
         delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (tries - 1)))
@@ -192,9 +186,7 @@ class TmapiTransportMiddleware:
         await self.limiter.close(reason)
         logger.error("API answered %d (%s): stopping the crawl", answer.code,
                      api.ERROR_CODES[answer.code].meaning)
-        self._stop_task = asyncio.ensure_future(
-            self.crawler.engine.close_spider_async(reason=reason)
-        )
+        close_spider(self.crawler, reason)
 
     def _count(self, key: str, value: Any = 1) -> None:
-        self.stats.inc_value(f"{STATS}/{key}", value)
+        self.stats.inc_value(key, value)

@@ -19,7 +19,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
-from tmapi_crawler.history import (
+from tmapi_crawler.items import ProductItem
+from tmapi_crawler.normalize import TRANSLATED_FIELDS, translated_fields
+from tmapi_crawler.storage.history import (
     HISTORY,
     HISTORY_INDEXES,
     STORED_FIELDS,
@@ -30,8 +32,6 @@ from tmapi_crawler.history import (
     vanish_mark,
     vanished_filter,
 )
-from tmapi_crawler.items import ProductItem
-from tmapi_crawler.normalize import TRANSLATED_FIELDS, translated_fields
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class ProductStore:
     async def write_products(
         self, updates: Mapping[int, dict[str, Any]], crawl_id: str, now: datetime
     ) -> BatchResult:
-        """Record what changed (``tmapi_crawler.history``), then upsert the batch.
+        """Record what changed (``tmapi_crawler.storage.history``), then upsert the batch.
 
         Both writes are idempotent, so a batch retried after a lost connection, or an upsert
         that raced another worker's insert of the same new product, is simply sent again.
