@@ -27,6 +27,8 @@ from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig, parse_request
 @dataclass
 class Simulated:
     calls: int = 0
+    dropped: int = 0
+    lost: int = 0
     pages: list[tuple[str, int]] = field(default_factory=list)
     ids: set[int] = field(default_factory=set)
     sightings: int = 0
@@ -55,21 +57,22 @@ def crawl(config: SandboxConfig, queries: list[Query], *, reach: int | None = 20
           window: int = 8, concurrency: int = 8, max_pages: int | None = None, seed: int = 0,
           lose: float = 0.0, frontier: Frontier | None = None) -> Simulated:
     """Crawl ``queries`` to the end; ``lose`` is the share of pages given up on."""
-    return asyncio.run(_crawl(config, queries, reach, window, concurrency, max_pages, seed,
-                              lose, frontier))
-
-
-async def _crawl(config: SandboxConfig, queries: list[Query], reach: int | None, window: int,
-                 concurrency: int, max_pages: int | None, seed: int, lose: float,
-                 frontier: Frontier | None) -> Simulated:
-    sandbox = Sandbox(config)
     frontier = frontier or Frontier(FrontierSettings(reach=reach, window=window,
                                                      max_pages=max_pages))
+    return asyncio.run(_crawl(Sandbox(config), frontier, queries, concurrency=concurrency,
+                              seed=seed, lose=lose))
+
+
+async def _crawl(sandbox: Sandbox, frontier: Frontier, queries: list[Query], *,
+                 concurrency: int, seed: int, lose: float) -> Simulated:
     rng = random.Random(seed)
     result = Simulated()
     queue: list[tuple[int, int, PageContext]] = []
     outstanding: Counter[str] = Counter()
     order = 0
+
+    requested: set[str] = set()
+    duplicates: list[PageContext] = []
 
     def apply(decision: Decision) -> None:
         nonlocal order
@@ -79,6 +82,12 @@ async def _crawl(config: SandboxConfig, queries: list[Query], reach: int | None,
         if decision.cap is not None:
             result.caps.append(decision.cap)
         for context in decision.follow:
+            url = f"{context.sent_query.key()}&page={context.page}"
+            if url in requested:  # Scrapy's duplicate filter
+                result.dropped += 1
+                duplicates.append(context)
+                continue
+            requested.add(url)
             order += 1
             queue.append((priority(context), order, context))
             key = context.query.key()
@@ -87,13 +96,18 @@ async def _crawl(config: SandboxConfig, queries: list[Query], reach: int | None,
                                                outstanding[key])
 
     apply(await frontier.plan(queries))
-    while queue:
+    while queue or duplicates:
+        while duplicates:
+            apply(await frontier.on_dropped(duplicates.pop()))
+        if not queue:
+            break
         queue.sort(key=lambda entry: (entry[0], entry[1]))
         batch = [queue.pop()[2] for _ in range(min(concurrency, len(queue)))]
         rng.shuffle(batch)
         for context in batch:
             outstanding[context.query.key()] -= 1
             if lose and rng.random() < lose:
+                result.lost += 1
                 apply(await frontier.on_lost(context))
                 continue
             result.calls += 1

@@ -352,18 +352,21 @@ class Frontier:
             own.append(context.at(last_reachable, last_reachable))
         if page < last_reachable or not await state.claim(_key(key, "decided")):
             return context
+        crowded = False
         if page == last_reachable:
             at, ordered = splitting.edge(context.query, summary.prices)
             if not ordered:
                 decision.counters[stats_keys.SPLIT_UNSORTED_PAGES] += 1
+            crowded = summary.items >= context.page_size and \
+                splitting.crowded(context.query, summary.prices)
         else:
             at = await self._kept_edge(context)
-        await self._walk_from(decision, context, at, summary.total_count)
+        await self._walk_from(decision, context, at, summary.total_count, crowded=crowded)
         return context
 
     async def _walk_from(self, decision: Decision, context: PageContext, at: Decimal | None,
-                         total: int | None) -> None:
-        following = splitting.walk(context.query, at)
+                         total: int | None, *, crowded: bool = False) -> None:
+        following = splitting.walk(context.query, at, crowded=crowded)
         if following:
             await self._children(decision, context, "walk", following)
         else:
@@ -470,11 +473,17 @@ class Frontier:
     async def _advance(self, decision: Decision, context: PageContext,
                        summary: PageSummary | None, reach: int | None, own: list[PageContext],
                        *, known: int, ended: bool) -> None:
-        """Move the query's window past this page, and count the page resolved."""
+        """Move the query's window past this page, and count the page resolved.
+
+        Page 1 asks for the window's pages; every other page resolved asks for the page one
+        window further, so each resolved page is replaced by at most one and no more than a
+        window is ever out. Page numbers alone say which page asks for which: a page queued
+        by another process, or before a restart, goes on the same way. A page that learned
+        the query has more pages than its context said asks for those up to its own window.
+        """
         state, key, page = self.state, context.query.key(), context.page
-        window = self.settings.window
-        stored_hi = await state.get(_key(key, "hi"))
-        hi = stored_hi if stored_hi is not None else self._window_start(context, window)
+        window = self.settings.window - (1 if context.ahead else 0)
+        known_last = context.last  # pages up to it were asked for by earlier pages
         if ended:
             await state.lower_to(_key(key, "end"), 0)
         elif summary is not None:
@@ -483,28 +492,35 @@ class Frontier:
                 await state.lower_to(_key(key, "end"), end)
             else:
                 grown = paging.last_page(page, context.last, summary, context.page_size)
-                await state.raise_to(_key(key, "last"), self._bounded(grown, context, reach))
+                before = await state.raise_to(_key(key, "last"),
+                                              self._bounded(grown, context, reach))
+                known_last = max(known_last, before or 0)
         last = await self._last(key, context)
-        if stored_hi is None:  # a query begun elsewhere: its window as page numbers imply
-            room = page + window - (1 if context.ahead else 0) - hi
-        else:  # the window itself: pages queued or in flight, this one resolved now
-            room = window - len(own) - (await state.get(_key(key, "open")) or 1) + 1
-        if page != context.ahead and (target := min(last, hi + room)) > hi:
-            previous = await state.raise_to(_key(key, "hi"), target)
-            start = hi if previous is None else previous
-            own.extend(context.at(n, last) for n in range(start + 1, target + 1)
+        if page != context.ahead:
+            first = max(2, min(known_last, page + window - 1) + 1)
+            own.extend(context.at(n, last) for n in range(first, min(last, page + window) + 1)
                        if n != context.ahead)
-            hi = max(hi, target)
+        # The highest page asked for in the window (a look-ahead page is not in it).
+        top = max((c.page for c in own if c.page != context.ahead),
+                  default=0 if page == context.ahead else page)
+        hi = max(top, await state.raise_to(_key(key, "hi"), top) or 0)
         decision.counters[stats_keys.PAGES_KNOWN] += max(last, hi, context.ahead or 0) - known
         decision.follow.extend(own)
         if await state.add(_key(key, "open"), len(own) - 1) == 0:
             await self._done(decision, context, hi)
 
+    async def on_dropped(self, context: PageContext) -> Decision:
+        """A page the scheduler dropped as a duplicate: the copy it duplicates moves the
+        window on; this one only counts as resolved."""
+        decision = Decision()
+        key = context.query.key()
+        if await self.state.add(_key(key, "open"), -1) == 0:
+            await self._done(decision, context, await self.state.get(_key(key, "hi")) or 1)
+        return decision
+
     async def _known(self, context: PageContext) -> int:
         """Pages of the query known so far: up to its last page, or requested."""
-        hi = await self.state.get(_key(context.query.key(), "hi"))
-        if hi is None:
-            hi = self._window_start(context, self.settings.window)
+        hi = await self.state.get(_key(context.query.key(), "hi")) or context.page
         return max(await self._last(context.query.key(), context), hi, context.ahead or 0)
 
     def _bounded(self, last: int, context: PageContext, reach: int | None) -> int:
@@ -523,21 +539,17 @@ class Frontier:
         last = max(grown or 0, context.last)
         return last if end is None else min(last, end)
 
-    @staticmethod
-    def _window_start(context: PageContext, window: int) -> int:
-        """The highest page a query's earlier pages asked for, as this page's context implies
-        (for a query whose pages another process began: none of its state is here)."""
-        if context.page == 1:
-            return 1
-        return min(context.last, context.page - 1 + window - (1 if context.ahead else 0))
-
     async def _done(self, decision: Decision, context: PageContext, hi: int) -> None:
         """A query with no page left: count it, forget its state, settle its cell."""
         key = context.query.key()
         decision.counters[stats_keys.QUERIES_DONE] += 1
         decision.done.append(key)
-        spans = {(n - 1) // self._id_span for n in (hi, context.ahead or hi)}
-        ids = {_key(key, f"ids{s + d}") for s in spans for d in (-1, 0, 1)}
+        # Ids are kept for the sets around the last pages with items, which lie at most a
+        # window (a set) before the highest page asked for; and around a look-ahead page.
+        span = self._id_span
+        last_span, ahead_span = (hi - 1) // span, ((context.ahead or 1) - 1) // span
+        ids = {_key(key, f"ids{n}") for n in (*range(last_span - 3, last_span + 2),
+                                                *range(ahead_span - 1, ahead_span + 2))}
         await self.state.forget(*(_key(key, n) for n in (
             "open", "hi", "last", "end", "stale", "stopped", "decided", "ahead", "cut")), *ids)
         if await self.state.get(_key(key, "resume")):

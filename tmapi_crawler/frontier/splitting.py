@@ -102,29 +102,38 @@ def edge(query: Query, prices: Sequence[Decimal | None]) -> tuple[Decimal | None
     return (min(inside) if rising else max(inside)), False
 
 
-def walk(query: Query, at: Decimal | None) -> tuple[Query, ...]:
+def walk(query: Query, at: Decimal | None, *, crowded: bool = False) -> tuple[Query, ...]:
     """Where a price-sorted query goes on after its last reachable page, which ends at ``at``.
 
     The rest starts at ``at`` itself (results at that price may lie on both sides of the
-    reach). When the whole reachable part sits at ``at``, that price gets a query of its own
-    and the rest starts one step past it. Empty: ``at`` unknown or outside the range — nothing
-    can reach the rest.
+    reach). When the whole reachable part sits at ``at``, or the whole last page does
+    (``crowded``: that price alone may hold more than the reach), that price gets a query of
+    its own and the rest starts one step past it. Empty: ``at`` unknown or outside the range
+    — nothing can reach the rest.
     """
     start, end = bounds(query)
     if at is None or (start is not None and at < start) or (end is not None and at > end):
         return ()
     point = with_prices(query, at, at)
     if api.PRICE_SORTS[query.sort] > 0:
-        if start is None or at > start:
+        if not crowded and (start is None or at > start):
             return (with_prices(query, at, end),)
         rest = at + api.PRICE_STEP
         past_end = end is not None and rest > end
         return (point,) if past_end else (point, with_prices(query, rest, end))
-    if end is None or at < end:
+    if not crowded and (end is None or at < end):
         return (with_prices(query, start, at),)
     rest = at - api.PRICE_STEP
     too_low = rest < (start if start is not None else Decimal(0))
     return (point,) if too_low else (point, with_prices(query, start, rest))
+
+
+def crowded(query: Query, prices: Sequence[Decimal | None]) -> bool:
+    """A full page of one price inside the query's range."""
+    start, end = bounds(query)
+    known = {p for p in prices if p is not None and (start is None or p >= start)
+             and (end is None or p <= end)}
+    return len(known) == 1 and all(p is not None for p in prices)
 
 
 def plan_split(query: Query, *, by_price: bool = True) -> Split:

@@ -35,7 +35,8 @@ def _pair(key: Callable[[str], K], value: Callable[[str], V]) -> Callable[[str],
     return parse
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """Every option with its help and (shown by ``--help``) its default."""
     parser = argparse.ArgumentParser(
         prog="python -m tmapi_crawler.sandbox",
         description="A local stand-in for tmapi's Get Category Products V2 API.",
@@ -92,7 +93,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="past the end, serve the last page again with has_next_page true, forever")
     add("--ignore-price-filter", action="store_true",
         help="echo price_start/price_end but do not apply them")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def config_from(args: argparse.Namespace) -> SandboxConfig:

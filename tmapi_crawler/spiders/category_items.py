@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from functools import cached_property
 from typing import Any
 
 import scrapy
@@ -44,7 +43,7 @@ class CategoryItemsSpider(scrapy.Spider):
         self.arguments = arguments
         # None at all: a distributed worker that only crawls what was seeded (commands/crawl.py).
         self.plan: Plan = plan_from_arguments(arguments) if arguments else Plan(queries=())
-        self._lost: set[asyncio.Future[None]] = set()
+        self._dropped: set[asyncio.Future[Decision]] = set()
         super().__init__()
 
     @staticmethod
@@ -58,9 +57,8 @@ class CategoryItemsSpider(scrapy.Spider):
         spider.base_url = crawler.settings.get("TMAPI_BASE_URL") or api.DEFAULT_BASE_URL
         return spider
 
-    @cached_property
-    def frontier(self) -> Frontier:
-        """Built on first use: the add-on derives settings after the spider is created."""
+    def _build_frontier(self) -> Frontier:
+        """Built when the crawl starts: the add-on derives settings after the spider exists."""
         settings = self.crawler.settings
         return Frontier(
             FrontierSettings(reach=settings.getint("TMAPI_RESULT_CAP") or None,
@@ -70,6 +68,7 @@ class CategoryItemsSpider(scrapy.Spider):
         )
 
     async def start(self) -> AsyncIterator[scrapy.Request]:
+        self.frontier = self._build_frontier()
         connect = self.crawler.signals.connect
         connect(self._request_dropped, signal=signals.request_dropped)
         connect(self._keep_open, signal=signals.spider_idle)
@@ -143,22 +142,21 @@ class CategoryItemsSpider(scrapy.Spider):
         return [self.page_request(context) for context in decision.follow]
 
     def _request_dropped(self, request: scrapy.Request) -> None:
-        """A duplicate the scheduler dropped will never be fetched: its window moves on."""
+        """A duplicate the scheduler dropped will never be fetched (its copy will)."""
         if META_KEY not in request.meta:
             return
-        self.crawler.stats.inc_value(stats_keys.PAGES_KNOWN, -1)
-        lost = asyncio.ensure_future(self._dropped(PageContext.from_dict(request.meta[META_KEY])))
-        self._lost.add(lost)
-        lost.add_done_callback(self._lost.discard)
+        context = PageContext.from_dict(request.meta[META_KEY])
+        dropped = asyncio.ensure_future(self.frontier.on_dropped(context))
+        self._dropped.add(dropped)
+        dropped.add_done_callback(self._settle_dropped)
 
-    async def _dropped(self, context: PageContext) -> None:
-        engine = self.crawler.engine
-        for request in self._apply(await self.frontier.on_lost(context)):
-            engine.crawl(request)
+    def _settle_dropped(self, dropped: asyncio.Future[Decision]) -> None:
+        self._dropped.discard(dropped)
+        self._apply(dropped.result())
 
     def _keep_open(self) -> None:
-        """Not idle while a dropped page's follow-ups are being decided."""
-        if self._lost:
+        """Not idle while a dropped page is being accounted for."""
+        if self._dropped:
             raise DontCloseSpider
 
     async def _report_at_close(self) -> None:
