@@ -109,7 +109,7 @@ class Frontier:
         self.state: FrontierState = state if state is not None else MemoryState()
         self._id_span = max(settings.window, MIN_ID_SPAN)
 
-    # The three entry points.
+    # What the caller asks.
 
     async def plan(self, queries: Iterable[Query]) -> Decision:
         """Begin the planned queries: their first pages."""
@@ -137,9 +137,9 @@ class Frontier:
         return decision
 
     async def on_lost(self, context: PageContext) -> Decision:
-        """Decide from a page given up on or dropped: its window moves on all the same. A
-        walk whose last reachable page was lost goes on, once its other pages are in, from
-        the highest price they showed."""
+        """Decide from a page given up on: its window moves on all the same. A walk whose
+        last reachable page was lost goes on, once its other pages are in, from the highest
+        price they showed."""
         decision = Decision()
         known = await self._known(context)
         key = context.query.key()
@@ -147,6 +147,15 @@ class Frontier:
             await self.state.claim(_key(key, "resume"))
         await self._advance(decision, context, None, await self._current_reach(), [],
                             known=known, ended=context.page == 1)  # nothing known of it
+        return decision
+
+    async def on_dropped(self, context: PageContext) -> Decision:
+        """A page the scheduler dropped as a duplicate: the copy it duplicates moves the
+        window on; this one only counts as resolved."""
+        decision = Decision()
+        key = context.query.key()
+        if await self.state.add(_key(key, "open"), -1) == 0:
+            await self._done(decision, context, await self.state.get(_key(key, "hi")) or 1)
         return decision
 
     async def at_close(self) -> Decision:
@@ -295,13 +304,15 @@ class Frontier:
                 # A slice the API did not narrow repeats its parent: read it apart instead.
                 split = splitting.plan_split(query, by_price=False)
                 return await self._replace(decision, context, summary, split), True
+        walk = splitting.walked(query) and context.by_price
+        if walk:
+            await self._keep_edge(context, summary)
         if reach is None or self._max_pages_bind(context, reach):
             return context, False
         last_reachable = paging.pages_for(reach, context.page_size)
         if not self._capped(context, summary, reach, last_reachable):
             return context, False
-        if splitting.walked(query) and context.by_price:
-            await self._keep_edge(context, summary)
+        if walk:
             return await self._walk_on(decision, context, summary, last_reachable, own), False
         if not await state.claim(_key(key, "decided")):
             return context, False
@@ -508,15 +519,6 @@ class Frontier:
         decision.follow.extend(own)
         if await state.add(_key(key, "open"), len(own) - 1) == 0:
             await self._done(decision, context, hi)
-
-    async def on_dropped(self, context: PageContext) -> Decision:
-        """A page the scheduler dropped as a duplicate: the copy it duplicates moves the
-        window on; this one only counts as resolved."""
-        decision = Decision()
-        key = context.query.key()
-        if await self.state.add(_key(key, "open"), -1) == 0:
-            await self._done(decision, context, await self.state.get(_key(key, "hi")) or 1)
-        return decision
 
     async def _known(self, context: PageContext) -> int:
         """Pages of the query known so far: up to its last page, or requested."""
