@@ -32,7 +32,7 @@ from tmapi_crawler.sandbox.server import RUNTIME_SETTINGS, SandboxConfig
 
 D = Decimal
 REACH = 2000
-CAPPED = 601  # 2.5 times the reach
+CAPPED = 601  # 6 times the reach
 WALKED = 602
 SMALL = 603  # under the reach
 POINTED = 701  # most of it at one price
@@ -44,7 +44,7 @@ QUERY_FIELDS = ("cat_id", "sort", *api.PRICE_FILTERS, *api.FLAG_FILTERS)
 @pytest.fixture(scope="module")
 def server() -> Iterator[SandboxProcess]:
     with SandboxProcess(token=[TOKEN], result_cap=REACH,
-                        size={CAPPED: 5000, WALKED: 4100, SMALL: 610}) as process:
+                        size={CAPPED: 12_000, WALKED: 4100, SMALL: 610}) as process:
         yield process
 
 
