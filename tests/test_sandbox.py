@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +21,7 @@ import aiohttp
 import pytest
 
 from tmapi_crawler import api
+from tmapi_crawler.sandbox.__main__ import build_parser
 from tmapi_crawler.sandbox.catalog import (
     PRICE_POINT_CENTS,
     Catalog,
@@ -510,3 +513,121 @@ def test_busy_window_spans_first_request_to_last_answer(sandbox: SandboxProcess)
     assert sandbox.stats(records=False)["busy_seconds"] >= 0.1
     sandbox.reset()
     assert sandbox.stats(records=False)["busy_seconds"] is None
+
+
+# How the real API answers: each behaviour a switch, and the truth still what a complete
+# crawl must find.
+
+
+def test_capped_totals_say_at_most_the_cap(sandbox: SandboxProcess) -> None:
+    sandbox.configure(totals="capped")
+    assert page(sandbox, cat_id=1003)["total_count"] == 2000
+    assert page(sandbox, cat_id=1001)["total_count"] == 500
+    assert sandbox.truth(cat_id=1003)["total"] == 3000
+    sandbox.configure(totals="true")
+    assert page(sandbox, cat_id=1003)["total_count"] == 3000
+
+
+def test_short_pages_leave_out_products_no_listing_serves(sandbox: SandboxProcess) -> None:
+    sandbox.configure(short_page_rate=0.05)
+    pages = [page(sandbox, cat_id=1001, page=n, page_size=20) for n in range(1, 26)]
+    sizes = [len(p["items"]) for p in pages]
+    assert any(size < 20 for size in sizes[:-1])  # short pages in the middle
+    assert all(p["has_next_page"] for p in pages[:-1])
+    assert all(p["total_count"] == 500 for p in pages)
+    served = [i for p in pages for i in ids(p["items"])]
+    truth = sandbox.truth(cat_id=1001)
+    assert served == truth["item_ids"]
+    assert 400 < len(served) < 500
+    # The same products are missing from every listing they belong to.
+    by_price = crawl(sandbox, cat_id=1001, sort="price_up")
+    assert set(ids(by_price)) == set(served)
+
+
+def test_promoted_items_come_first_again_on_later_pages(sandbox: SandboxProcess) -> None:
+    sandbox.configure(promoted=3)
+    pages = [page(sandbox, cat_id=1001, page=n, page_size=20) for n in range(1, 30)]
+    promoted = ids(pages[0]["items"])[:3]
+    for number in (1, 6, 7, 8, 9, 10):
+        assert ids(pages[number - 1]["items"])[:3] == promoted
+    assert ids(pages[1]["items"])[:3] != promoted
+    served = [i for p in pages for i in ids(p["items"])]
+    assert set(served) == set(sandbox.truth(cat_id=1001)["item_ids"])
+    assert len(served) == 500 + 3 * 6  # each promoted slot pushes the listing on
+    last = max(n for n, p in enumerate(pages, 1) if p["items"])
+    assert last == 26 > 500 // 20
+    assert pages[24]["has_next_page"]
+    assert not pages[25]["has_next_page"]
+    sorted_page = page(sandbox, cat_id=1001, sort="price_up")
+    assert ids(sorted_page["items"])[:3] != promoted  # only the default listing promotes
+
+
+def test_ids_and_totals_as_strings(sandbox: SandboxProcess) -> None:
+    sandbox.configure(string_values=True)
+    data = page(sandbox, cat_id=1001)
+    assert data["total_count"] == "500"
+    assert all(isinstance(item["item_id"], str) for item in data["items"])
+    assert [int(i) for i in ids(data["items"])] == sandbox.truth(cat_id=1001)["item_ids"][:20]
+
+
+def test_page_sizes_above_the_limit_are_served_clamped(sandbox: SandboxProcess) -> None:
+    sandbox.configure(page_size_limit=20)
+    first = page(sandbox, cat_id=1001, page=1, page_size=50)
+    second = page(sandbox, cat_id=1001, page=2, page_size=500)
+    assert (first["page_size"], len(first["items"])) == (20, 20)
+    assert (second["page_size"], len(second["items"])) == (20, 20)
+    truth = sandbox.truth(cat_id=1001)["item_ids"]
+    assert ids(first["items"]) + ids(second["items"]) == truth[:40]
+    assert page(sandbox, cat_id=1001, page_size=10)["page_size"] == 10
+
+
+@pytest.mark.parametrize("claimed", ["1e12", str(2**63), "-5", '"many"'])
+def test_an_absurd_total(sandbox: SandboxProcess, claimed: str) -> None:
+    sandbox.configure(claimed_total=claimed)
+    data = page(sandbox, cat_id=1001, page=5, page_size=100)
+    assert data["total_count"] == json.loads(claimed)
+    assert (len(data["items"]), data["has_next_page"]) == (100, False)
+    assert page(sandbox, cat_id=1001, page=6, page_size=100)["items"] == []
+
+
+def test_the_last_page_forever(sandbox: SandboxProcess) -> None:
+    sandbox.configure(repeat_last_page=True)
+    last = page(sandbox, cat_id=1001, page=5, page_size=100)
+    assert last["has_next_page"]
+    for number in (6, 7, 40):
+        again = page(sandbox, cat_id=1001, page=number, page_size=100)
+        assert ids(again["items"]) == ids(last["items"])
+        assert again["has_next_page"]
+    assert len(sandbox.truth(cat_id=1001)["item_ids"]) == 500
+
+
+def test_an_ignored_price_filter(sandbox: SandboxProcess) -> None:
+    sandbox.configure(ignore_price_filter=True)
+    data = page(sandbox, cat_id=1001, price_start="5", price_end="6")
+    assert data["filters"] == {"price_start": "5", "price_end": "6"}
+    assert data["total_count"] == 500
+    assert sandbox.truth(cat_id=1001, price_start="5", price_end="6")["total"] == 500
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"totals": "approximate"}, "totals must be one of"),
+    ({"short_page_rate": 2.0}, "short_page_rate must be a fraction"),
+    ({"promoted": -1}, "promoted and page_size_limit"),
+    ({"claimed_total": "lots"}, "claimed_total must be a JSON value"),
+])
+def test_bad_switches_are_refused(bad: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SandboxConfig(**bad)
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    parser = build_parser()
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert {"totals", "short_page_rate", "promoted", "string_values", "page_size_limit",
+            "claimed_total", "repeat_last_page", "ignore_price_filter"} <= {
+        a.dest for a in options}
+    assert all(a.help for a in options)
+    assert parser.format_help().count("(default:") == len(options)
+    shown = subprocess.run([sys.executable, "-m", "tmapi_crawler.sandbox", "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    assert shown == parser.format_help()

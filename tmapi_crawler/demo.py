@@ -32,7 +32,8 @@ def main() -> int:
                         help="share of answers that are 417/499/500/503 faults")
     args = parser.parse_args()
     faults = {code: args.faults / 4 for code in (417, 499, 500, 503)}
-    with SandboxProcess(token=[DEMO_TOKEN], latency=args.latency, fault=faults) as sandbox:
+    with SandboxProcess(token=[DEMO_TOKEN], latency=args.latency, fault=faults,
+                        totals="capped") as sandbox:
         print(f"API sandbox at {sandbox.url}; crawling {args.plan}", file=sys.stderr, flush=True)
         env = {**os.environ, "TMAPI_TOKEN": DEMO_TOKEN, "TMAPI_BASE_URL": sandbox.url}
         crawl = subprocess.run(

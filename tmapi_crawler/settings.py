@@ -29,6 +29,13 @@ TMAPI_RETRY_MAX_DELAY = 30.0
 #: Results a query can reach by paging; pages past it are never requested.
 TMAPI_RESULT_CAP = int(os.environ.get("TMAPI_RESULT_CAP", "2000"))
 
+# The frontier: which pages to fetch next (tmapi_crawler/frontier/).
+#: Pages of one query queued or in flight at most; 0: twice TMAPI_CONCURRENCY (the add-on's
+#: choice), so one query alone keeps every permit and the requests waiting for one busy.
+TMAPI_QUERY_WINDOW = 0
+#: What the frontier remembers between answers (a ``frontier.state.FrontierState``).
+TMAPI_FRONTIER_STATE = "tmapi_crawler.frontier.state.MemoryState"
+
 # An API, not a web site.
 ROBOTSTXT_OBEY = False
 COOKIES_ENABLED = False

@@ -45,12 +45,19 @@ ITEMS: Final = f"{PREFIX}/items"
 ITEMS_REJECTED: Final = f"{PREFIX}/items/rejected"
 ITEMS_SPILLED: Final = f"{PREFIX}/items/spilled"
 
-# Splitting past the result cap.
+# The frontier: paging and splitting past the result cap (tmapi_crawler/frontier/).
+PAGING_SHORT: Final = f"{PREFIX}/paging/short_pages"
+PAGING_STALE: Final = f"{PREFIX}/paging/stale_pages"
+PAGING_STOPPED: Final = f"{PREFIX}/paging/stopped_queries"
+PAGING_RESIZED: Final = f"{PREFIX}/paging/resized_queries"
 SPLIT_QUERIES: Final = f"{PREFIX}/split/queries"
 SPLIT_BY: Final = f"{PREFIX}/split/by/"
 SPLIT_SLICES: Final = f"{PREFIX}/split/slices"
 SPLIT_EXTRA_REQUESTS: Final = f"{PREFIX}/split/extra_requests"
 SPLIT_UNREACHABLE: Final = f"{PREFIX}/split/unreachable"
+SPLIT_UNREACHABLE_UNKNOWN: Final = f"{PREFIX}/split/unreachable_unknown"
+SPLIT_UNSORTED_PAGES: Final = f"{PREFIX}/split/unsorted_pages"
+SPLIT_PRICE_IGNORED: Final = f"{PREFIX}/split/price_filter_ignored"
 SPLIT_DETECTED_CAP: Final = f"{PREFIX}/split/detected_cap"
 SPLIT_UNSETTLED_CELLS: Final = f"{PREFIX}/split/unsettled_cells"
 

@@ -234,6 +234,30 @@ def memory(bench: Bench) -> dict[str, Any]:
     }
 
 
+def capped_categories(bench: Bench) -> dict[str, Any]:
+    """B6: calls and coverage for categories over a reach of 2,000, with the API's totals true
+    or capped at the reach, against the ideal ⌈products / page size⌉ (page size 20)."""
+    results: dict[str, Any] = {}
+    reach, page_size = 2000, 20
+    for totals in ("true", "capped"):
+        for size in (5_000, 30_000):
+            cat_id = 7001
+            with SandboxProcess(token=[TOKEN], result_cap=reach, totals=totals,
+                                size={cat_id: size}) as sandbox:
+                database = bench.database()
+                bench.crawl(sandbox, [f"cat_id={cat_id}"], database,
+                            {"TMAPI_RESULT_CAP": reach, "TMAPI_CONCURRENCY": 8})
+                calls = sandbox.stats(records=False)["requests"]
+                truth = set(sandbox.truth(cat_id=cat_id)["item_ids"])
+            with pymongo.MongoClient(bench.mongod.uri) as client:
+                stored = {d["_id"] for d in client[database].products.find({}, {"_id": 1})}
+            ideal = -(-size // page_size)
+            results[f"{totals}_{size // 1000}k"] = (
+                f"calls {calls}, ideal {ideal}, ratio {calls / ideal:.3f}, "
+                f"coverage {len(stored & truth) / len(truth):.4f}")
+    return results
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "B1": ("limit efficiency (200 ms, limit 8, no faults)", lambda b: limit_efficiency(b, {})),
     "B2": ("under 10% mixed faults", lambda b: limit_efficiency(
@@ -241,6 +265,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "B3": ("CPU per 1,000 stored items", cpu_per_item),
     "B4": ("memory of one worker", memory),
     "B5": ("distributed: workers sharing one limit", distributed),
+    "B6": ("capped categories: calls and coverage against the ideal", capped_categories),
 }
 
 

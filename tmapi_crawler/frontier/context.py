@@ -20,7 +20,8 @@ META_KEY: Final = "tmapi"
 
 @dataclass(frozen=True, slots=True)
 class CellRef:
-    """A query no filter can cut further, read under every sort (``frontier.splitting``)."""
+    """A query no filter can cut further, read under every sort (``frontier.splitting``):
+    its key, and the ``total_count`` it reported."""
 
     key: str
     total: int
@@ -28,50 +29,66 @@ class CellRef:
 
 @dataclass(frozen=True, slots=True)
 class PageContext:
-    """One page of one query, and what its query learned before it was asked for.
+    """One page of one query, and what its query learned before the page was asked for.
 
-    ``last`` is the last page the query was known to have when this page was requested.
-    ``parent_total`` (a price slice's parent's total: a slice as big did not narrow),
-    ``by_price`` (false once the API was seen to ignore the price filter) and ``cell`` are
-    what a slice of a capped query carries; its later pages keep them. ``refetch`` asks again
-    for a page fetched before a cap was found, now that it must decide a split.
+    ``last`` is the last page the query was known to have then; ``size`` the page size the API
+    serves when it serves fewer than ``query.page_size`` (the query's pages are numbered in it);
+    ``ahead`` the page asked for ahead of the window (a price walk's last reachable page, which
+    says where the next walk starts). ``by_price`` is false once the API was seen to ignore the
+    price filter; ``cell`` marks the sort queries of a query no filter can cut; ``depth`` counts
+    the splits between the planned query and this one (it orders the scheduler's queue).
     """
 
     query: Query
     page: int = 1
     last: int = 1
-    parent_total: int | None = None
+    size: int | None = None
+    ahead: int | None = None
     by_price: bool = True
     cell: CellRef | None = None
-    refetch: bool = False
+    depth: int = 0
+
+    @property
+    def page_size(self) -> int:
+        """The page size this page is numbered in: the one served."""
+        return self.size or self.query.page_size
+
+    @property
+    def sent_query(self) -> Query:
+        """The query as requested: at the served page size, once it is known."""
+        return replace(self.query, page_size=self.size) if self.size else self.query
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, defaults left out."""
         data: dict[str, Any] = {"query": self.query.to_dict(), "page": self.page,
                                 "last": self.last}
-        if self.parent_total is not None:
-            data["parent_total"] = self.parent_total
+        if self.size is not None:
+            data["size"] = self.size
+        if self.ahead is not None:
+            data["ahead"] = self.ahead
         if not self.by_price:
             data["by_price"] = False
         if self.cell is not None:
             data["cell"] = {"key": self.cell.key, "total": self.cell.total}
-        if self.refetch:
-            data["refetch"] = True
+        if self.depth:
+            data["depth"] = self.depth
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         cell = data.get("cell")
+        size, ahead = data.get("size"), data.get("ahead")
         return cls(
             query=Query.from_dict(data["query"]),
             page=int(data["page"]),
             last=int(data.get("last", data["page"])),
-            parent_total=data.get("parent_total"),
+            size=None if size is None else int(size),
+            ahead=None if ahead is None else int(ahead),
             by_price=bool(data.get("by_price", True)),
             cell=CellRef(str(cell["key"]), int(cell["total"])) if cell else None,
-            refetch=bool(data.get("refetch", False)),
+            depth=int(data.get("depth", 0)),
         )
 
     def at(self, page: int, last: int) -> Self:
-        """The same query's ``page``, carrying what this one carries (but a refetch)."""
-        return replace(self, page=page, last=last, refetch=False)
+        """Another page of the same query, carrying what this one carries."""
+        return replace(self, page=page, last=last)

@@ -1,15 +1,15 @@
-"""Which pages of a query to fetch, decided from each answer alone.
+"""Where a query's pages end, as one answer tells it, and the URL of a page.
 
-The decision is stateless so that it works the same in one process and across a cluster:
-each request carries the last page its query was known to have when it was made.
+Pure functions: the frontier combines them with what it remembers of the query. Nothing here
+loops over pages, so a ``total_count`` of 10^12 costs what 10 does.
 """
 
 from __future__ import annotations
 
-from math import ceil
 from urllib.parse import urlencode
 
 from tmapi_crawler import api
+from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Query
 
 
@@ -18,34 +18,39 @@ def page_url(base_url: str, query: Query, page: int) -> str:
     return f"{base_url.rstrip('/')}{api.PATH}?{urlencode(query.params(page))}"
 
 
-def pages_after(
-    page: int,
-    known_last: int,
-    *,
-    items: int,
-    page_size: int,
-    total_count: int | None,
-    has_next_page: bool | None,
-    max_pages: int | None,
-    result_cap: int | None,
-) -> range:
-    """Pages to request after ``page`` answered with ``items`` products.
+def pages_for(results: int, page_size: int) -> int:
+    """Pages that ``results`` fill."""
+    return -(-results // page_size)
 
-    Page 1 fans out to every page ``total_count`` implies, so they are fetched in parallel.
-    Later pages only extend the query: when ``total_count`` grew past ``known_last``, or
-    when the API says there is more than it told (or it gave no ``total_count``).
-    An empty page ends the query. Nothing past ``max_pages`` is asked for, nor past
-    ``result_cap`` results: paging cannot reach them, and each call costs money.
+
+def ends_at(page: int, summary: PageSummary) -> int | None:
+    """The last page, when this answer shows it: an empty page ends before itself, a page
+    that says there is no next page ends at itself. A short page ends nothing: real listings
+    have pages of 18 or 19 of 20 in their middle."""
+    if summary.items == 0:
+        return page - 1
+    if summary.has_next_page is False:
+        return page
+    return None
+
+
+def last_page(page: int, known_last: int, summary: PageSummary, page_size: int) -> int:
+    """The last page of a query, as known before (``known_last``) and from this answer.
+
+    ``total_count`` implies a last page; a page at or past it that says there is more, or
+    (without a total or a ``has_next_page``) is full, adds one. The caller bounds the result
+    by what paging can reach: a total may be anything.
     """
-    if items == 0 or has_next_page is False:
-        return range(0)
-    implied = ceil(total_count / page_size) if total_count else 0
-    last = max(implied, known_last)
-    if has_next_page and page >= last:
+    total = summary.total_count
+    last = max(known_last, pages_for(total, page_size) if total else 0)
+    more = summary.has_next_page
+    if more is None and total is None:
+        more = summary.items >= page_size
+    if more and page >= last:
         last = page + 1
-    if max_pages is not None:
-        last = min(last, max_pages)
-    if result_cap:
-        last = min(last, ceil(result_cap / page_size))
-    first = page + 1 if page == 1 else max(page, known_last) + 1
-    return range(first, last + 1)
+    return last
+
+
+def short(summary: PageSummary, page_size: int) -> bool:
+    """A page with fewer items than asked for that still says more follow."""
+    return 0 < summary.items < page_size and summary.has_next_page is not False

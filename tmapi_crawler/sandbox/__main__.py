@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from tmapi_crawler.sandbox.server import FAULT_MODES, SandboxConfig, make_app
+from tmapi_crawler.sandbox.server import FAULT_MODES, TOTAL_MODES, SandboxConfig, make_app
 
 READY_PREFIX = "sandbox listening on "
 K = TypeVar("K")
@@ -35,37 +35,69 @@ def _pair(key: Callable[[str], K], value: Callable[[str], V]) -> Callable[[str],
     return parse
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """Every option with its help and (shown by ``--help``) its default."""
     parser = argparse.ArgumentParser(
         prog="python -m tmapi_crawler.sandbox",
         description="A local stand-in for tmapi's Get Category Products V2 API.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--host", default="127.0.0.1")
-    add("--port", type=int, default=8099, help="0 picks a free port")
-    add("--token", action="append", default=[], help="accepted token (repeatable; none: any)")
+    add("--host", default="127.0.0.1", help="address to listen on")
+    add("--port", type=int, default=8099, help="port to listen on; 0 picks a free port")
+    add("--token", action="append", default=[],
+        help="accepted token (repeatable); none given: any non-empty token")
     add("--latency", type=float, default=0.0, help="seconds per answer")
     add("--latency-jitter", type=float, default=0.0, help="extra uniform 0..S seconds")
-    add("--concurrency-limit", type=int, default=0, help="in-flight requests per token; 0: none")
+    add("--concurrency-limit", type=int, default=0,
+        help="in-flight requests per token before 503; 0: none")
     add("--fault", action="append", default=[], type=_pair(int, float), metavar="CODE=RATE",
         help="inject answer CODE with probability RATE (repeatable), e.g. 417=0.05")
     add("--fault-mode", choices=FAULT_MODES, default="mixed",
         help="faults as HTTP status, as a 200 with the code in the body, or either")
-    add("--garbage-rate", type=float, default=0.0, help="200 answers whose body is not JSON")
-    add("--missing-data-rate", type=float, default=0.0, help="200 answers without `data`")
+    add("--garbage-rate", type=float, default=0.0, help="share of 200 answers that are not JSON")
+    add("--missing-data-rate", type=float, default=0.0, help="share of 200 answers without data")
     add("--quota", type=int, default=0, help="successful answers before 439; 0: unlimited")
-    add("--result-cap", type=int, default=2000, help="results reachable by paging; 0: all")
+    add("--result-cap", type=int, default=2000,
+        help="results reachable by paging a query; 0: all")
     add("--default-size", type=int, default=240, help="products per category")
     add("--size", action="append", default=[], type=_pair(int, int), metavar="CAT=N",
         help="products in category CAT (repeatable)")
     add("--overlap", type=float, default=0.1, help="share of category c's products also in c+1")
-    add("--malformed-rate", type=float, default=0.0, help="items without id or with a bad price")
+    add("--malformed-rate", type=float, default=0.0,
+        help="share of items without an id or with a bad price")
     add("--price-point-share", type=float, default=0.0,
         help="share of products all costing 9.90, e.g. more than the result cap reaches")
-    add("--price-epoch", type=int, default=0)
-    add("--seed", type=int, default=0)
-    add("--max-page-size", type=int, default=100)
-    return parser.parse_args(argv)
+    add("--price-epoch", type=int, default=0,
+        help="price generation: each one moves about a fifth of the prices")
+    add("--seed", type=int, default=0, help="seed of the catalogue and the fault dice")
+    add("--max-page-size", type=int, default=100,
+        help="largest page_size accepted; larger ones get 422 (unless --page-size-limit)")
+    real = parser.add_argument_group("how the real API answers (defaults: as its reference)")
+    add = real.add_argument
+    add("--totals", choices=TOTAL_MODES, default="true",
+        help="total_count is the true number of results, or capped at --result-cap as the "
+             "real API's are")
+    add("--short-page-rate", type=float, default=0.0,
+        help="share of products counted in totals but never served: pages of 18 or 19 of 20")
+    add("--promoted", type=int, default=0,
+        help="best sellers shown first again on pages 1 and 6-10 of default listings")
+    add("--string-values", action="store_true",
+        help="item_id and total_count as strings")
+    add("--page-size-limit", type=int, default=0,
+        help="serve at most N items per page and say so in data.page_size (instead of 422); "
+             "0: off")
+    add("--claimed-total", default="",
+        help="a JSON value every answer claims as total_count, e.g. 1e12, -5 or '\"many\"'")
+    add("--repeat-last-page", action="store_true",
+        help="past the end, serve the last page again with has_next_page true, forever")
+    add("--ignore-price-filter", action="store_true",
+        help="echo price_start/price_end but do not apply them")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def config_from(args: argparse.Namespace) -> SandboxConfig:
@@ -77,6 +109,10 @@ def config_from(args: argparse.Namespace) -> SandboxConfig:
         max_page_size=args.max_page_size, price_epoch=args.price_epoch, seed=args.seed,
         default_size=args.default_size, sizes=dict(args.size), overlap=args.overlap,
         malformed_rate=args.malformed_rate, price_point_share=args.price_point_share,
+        totals=args.totals, short_page_rate=args.short_page_rate, promoted=args.promoted,
+        string_values=args.string_values, page_size_limit=args.page_size_limit,
+        claimed_total=args.claimed_total, repeat_last_page=args.repeat_last_page,
+        ignore_price_filter=args.ignore_price_filter,
     )
 
 

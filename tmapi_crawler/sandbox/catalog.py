@@ -154,6 +154,8 @@ _EPOCHS_PER_DIGEST = 16
 PRICE_POINT_CENTS = 990
 MISSING_ITEM_ID = "missing_item_id"
 BAD_PRICE = "bad_price"
+#: Withdrawn products are drawn from the item id modulo this prime (see `withdrawn`).
+_WITHDRAWN_MODULUS = 9973
 
 
 class Product(NamedTuple):
@@ -247,9 +249,17 @@ class Truth:
     """What a perfect crawl of one query would have seen, ignoring any result cap."""
 
     item_ids: list[int]  # in the query's order; items served without an id are not here
-    total: int  # every matching result, as `total_count` reports it
+    total: int  # every matching result, withdrawn ones too: the true `total_count`
     malformed_item_ids: list[int]  # served with a non-numeric price
     missing_item_id: int  # how many matching results are served without an item_id
+
+
+def withdrawn(product: Product, rate: float) -> bool:
+    """Whether a product counts in totals but is never served (the real API's short pages).
+
+    Drawn from the item id, a pseudo-random permutation, so every query agrees on it.
+    """
+    return product.item_id % _WITHDRAWN_MODULUS < rate * _WITHDRAWN_MODULUS
 
 
 def format_price(cents: int) -> str:
@@ -313,6 +323,7 @@ class Catalog:
         self._borrowed = lru_cache(maxsize=64)(self._build_borrowed)
         self._results = lru_cache(maxsize=128)(self._evaluate)
         self._json_cache = lru_cache(maxsize=32)(self._json_slots)
+        self._promoted = lru_cache(maxsize=128)(self._best_sellers)
 
     def size(self, cat_id: int) -> int:
         return self.sizes.get(cat_id, self.default_size)
@@ -459,14 +470,26 @@ class Catalog:
         products = self.products(cat_id, epoch)
         return [build_item(products[i], language) for i in self.results(q, epoch)]
 
-    def truth(self, query: Query, epoch: int = 0) -> Truth:
+    def promoted(self, query: Query, epoch: int, count: int) -> Sequence[int]:
+        """Positions of the results a listing promotes: its `count` best sellers."""
+        return self._promoted(query, epoch, count)
+
+    def _best_sellers(self, query: Query, epoch: int, count: int) -> Sequence[int]:
+        products = self.products(query.cat_id, epoch)
+        ranked = sorted(self.results(query, epoch),
+                        key=lambda i: (-products[i].sales, products[i].item_id))
+        return tuple(ranked[:count])
+
+    def truth(self, query: Query, epoch: int = 0, withdrawn_rate: float = 0.0) -> Truth:
+        """What a complete crawl of `query` must find: every result that is ever served."""
         products = self.products(query.cat_id, epoch)
         found = [products[i] for i in self.results(query, epoch)]
+        served = [p for p in found if not withdrawn(p, withdrawn_rate)]
         return Truth(
-            item_ids=[p.item_id for p in found if p.malformed != MISSING_ITEM_ID],
+            item_ids=[p.item_id for p in served if p.malformed != MISSING_ITEM_ID],
             total=len(found),
-            malformed_item_ids=[p.item_id for p in found if p.malformed == BAD_PRICE],
-            missing_item_id=sum(p.malformed == MISSING_ITEM_ID for p in found),
+            malformed_item_ids=[p.item_id for p in served if p.malformed == BAD_PRICE],
+            missing_item_id=sum(p.malformed == MISSING_ITEM_ID for p in served),
         )
 
     def matching_ids(self, cat_id: int, *, epoch: int = 0, **filters: Any) -> set[int]:

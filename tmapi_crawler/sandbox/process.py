@@ -33,12 +33,15 @@ def options_to_argv(options: Mapping[str, Any]) -> list[str]:
     """Keyword options as command-line flags: `fault={417: 0.1}` -> `--fault 417=0.1`.
 
     Names are the flags' (`latency_jitter` -> `--latency-jitter`); lists repeat the flag, dicts
-    repeat it with KEY=VALUE, None leaves it out.
+    repeat it with KEY=VALUE, None leaves it out; True gives a switch alone, False nothing.
     """
     argv: list[str] = []
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
-        if value is None:
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
             continue
         if isinstance(value, Mapping):
             values = [f"{key}={item}" for key, item in value.items()]

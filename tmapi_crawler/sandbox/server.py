@@ -3,9 +3,13 @@
 It answers like the provider's reference (same parameters, same JSON, same error codes, a result
 cap past which pages come back empty) and can inject every failure a crawler must survive:
 latency, a per-token concurrency limit, transient faults as HTTP status or in the body, garbage
-bodies, a billing quota. Control endpoints under `/_sandbox/` expose counters and the truth so
-tests can check a crawl. The token is a secret here too: it is only compared, never stored in
-stats or echoed; accounts are told apart by a short hash.
+bodies, a billing quota. It also answers the way public captures show the real API does, each
+behaviour a switch: totals capped at the reach, short pages, promoted items repeated across
+pages, ids and totals as strings, page sizes clamped, an absurd total, a last page repeated
+forever, a price filter ignored. Control endpoints under `/_sandbox/` expose counters and the
+truth (what a complete crawl must find, in every mode) so tests can check a crawl. The token
+is a secret here too: it is only compared, never stored in stats or echoed; accounts are told
+apart by a short hash.
 """
 
 from __future__ import annotations
@@ -17,26 +21,34 @@ import json
 import random
 import re
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 
 from tmapi_crawler import api
-from tmapi_crawler.sandbox.catalog import Catalog, Query, parse_price
+from tmapi_crawler.sandbox.catalog import Catalog, Query, parse_price, withdrawn
 
 FAULT_MODES: Final = ("status", "body", "mixed")
+#: How `total_count` is reported: the true number of results, or capped at `result_cap`.
+TOTAL_MODES: Final = ("true", "capped")
+#: Pages of a `default` listing that show its promoted items first, as public captures do.
+PROMOTED_PAGES: Final = frozenset({1, 6, 7, 8, 9, 10})
 #: Settings `POST /_sandbox/config` may change; the others shape the catalogue or the accounts.
 #: `sizes` is merged into the current sizes (`{"201": 50}` resizes category 201 only): the
 #: category loses or gains products at its end, as listings do between crawls.
 RUNTIME_SETTINGS: Final = frozenset({
     "price_epoch", "fault_rates", "fault_mode", "garbage_rate", "missing_data_rate", "quota",
     "latency", "latency_jitter", "concurrency_limit", "result_cap", "max_page_size", "sizes",
+    # How the real API answers (see SandboxConfig).
+    "totals", "short_page_rate", "promoted", "string_values", "page_size_limit", "claimed_total",
+    "repeat_last_page", "ignore_price_filter",
 })
 GARBAGE_BODY: Final = "<html>upstream error</html>"
 CONTROL_PREFIX: Final = "/_sandbox"
 _INTEGER = re.compile(r"[0-9]{1,18}")
+_STRING_ID = re.compile(r'^\{"item_id":([0-9]+),')
 _BOOLEANS: Final = {"true": True, "false": False}
 
 
@@ -68,6 +80,15 @@ class SandboxConfig:
     malformed_rate: float = 0.0
     price_point_share: float = 0.0  # products all at one price (catalog.PRICE_POINT_CENTS)
     max_records: int = 100_000  # request records kept for /_sandbox/stats
+    # How the real API answers; the defaults answer like the provider's reference.
+    totals: str = "true"  # TOTAL_MODES: "capped" reports at most result_cap, as the real API
+    short_page_rate: float = 0.0  # products counted in totals but never served: short pages
+    promoted: int = 0  # best sellers shown first on PROMOTED_PAGES of `default` listings
+    string_values: bool = False  # item_id and total_count as strings
+    page_size_limit: int = 0  # serve at most this many per page, said in data.page_size; 0: off
+    claimed_total: str = ""  # a JSON value every answer claims as total_count, e.g. 1e12
+    repeat_last_page: bool = False  # past the end, the last page again, has_next_page true
+    ignore_price_filter: bool = False  # price_start/price_end echoed but not applied
 
     def __post_init__(self) -> None:
         self.tokens = frozenset(self.tokens)
@@ -86,6 +107,18 @@ class SandboxConfig:
             raise ValueError("latencies, limits, quota, cap, epoch and records must be ≥ 0")
         if self.max_page_size < 1:
             raise ValueError("max_page_size must be ≥ 1")
+        if self.totals not in TOTAL_MODES:
+            raise ValueError(f"totals must be one of {TOTAL_MODES}")
+        if not 0 <= self.short_page_rate <= 1:
+            raise ValueError("short_page_rate must be a fraction between 0 and 1")
+        if self.promoted < 0 or self.page_size_limit < 0:
+            raise ValueError("promoted and page_size_limit must be ≥ 0")
+        if self.claimed_total:
+            try:
+                json.loads(self.claimed_total)
+            except ValueError:
+                raise ValueError("claimed_total must be a JSON value, e.g. 1e12 or "
+                                 '"2465"') from None
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON, tokens reduced to their number."""
@@ -94,6 +127,16 @@ class SandboxConfig:
         settings["fault_rates"] = {str(code): rate for code, rate in self.fault_rates.items()}
         settings["sizes"] = {str(cat): size for cat, size in self.sizes.items()}
         return settings
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A page's place in a listing: `promoted` items first, then results [start, stop)."""
+
+    promoted: int
+    start: int
+    stop: int
+    has_next: bool
 
 
 class ParameterError(ValueError):
@@ -140,8 +183,10 @@ def _choice(params: Mapping[str, str], name: str, allowed: tuple[str, ...], defa
     return value
 
 
-def parse_request(params: Mapping[str, str], max_page_size: int) -> ListingRequest:
+def parse_request(params: Mapping[str, str], max_page_size: int | None) -> ListingRequest:
     """Validate like the real API; empty optional parameters count as absent (as in its examples).
+
+    ``max_page_size`` None: any page size is taken (and served clamped, see `page_size_limit`).
 
     Raises ParameterError naming the first offending parameter.
     """
@@ -268,7 +313,7 @@ class Sandbox:
         if not token or (self.config.tokens and token not in self.config.tokens):
             return self._refuse({}, 401)
         try:
-            listing: ListingRequest | None = parse_request(params, self.config.max_page_size)
+            listing: ListingRequest | None = parse_request(params, self._max_page_size())
             record = listing.record()
         except ParameterError as error:
             listing, record = None, {"invalid": error.name}
@@ -333,25 +378,90 @@ class Sandbox:
         return None
 
     def _page(self, listing: ListingRequest, record: dict[str, Any]) -> web.Response:
-        """A successful answer; the items are pre-encoded, so only the envelope is built here."""
-        query, epoch, cap = listing.query, self.config.price_epoch, self.config.result_cap
+        """A successful answer, counted and recorded."""
+        body, served = self.listing_body(listing)
+        self.stats.pages_served += 1
+        self.stats.items_served += served
+        return self._reply(record, api.SUCCESS_CODE, api.SUCCESS_CODE, body, ok=True)
+
+    def _max_page_size(self) -> int | None:
+        """Page sizes above the maximum get 422, unless they are served clamped instead."""
+        return None if self.config.page_size_limit else self.config.max_page_size
+
+    def listing_body(self, listing: ListingRequest) -> tuple[str, int]:
+        """The JSON text of a successful answer and how many items it carries.
+
+        Pure (no counters), so a test can ask it for pages without HTTP. Items are pre-encoded,
+        so only the envelope is built here.
+        """
+        config = self.config
+        query, epoch = self._applied(listing.query), config.price_epoch
         results = self.catalog.results(query, epoch)
-        reachable = min(len(results), cap) if cap else len(results)
-        start = (listing.page - 1) * listing.page_size
-        stop = min(start + listing.page_size, reachable)
-        items = self.catalog.items_json(query.cat_id, epoch, listing.language,
-                                        results[start:stop] if start < stop else ())
+        size = listing.page_size
+        if config.page_size_limit:
+            size = min(size, config.page_size_limit)
+        promoted: Sequence[int] = ()
+        if config.promoted and query.sort == api.DEFAULT_SORT:
+            promoted = self.catalog.promoted(query, epoch, config.promoted)
+        layout = self._layout(listing.page, size, len(results), len(promoted))
+        if config.repeat_last_page and results:
+            if layout.start == layout.stop:
+                last = self._last_page(size, len(results), len(promoted))
+                layout = self._layout(last, size, len(results), len(promoted))
+            layout = dataclasses.replace(layout, has_next=True)
+        positions = [*promoted[:layout.promoted], *results[layout.start:layout.stop]]
+        if config.short_page_rate:
+            products = self.catalog.products(query.cat_id, epoch)
+            positions = [i for i in positions
+                         if not withdrawn(products[i], config.short_page_rate)]
+        items = self.catalog.items_json(query.cat_id, epoch, listing.language, positions)
+        if config.string_values:
+            items = [_STRING_ID.sub(r'{"item_id":"\1",', item, count=1) for item in items]
+        total = len(results)
+        if config.totals == "capped" and config.result_cap:
+            total = min(total, config.result_cap)
+        total_text = config.claimed_total or (f'"{total}"' if config.string_values else str(total))
         filters = json.dumps(listing.filters, separators=(",", ":"))
         body = (
             f'{{"code":{api.SUCCESS_CODE},"msg":"success","data":{{"page":{listing.page},'
-            f'"page_size":{listing.page_size},"total_count":{len(results)},"keyword":"",'
+            f'"page_size":{size},"total_count":{total_text},"keyword":"",'
             f'"sort":"{query.sort}","cat_id":{query.cat_id},'
             f'"filters":{filters},"items":[{",".join(items)}],'
-            f'"has_next_page":{"true" if stop < reachable else "false"}}}}}'
+            f'"has_next_page":{"true" if layout.has_next else "false"}}}}}'
         )
-        self.stats.pages_served += 1
-        self.stats.items_served += len(items)
-        return self._reply(record, api.SUCCESS_CODE, api.SUCCESS_CODE, body, ok=True)
+        return body, len(items)
+
+    def _applied(self, query: Query) -> Query:
+        """The query as the sandbox evaluates it: without prices when it ignores them."""
+        if self.config.ignore_price_filter:
+            return dataclasses.replace(query, price_start=None, price_end=None)
+        return query
+
+    def _layout(self, page: int, size: int, results: int, promoted: int) -> _Layout:
+        """Which results a page shows: promoted ones first on PROMOTED_PAGES, then the listing
+        from where the previous page left off, up to the cap (counted in served slots)."""
+        cap = self.config.result_cap
+        first = (page - 1) * size
+        last = min(page * size, cap) if cap else page * size
+        slots = max(0, last - first)
+        shown = min(promoted, slots) if page in PROMOTED_PAGES else 0
+        start = first - promoted * sum(1 for p in PROMOTED_PAGES if p < page)
+        stop = min(start + slots - shown, results)
+        if start >= stop:
+            return _Layout(0, start, start, False)
+        return _Layout(shown, start, stop, stop < results and (not cap or last < cap))
+
+    def _last_page(self, size: int, results: int, promoted: int) -> int:
+        """The last page that shows any result."""
+        page = max(1, -(-results // size))
+        if self.config.result_cap:
+            page = min(page, -(-self.config.result_cap // size))
+        while self._layout(page, size, results, promoted).has_next:
+            page += 1
+        while page > 1 and self._layout(page, size, results, promoted).stop == \
+                self._layout(page, size, results, promoted).start:
+            page -= 1
+        return page
 
     async def handle_stats(self, request: web.Request) -> web.Response:
         stats, quota = self.stats, self.config.quota
@@ -391,13 +501,15 @@ class Sandbox:
         return web.json_response(self.config.public())
 
     async def handle_truth(self, request: web.Request) -> web.Response:
-        """What a complete crawl of a query must find: every result, the cap ignored."""
+        """What a complete crawl of a query must find: every result ever served, the cap
+        ignored; `total` is the true number of results, withdrawn ones included."""
         try:
-            listing = parse_request(request.query, self.config.max_page_size)
+            listing = parse_request(request.query, self._max_page_size())
         except ParameterError as error:
             return web.Response(status=422, text=_error_body(422, f"Parameter error: {error}"),
                                 content_type="application/json")
-        truth = self.catalog.truth(listing.query, self.config.price_epoch)
+        truth = self.catalog.truth(self._applied(listing.query), self.config.price_epoch,
+                                   self.config.short_page_rate)
         return web.json_response(dataclasses.asdict(truth))
 
 

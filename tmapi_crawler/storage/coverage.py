@@ -28,25 +28,6 @@ def mark_incomplete(stats: StatsCollector, cat_id: int) -> None:
     stats.inc_value(stats_keys.incomplete(cat_id))
 
 
-def cut_short(
-    *,
-    page: int,
-    page_size: int,
-    total_count: int | None,
-    has_next_page: bool | None,
-    max_pages: int | None,
-    result_cap: int | None,
-) -> bool:
-    """Whether an answer shows results past what paging will fetch (see ``paging``)."""
-    limits = [n for n in (max_pages and max_pages * page_size, result_cap) if n]
-    if not limits:
-        return False
-    reachable = min(limits)
-    if total_count:
-        return total_count > reachable
-    return bool(has_next_page) and page * page_size >= reachable
-
-
 def complete_categories(queries: Iterable[Query], stats: Mapping[str, Any]) -> list[int]:
     """Categories with an unfiltered query and no loss noticed, from a crawl's final stats."""
     if any(stats.get(key) for key in _CRAWL_WIDE_LOSSES) or any(

@@ -29,6 +29,8 @@ class TmapiAddon:
         wanted = 2 * settings.getint("TMAPI_CONCURRENCY")
         _at_least(settings, "CONCURRENT_REQUESTS", wanted)
         _at_least(settings, "CONCURRENT_REQUESTS_PER_DOMAIN", wanted)
+        if not settings.getint("TMAPI_QUERY_WINDOW"):  # 0: one query keeps every slot busy
+            _at_least(settings, "TMAPI_QUERY_WINDOW", wanted)
         # Answer 499 asks clients to wait 60 s; a shorter timeout turns slow pages into retries.
         _at_least(settings, "DOWNLOAD_TIMEOUT", api.MIN_TIMEOUT_SECONDS)
 

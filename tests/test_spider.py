@@ -1,0 +1,101 @@
+"""The spider in-process (``get_crawler``): it only wires answers to the frontier and back.
+
+Answers come from the sandbox's own page builder, so no server is needed; the frontier's
+policy has its own tests (``test_frontier``), the whole crawl its own (``test_splitting``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from scrapy import Request
+from scrapy.http import TextResponse
+from scrapy.utils.test import get_crawler
+from twisted.python.failure import Failure
+
+from tmapi_crawler.frontier.context import META_KEY, PageContext
+from tmapi_crawler.items import ProductPage
+from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig, parse_request
+from tmapi_crawler.spiders.category_items import CategoryItemsSpider
+from tmapi_crawler.transport.middleware import ApiError
+
+SETTINGS = {
+    "TMAPI_BASE_URL": "http://api.invalid",
+    "TMAPI_RESULT_CAP": 2000,
+    "TMAPI_QUERY_WINDOW": 3,
+    "TMAPI_FRONTIER_STATE": "tmapi_crawler.frontier.state.MemoryState",
+}
+SANDBOX = Sandbox(SandboxConfig(sizes={7: 200}))
+
+
+def collect(outputs: AsyncIterator[Any]) -> list[Any]:
+    async def gather() -> list[Any]:
+        return [output async for output in outputs]
+    return asyncio.run(gather())
+
+
+def answer(request: Request) -> TextResponse:
+    params = dict(parse_qsl(urlsplit(request.url).query))
+    body, _ = SANDBOX.listing_body(parse_request(params, None))
+    return TextResponse(request.url, body=body.encode(), encoding="utf-8", request=request)
+
+
+def spider_for(**arguments: str) -> CategoryItemsSpider:
+    crawler = get_crawler(CategoryItemsSpider, SETTINGS)
+    return CategoryItemsSpider.from_crawler(crawler, **arguments)
+
+
+def pages(outputs: list[Any]) -> list[int]:
+    return [PageContext.from_dict(o.meta[META_KEY]).page for o in outputs
+            if isinstance(o, Request)]
+
+
+def test_an_answer_goes_in_and_its_items_and_next_pages_come_out() -> None:
+    spider = spider_for(cat_id="7")
+    (first,) = collect(spider.start())
+    assert first.url == ("http://api.invalid/1688/category/items/v2?cat_id=7&language=en&page=1"
+                         "&page_size=20&sort=default")
+    assert first.priority == 0
+    out = collect(spider.parse(answer(first)))
+    assert pages(out) == [2, 3, 4]
+    assert all(r.priority > first.priority for r in out if isinstance(r, Request))
+    (products,) = [o for o in out if isinstance(o, ProductPage)]
+    assert [p.context.position for p in products.products] == list(range(20))
+    stats = spider.crawler.stats
+    assert stats.get_value("tmapi/pages") == 1
+    assert stats.get_value("tmapi/items") == 20
+    assert stats.get_value("tmapi/queries") == 1
+    assert stats.get_value("tmapi/pages/known") == 10
+
+
+def test_a_page_given_up_on_is_counted_and_its_window_moves_on() -> None:
+    spider = spider_for(cat_id="7")
+    (first,) = collect(spider.start())
+    second = next(o for o in collect(spider.parse(answer(first))) if isinstance(o, Request))
+    failure = Failure(ApiError("gave up after 417", "417"))
+    failure.request = second  # type: ignore[attr-defined]  # as Scrapy sets it
+    assert pages(collect(spider.page_failed(failure))) == [5]
+    stats = spider.crawler.stats
+    assert stats.get_value("tmapi/pages/failed_by_reason/417") == 1
+    assert stats.get_value("tmapi/coverage/incomplete/7") == 1
+
+
+def test_what_the_frontier_learned_is_counted_and_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tmapi_crawler")
+    spider = spider_for(cat_id="7", page_size="50")
+    (first,) = collect(spider.start())
+    clamped = Sandbox(SandboxConfig(sizes={7: 200}, page_size_limit=20))
+    params = dict(parse_qsl(urlsplit(first.url).query))
+    body, _ = clamped.listing_body(parse_request(params, None))
+    response = TextResponse(first.url, body=body.encode(), encoding="utf-8", request=first)
+    out = collect(spider.parse(response))
+    assert pages(out) == [2, 3, 4]
+    assert all("page_size=20" in r.url for r in out if isinstance(r, Request))
+    assert spider.crawler.stats.get_value("tmapi/paging/resized_queries") == 1
+    assert "the API serves 20 results per page, not 50" in caplog.text

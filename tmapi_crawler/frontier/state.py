@@ -1,0 +1,86 @@
+"""What the frontier remembers between answers, behind an interface a shared store can serve.
+
+Every operation is one atomic step that Redis offers as a command (or a few lines of Lua):
+``claim`` is ``SET NX``, ``add`` is ``INCRBY``, ``add_ids`` is ``SADD``, ``raise_to`` and
+``lower_to`` a get-and-set of a maximum or minimum, ``forget`` is ``DEL``. So several workers
+can share one state and still decide each thing once. The frontier keeps little per query (a
+few numbers and the ids of its last pages) and forgets it when the query is done; only the
+claims that a query was started stay, one per query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class FrontierState(Protocol):
+    async def claim(self, key: str) -> bool:
+        """Mark ``key`` taken; True only for the first caller."""
+
+    async def get(self, key: str) -> int | None:
+        """A number kept under ``key`` (a claim reads as 1); None if there is none."""
+
+    async def add(self, key: str, amount: int) -> int:
+        """Add to a counter (missing: 0) and return its new value."""
+
+    async def raise_to(self, key: str, value: int) -> int | None:
+        """Keep the larger of the stored value and ``value``; return the value before."""
+
+    async def lower_to(self, key: str, value: int) -> int | None:
+        """Keep the smaller of the stored value and ``value``; return the value before."""
+
+    async def add_ids(self, key: str, ids: Iterable[int]) -> int:
+        """Add ids to the set under ``key``; return how many were not in it."""
+
+    async def forget(self, *keys: str) -> None:
+        """Drop keys (numbers, claims or sets); missing ones are ignored."""
+
+
+class MemoryState:
+    """The state of one process: dictionaries, which is all a single crawl needs."""
+
+    def __init__(self) -> None:
+        self._numbers: dict[str, int] = {}
+        self._sets: dict[str, set[int]] = {}
+
+    async def claim(self, key: str) -> bool:
+        if key in self._numbers:
+            return False
+        self._numbers[key] = 1
+        return True
+
+    async def get(self, key: str) -> int | None:
+        return self._numbers.get(key)
+
+    async def add(self, key: str, amount: int) -> int:
+        value = self._numbers[key] = self._numbers.get(key, 0) + amount
+        return value
+
+    async def raise_to(self, key: str, value: int) -> int | None:
+        before = self._numbers.get(key)
+        if before is None or value > before:
+            self._numbers[key] = value
+        return before
+
+    async def lower_to(self, key: str, value: int) -> int | None:
+        before = self._numbers.get(key)
+        if before is None or value < before:
+            self._numbers[key] = value
+        return before
+
+    async def add_ids(self, key: str, ids: Iterable[int]) -> int:
+        known = self._sets.setdefault(key, set())
+        before = len(known)
+        known.update(ids)
+        return len(known) - before
+
+    async def forget(self, *keys: str) -> None:
+        for key in keys:
+            self._numbers.pop(key, None)
+            self._sets.pop(key, None)
+
+    def footprint(self) -> tuple[int, int]:
+        """How much is kept: (keys, ids in sets), to check that memory stays bounded."""
+        return len(self._numbers) + len(self._sets), sum(map(len, self._sets.values()))
