@@ -16,7 +16,8 @@ it; ``scrapy status category_items`` shows how far it got. What this changes, an
 * ``scrapy crawl`` accepts no arguments (a pure worker); with arguments it seeds, then works.
 
 Every worker must use the same ``MONGO_URI``: an embedded MongoDB per machine would split the
-data.
+data. On one machine, workers without ``MONGO_URI`` and ``REDIS_URL`` share its embedded
+MongoDB and embedded Redis, which the first command that needs them starts.
 """
 
 import os
