@@ -12,6 +12,7 @@ import code
 import pprint
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pymongo
@@ -35,6 +36,17 @@ SHELL_EXAMPLES = (
 )
 
 
+def readable(value: Any) -> Any:
+    """A document for the eye: times as ``2026-11-28 03:59:15+00:00``, not their repr."""
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    if isinstance(value, dict):
+        return {key: readable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [readable(item) for item in value]
+    return value
+
+
 def show(value: Any) -> None:
     """The shell's display hook: a cursor shows its documents (at most ``SHOWN``)."""
     if not isinstance(value, Cursor | CommandCursor):
@@ -48,7 +60,7 @@ def show(value: Any) -> None:
             print(f"(more than {SHOWN} documents: narrow the query, page with "
                   ".skip(n).limit(n), or iterate it)")
             break
-        pprint.pprint(document, sort_dicts=False, width=100)
+        pprint.pprint(readable(document), sort_dicts=False, width=120)
         shown += 1
     if not shown:
         print("(no documents)")

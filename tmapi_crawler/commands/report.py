@@ -148,11 +148,11 @@ def summary(db: Any, where: str) -> str:
         f"  vanished  {counts.get('vanished', 0)} listings (product in category) no longer "
         "listed" + ("" if run.get("finish_reason") == "finished"
                     else " (only a finished crawl can tell)"),
-        f"  earlier   {earlier} crawls in {CRAWL_RUNS}",
+        f"  before    {earlier} earlier crawls recorded (collection {CRAWL_RUNS})",
     ]
     if categories:
         lines.append("Categories, most products first:")
-        lines += [f"  {row['_id']}: {row['n']} products, from {row['min']} CNY"
+        lines += [f"  {row['_id']}: {row['n']} products found, from {row['min']} CNY"
                   for row in categories[:TOP]]
         if len(categories) > TOP:
             lines.append(f"  ... and {len(categories) - TOP} more")
