@@ -16,7 +16,8 @@ it; ``scrapy status category_items`` shows how far it got. What this changes, an
 * ``scrapy crawl`` accepts no arguments (a pure worker); with arguments it seeds, then works.
 
 Every worker must use the same ``MONGO_URI``: an embedded MongoDB per machine would split the
-data.
+data. On one machine, workers without ``MONGO_URI`` and ``REDIS_URL`` share its embedded
+MongoDB and embedded Redis, which the first command that needs them starts.
 """
 
 import os
@@ -25,7 +26,8 @@ from tmapi_crawler.settings import *  # noqa: F403
 
 #: Marks a shared queue: ``scrapy crawl`` without arguments is a worker, ``scrapy seed`` works.
 TMAPI_DISTRIBUTED = True
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+#: Empty: start (or reuse) the embedded redis-server under REDIS_EMBEDDED_DIR, like MongoDB.
+REDIS_URL = os.environ.get("REDIS_URL", "")
 #: Every key starts with it (layout in ``tmapi_crawler/distributed/__init__.py``); it also
 #: replaces scrapy-redis's SCHEDULER_QUEUE_KEY / SCHEDULER_DUPEFILTER_KEY.
 TMAPI_REDIS_PREFIX = os.environ.get("TMAPI_REDIS_PREFIX", "tmapi")

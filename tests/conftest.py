@@ -21,7 +21,7 @@ if str(PROJECT_ROOT) not in sys.path:
     # `.venv/bin/pytest` puts only tests/ on sys.path; the package lives one level up.
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from tmapi_crawler.servers import MongodProcess, RedisProcess  # noqa: E402
+from tests.servers import MongodProcess, RedisProcess  # noqa: E402
 
 # Servers.
 

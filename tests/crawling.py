@@ -65,6 +65,9 @@ def crawl(
     }
     if not store:
         all_settings.setdefault("ITEM_PIPELINES", "{}")
+    if feed:
+        # One record per sighting, with its query context: what the tests check against.
+        all_settings.setdefault("TMAPI_FEED_RECORDS", "sightings")
     for name, value in all_settings.items():
         command += ["-s", f"{name}={value}"]
     if feed:

@@ -71,7 +71,7 @@ def test_an_invalid_plan_file_is_refused(fresh: SandboxProcess, tmp_path: Path) 
     plan.write_text("queries:\n  - cat_id: 101\n  - cat_id: 102\n    sort: cheapest\n")
     result = crawl(tmp_path, f"plan={plan}", base_url=fresh.url, store=False)
     assert result.returncode == 2
-    assert result.log.startswith("error: plan: queries[1]: sort: 'cheapest' is not one of")
+    assert result.log.startswith("error: plan: queries[1] (line 3): sort: 'cheapest' is not one")
     assert fresh.stats()["requests"] == 0
 
 

@@ -29,10 +29,10 @@ from scrapy.settings import Settings
 from scrapy.utils.request import request_from_dict
 
 from tests.crawling import PROJECT_ROOT, TOKEN, records
+from tests.servers import MongodProcess, RedisProcess
 from tmapi_crawler.distributed import serializer
 from tmapi_crawler.distributed.cluster import Cluster
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.servers import MongodProcess, RedisProcess
 
 CATEGORIES = (1, 2, 3)
 LIMIT = 4

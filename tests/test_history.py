@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from tests.crawling import TOKEN, CrawlResult, crawl
+from tests.servers import MongodProcess
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.sandbox.catalog import Catalog, build_item
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.servers import MongodProcess
 from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY, TRACKED_FIELDS
 from tmapi_crawler.storage.store import PRODUCTS, ProductStore, batch_now, updates_by_id
 

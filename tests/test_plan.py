@@ -47,9 +47,11 @@ def test_params_are_in_fixed_order_and_token_free() -> None:
     ({"cat_id": "1", "price_start": "cheap"}, "price_start: 'cheap' is not a non-negative"),
     ({"cat_id": "1", "price_end": "nan"}, "price_end: 'nan' is not a non-negative"),
     ({"cat_id": "1", "price_start": "9", "price_end": "3"}, "price_start: 9 is greater than"),
+    ({"cat_id": "1", "price_start": "9.999"}, "price_start: '9.999' has more than two decimals"),
+    ({"cat_id": "1", "price_end": "0.001"}, "price_end: '0.001' has more than two decimals"),
     ({"cat_id": "1", "new_arrival": "yes"}, "new_arrival: 'yes' is not a boolean"),
     ({"cat_id": "1", "catid": "1"}, "catid: unknown argument"),
-    ({"cat_id": "1", "plan": "/nonexistent/plan.yaml"}, "plan: cannot read"),
+    ({"plan": "/nonexistent/plan.yaml"}, "plan: cannot read"),
 ])
 def test_bad_arguments_are_refused_with_one_line(arguments: dict, message: str) -> None:
     with pytest.raises(PlanError) as refused:
@@ -78,7 +80,7 @@ def test_plan_file_defaults_entries_and_cli_overrides(tmp_path) -> None:
 def test_json_plan_and_its_errors_name_the_entry(tmp_path) -> None:
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({"queries": [{"cat_id": 1}, {"cat_id": 2, "sort": "x"}]}))
-    with pytest.raises(PlanError, match=r"plan: queries\[1\]: sort: 'x' is not one of"):
+    with pytest.raises(PlanError, match=r"plan: queries\[1\] \(line 1\): sort: 'x' is not one"):
         plan_from_arguments({"plan": str(path)})
 
 
@@ -95,3 +97,47 @@ def test_invalid_plan_files_are_refused(tmp_path, text: str) -> None:
 def test_the_shipped_example_plan_is_valid() -> None:
     plan = plan_from_arguments({"plan": "examples/plan.yaml"})
     assert plan.queries
+
+
+def test_prices_in_whole_fen_are_accepted_and_trailing_zeros_dropped() -> None:
+    plan = plan_from_arguments({"cat_id": "1", "price_start": "9.90", "price_end": "10.000"})
+    assert (plan.queries[0].price_start, plan.queries[0].price_end) == ("9.9", "10")
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("plan.yaml", "queries:\n  - cat_id: 1\n  - {cat_id: 2\n", "line 4, column 1: not valid YAML"),
+    ("plan.yaml", "queries:\n  - cat_id: 1\n bad: [\n", "line 3, column 2: not valid YAML"),
+    ("plan.json", '{"queries": [\n  {"cat_id": 1},\n]}', "line 3, column 1: not valid JSON"),
+])
+def test_syntax_errors_in_plan_files_name_the_line(
+    tmp_path, name: str, text: str, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(PlanError) as refused:
+        plan_from_arguments({"plan": str(path)})
+    assert message in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_bad_entry_names_its_line(tmp_path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(
+        "defaults: {language: en}\n"
+        "queries:\n"
+        "  - cat_id: 1\n"
+        "\n"
+        "  - cat_id: 2\n"
+        "    sort: cheapest\n"
+    )
+    with pytest.raises(PlanError, match=r"^plan: queries\[1\] \(line 5\): sort: 'cheapest' "):
+        plan_from_arguments({"plan": str(path)})
+
+
+def test_cat_id_next_to_a_plan_is_refused_not_ignored(tmp_path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text("queries:\n  - cat_id: 1\n")
+    with pytest.raises(PlanError, match="cat_id: not allowed next to plan"):
+        plan_from_arguments({"plan": str(path), "cat_id": "2"})
+    assert plan_from_arguments({"plan": str(path), "language": "zh"}).queries == (
+        Query(cat_id=1, language="zh"),)

@@ -37,7 +37,7 @@ SIZES = {"401": 300, "402": 140}
 LINE = re.compile(
     r"Progress: queries (?P<queries_done>\d+)/(?P<queries>\d+|\?) \| "
     r"pages (?P<pages_done>\d+)/(?P<pages_known>\d+|\?)(?: \([\d.]+%\))?(?:, (?P<failed>\d+) "
-    r"failed)? \| items (?P<items>\d+): (?P<new>\d+) new, (?P<updated>\d+) updated, "
+    r"failed)? \| sightings (?P<items>\d+): (?P<new>\d+) new products, (?P<updated>\d+) repeats, "
     r"(?P<rejected>\d+) rejected \| answers (?P<answers>[^|]*) \| (?P<rate>[\d.]+) pages/s \| "
     r"ETA (?P<eta>[\d:]+|\?)$"
 )
@@ -52,12 +52,12 @@ def test_the_line_shows_every_counter() -> None:
                         items=2400, stored=2390, new=1100, rejected=10,
                         answers={"417": 3, "200": 125})
     assert format_line(progress, 12.5, 17.4) == (
-        "queries 3/10 | pages 120/340 (35.3%), 2 failed | items 2400: 1100 new, 1290 updated, "
-        "10 rejected | answers 200:125 417:3 | 12.5 pages/s | ETA 0:00:17"
+        "queries 3/10 | pages 120/340 (35.3%), 2 failed | sightings 2400: 1100 new products, "
+        "1290 repeats, 10 rejected | answers 200:125 417:3 | 12.5 pages/s | ETA 0:00:17"
     )
     assert format_line(Progress(), 0.0, None) == (
-        "queries 0/? | pages 0/? | items 0: 0 new, 0 updated, 0 rejected | answers none | "
-        "0.0 pages/s | ETA ?"
+        "queries 0/? | pages 0/? | sightings 0: 0 new products, 0 repeats, 0 rejected | "
+        "answers none | 0.0 pages/s | ETA ?"
     )
 
 

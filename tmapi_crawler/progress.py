@@ -5,8 +5,9 @@ nothing; ``TMAPI_PROGRESS_INTERVAL = 0`` turns it off entirely. The numbers:
 
 * queries done / planned (``tmapi/queries/done``, ``tmapi/queries``);
 * pages done / known (``tmapi/pages`` + ``tmapi/pages/failed``, ``tmapi/pages/known``);
-* items yielded, and of those stored: new products (``tmapi/db/created``) and updates of known
-  ones (the rest of ``tmapi/db/sightings``), and rejected (``tmapi/items/rejected``);
+* product sightings yielded, and of those stored: new products (``tmapi/db/created``) and
+  repeats, sightings of products already stored (the rest of ``tmapi/db/sightings``), and
+  rejected (``tmapi/items/rejected``);
 * API answers by code (``tmapi/answers/<code>``);
 * pages per second over the last ``RATE_WINDOW`` seconds, and the ETA of the known pages left.
 
@@ -164,8 +165,11 @@ def _of(done: int, total: int) -> str:
 
 def format_line(progress: Progress, rate: float, eta: float | None) -> str:
     """The log's progress line, e.g.
-    ``queries 3/10 | pages 120/340 (35.3%), 2 failed | items 2400: 1100 new, 1290 updated,
-    10 rejected | answers 200:125 417:3 | 12.5 pages/s | ETA 0:00:17``.
+    ``queries 3/10 | pages 120/340 (35.3%), 2 failed | sightings 2400: 1100 new products,
+    1290 repeats, 10 rejected | answers 200:125 417:3 | 12.5 pages/s | ETA 0:00:17``.
+
+    A sighting is a product on a page; "new products" were first stored by it, "repeats" are
+    sightings of products already stored (earlier in this crawl, or by an earlier one).
     """
     pages = f"pages {_of(progress.pages_done, progress.pages_known)}"
     if progress.pages_known:
@@ -176,7 +180,7 @@ def format_line(progress: Progress, rate: float, eta: float | None) -> str:
     return " | ".join((
         f"queries {_of(progress.queries_done, progress.queries)}",
         pages,
-        f"items {progress.items}: {progress.new} new, {progress.updated} updated, "
+        f"sightings {progress.items}: {progress.new} new products, {progress.updated} repeats, "
         f"{progress.rejected} rejected",
         f"answers {answers}",
         f"{rate:.1f} pages/s",
@@ -193,8 +197,8 @@ def format_bar(progress: Progress, rate: float, eta: float | None, width: int) -
     else:
         bar = f"[{'?' * BAR_CELLS}]    ?"
     text = (f"{bar} {_of(progress.pages_done, progress.pages_known)} pages | "
-            f"{rate:.1f}/s | ETA {format_duration(eta)} | {progress.items} items, "
-            f"{progress.new} new")
+            f"{rate:.1f}/s | ETA {format_duration(eta)} | {progress.items} sightings, "
+            f"{progress.new} new products")
     return text[:width]
 
 

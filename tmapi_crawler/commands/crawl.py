@@ -1,15 +1,18 @@
 """``scrapy crawl`` that refuses bad input before anything is sent, and says how it ended.
 
-Arguments and the token are checked with the same code the spider and the transport use, so
-a mistake ends the run with one line on stderr and exit status 2, before the crawler (or
-even its logging) starts; a crawl that closed for any reason other than ``finished`` exits 1,
-so scripts can tell a complete crawl from a stopped one.
+Settings, arguments and the token are checked with the same code the spider and the transport
+use, so a mistake ends the run with one line on stderr and exit status 2, before the crawler
+(or even its logging) starts; so does a missing database server binary (exit 1). A crawl that
+closed for any reason other than ``finished`` exits 1, so scripts can tell a complete crawl
+from a stopped one. When the log does not go to the terminal (``--nolog``, ``LOG_FILE``), one
+summary line on stderr says how the crawl ended.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from scrapy import signals
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
@@ -17,10 +20,16 @@ from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 from scrapy.spiderloader import get_spider_loader
 
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.cli import USAGE_ERROR, ProjectCommand, fail
+from tmapi_crawler.distributed.embedded import resolve_redis_url
 from tmapi_crawler.plan import PlanError
+from tmapi_crawler.servers import EmbeddedServerError, ServerNotFound, find_mongod
 from tmapi_crawler.transport.credentials import MissingToken, token_from_settings
 
-USAGE_ERROR = 2
+__all__ = ["USAGE_ERROR", "Command", "check_before_start", "summary_line"]
+#: Exit status of a crawl that could not start for want of a server (not a usage error).
+ENVIRONMENT_ERROR = 1
 
 
 def check_before_start(
@@ -31,12 +40,16 @@ def check_before_start(
     arguments_optional: bool = False,
     needs_token: bool = True,
 ) -> None:
-    """Exit with one line if the spider's arguments or the API settings are unusable.
+    """Exit with one line if the spider's arguments, the API settings or the servers are
+    unusable; in the distributed profile without ``REDIS_URL``, start the embedded Redis.
 
     ``arguments_optional``: a distributed worker without arguments crawls what was seeded.
     ``needs_token``: ``scrapy seed`` only queues requests, it never calls the API.
     """
-    spidercls = get_spider_loader(settings).load(spider_name)
+    try:
+        spidercls = get_spider_loader(settings).load(spider_name)
+    except KeyError as exc:
+        fail(str(exc).strip("\"'"))
     try:
         check = getattr(spidercls, "check_arguments", None)
         if check is not None and (spargs or not arguments_optional):
@@ -44,11 +57,45 @@ def check_before_start(
         if needs_token:
             token_from_settings(settings)
     except (PlanError, MissingToken) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(USAGE_ERROR) from None
+        fail(str(exc))
+    try:
+        if not settings.get("MONGO_URI"):
+            find_mongod()
+        if settings.getbool("TMAPI_DISTRIBUTED") and not settings.get("REDIS_URL"):
+            # Every worker and `scrapy status` must find the same server: resolve it once here.
+            settings.set("REDIS_URL", resolve_redis_url(settings, start=True), priority="cmdline")
+    except (ServerNotFound, EmbeddedServerError) as exc:
+        fail(str(exc), ENVIRONMENT_ERROR)
 
 
-class Command(ScrapyCrawlCommand):
+def summary_line(stats: dict[str, Any], log_file: str | None) -> str:
+    """How the crawl ended, in one line: what it cost, what it found, what it stored."""
+    reason = stats.get("finish_reason", "not started")
+    elapsed = stats.get("elapsed_time_seconds")
+    took = f" in {elapsed:.1f} s" if isinstance(elapsed, int | float) else ""
+    crawl_id = stats.get(stats_keys.CRAWL_ID)
+    head = f"crawl {crawl_id}" if crawl_id else "crawl"
+    head += f" finished{took}" if reason == "finished" else f" stopped ({reason}){took}"
+    pages = stats.get(stats_keys.PAGES, 0)
+    failed = stats.get(stats_keys.PAGES_FAILED, 0)
+    parts = [
+        f"{stats.get(stats_keys.REQUESTS, 0)} API calls",
+        f"{pages} pages" + (f" ({failed} given up)" if failed else ""),
+    ]
+    sightings = stats.get(stats_keys.ITEMS, 0)
+    seen = stats.get(stats_keys.product_count("products_seen"))
+    if seen is None:
+        parts.append(f"{sightings} product sightings")
+    else:
+        new = stats.get(stats_keys.product_count("new"), 0)
+        parts.append(f"{sightings} sightings of {seen} products ({new} new, "
+                     f"{seen - new} seen before)")
+    parts.append(f"{stats.get(stats_keys.ITEMS_REJECTED, 0)} rejected")
+    line = f"{head}: {', '.join(parts)}"
+    return f"{line}; log in {log_file}" if log_file else line
+
+
+class Command(ProjectCommand, ScrapyCrawlCommand):
     def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
         super().process_options(args, opts)
         if len(args) != 1:
@@ -70,3 +117,8 @@ class Command(ScrapyCrawlCommand):
         self.crawler_process.start()
         if self.crawler_process.bootstrap_failed or reasons != ["finished"]:
             self.exitcode = 1
+        settings = crawler.settings
+        log_file = settings.get("LOG_FILE")
+        if not settings.getbool("LOG_ENABLED") or log_file:
+            assert crawler.stats is not None
+            print(summary_line(crawler.stats.get_stats(), log_file), file=sys.stderr)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from scrapy.commands import ScrapyCommand
-
-from tmapi_crawler.commands.crawl import USAGE_ERROR
+from tmapi_crawler.cli import USAGE_ERROR, ProjectCommand, fail
 from tmapi_crawler.distributed.cluster import Cluster, ClusterSettingsError
+from tmapi_crawler.distributed.embedded import resolve_redis_url
+from tmapi_crawler.servers import EmbeddedServerError
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -26,7 +26,7 @@ def require_distributed(settings: BaseSettings, command: str) -> None:
         raise SystemExit(USAGE_ERROR)
 
 
-class ClusterCommand(ScrapyCommand):
+class ClusterCommand(ProjectCommand):
     """A command that talks to the cluster's Redis only: no crawler, no log."""
 
     requires_project = True
@@ -36,6 +36,12 @@ class ClusterCommand(ScrapyCommand):
     def open_cluster(self, spider_name: str) -> Cluster:
         """The cluster of ``spider_name``, or exit 2 with one line on bad settings."""
         assert self.settings is not None
+        if not self.settings.get("REDIS_URL"):
+            try:
+                url = resolve_redis_url(self.settings, start=False)
+            except EmbeddedServerError as exc:
+                fail(str(exc), 1)
+            self.settings.set("REDIS_URL", url, priority="cmdline")
         try:
             return Cluster(self.settings, spider_name)
         except ClusterSettingsError as exc:

@@ -1,0 +1,126 @@
+"""What the project's commands share: checked settings, quiet pipes, commands named as typed.
+
+Kept outside ``tmapi_crawler.commands``: Scrapy takes every command class defined there for a
+command of its own.
+
+* Every command checks the settings before it does anything (``tmapi_crawler.validation``): a
+  bad value ends it with one line and exit status 2, before any API call or server start; a
+  token given with ``-s`` draws a warning.
+* Output cut short by its reader (``scrapy status | head``) ends a command quietly, as it
+  does for any Unix tool, instead of with a ``BrokenPipeError`` traceback.
+* A command that tells the user what to run next names it so that it works as printed, from
+  the current folder, in a shell with no virtual environment activated
+  (:func:`command_line`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from scrapy.commands import ScrapyCommand
+from scrapy.settings import SETTINGS_PRIORITIES
+
+from tmapi_crawler.validation import SettingError, check_settings, unknown_settings
+
+if TYPE_CHECKING:
+    import argparse
+
+    from scrapy.settings import BaseSettings
+
+#: Exit status of a command refused before it did anything (bad argument or setting).
+USAGE_ERROR = 2
+#: Exit status of a command whose reader went away, as if SIGPIPE had ended it (128 + 13).
+BROKEN_PIPE = 128 + signal.SIGPIPE
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: Scrapy with the project's environment, set up on first use; no venv to activate.
+WRAPPER = PROJECT_ROOT / "scripts" / "scrapy"
+#: Profiles that need no ``SCRAPY_PROJECT=`` in front of a command (``scrapy.cfg``).
+_DEFAULT_PROFILES = ("", "default", "local")
+
+
+def command_line(*words: str, profile: bool = False) -> str:
+    """``scrapy <words>`` as the user types it here, in a fresh shell, from the current folder.
+
+    ``profile``: the command depends on the settings profile, so the current
+    ``SCRAPY_PROJECT`` is spelled out in front of it.
+    """
+    cwd = Path.cwd().resolve()
+    inside = cwd == PROJECT_ROOT or PROJECT_ROOT in cwd.parents
+    program = os.path.relpath(WRAPPER, cwd) if inside else "scripts/scrapy"
+    line = " ".join([program, *(shlex.quote(word) for word in words)])
+    chosen = os.environ.get("SCRAPY_PROJECT", "")
+    if profile and chosen not in _DEFAULT_PROFILES:
+        line = f"SCRAPY_PROJECT={shlex.quote(chosen)} {line}"
+    return line if inside else f"cd {shlex.quote(str(PROJECT_ROOT))} && {line}"
+
+
+def fail(message: str, status: int = USAGE_ERROR) -> NoReturn:
+    """End the command with one line on stderr."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def note(message: str) -> None:
+    """A line for people: on stderr, so stdout stays for what scripts read."""
+    print(message, file=sys.stderr)
+
+
+def _pipe_safe(run: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(run)
+    def wrapper(self: ScrapyCommand, args: list[str], opts: argparse.Namespace) -> None:
+        try:
+            run(self, args, opts)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # Python's documented way out: stdout goes nowhere, so the interpreter's own flush
+            # at exit cannot raise again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            self.exitcode = BROKEN_PIPE
+
+    wrapper.pipe_safe = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class ProjectCommand(ScrapyCommand):
+    """Base of the project's commands: settings checked up front, and a pipe-safe ``run``.
+
+    Every subclass's own ``run`` is wrapped when the class is defined, so a command (or a
+    command base) gets this by deriving from it, without calling anything.
+    """
+
+    requires_project = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        run = cls.__dict__.get("run")
+        if run is not None and not getattr(run, "pipe_safe", False):
+            cls.run = _pipe_safe(run)  # type: ignore[method-assign]
+
+    def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
+        super().process_options(args, opts)
+        assert self.settings is not None
+        check_project_settings(self.settings)
+
+
+def check_project_settings(settings: BaseSettings) -> None:
+    """Exit 2 with one line on a bad setting; warn about a token on the command line and
+    about unknown names of the project's prefixes (a typo would be silently ignored)."""
+    if (settings.get("TMAPI_TOKEN")
+            and settings.getpriority("TMAPI_TOKEN") == SETTINGS_PRIORITIES["cmdline"]):
+        note("warning: TMAPI_TOKEN given with -s is visible to every user of this machine "
+             "(ps) and stays in your shell history; export TMAPI_TOKEN=... instead")
+    for name, suggestion in unknown_settings(settings):
+        hint = f" (did you mean {suggestion}?)" if suggestion else ""
+        note(f"warning: unknown setting {name}{hint}: it is ignored")
+    try:
+        check_settings(settings)
+    except SettingError as exc:
+        fail(str(exc))

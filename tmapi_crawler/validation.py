@@ -1,0 +1,290 @@
+"""Every setting of the project, checked like an argument before anything starts.
+
+A bad value (``-s TMAPI_CONCURRENCY=0``, ``MONGO_BATCH_SIZE=abc`` in the environment) must end
+a command with one line naming the setting and what it accepts, exit status 2 and nothing
+sent, not with a traceback from deep inside the crawl. :data:`SETTINGS` is the registry:
+adding a setting is one line, its name and what it accepts; ``tests/test_validation.py`` fails
+when a ``TMAPI_*``, ``MONGO_*`` or ``REDIS_*`` setting of ``settings.py`` or a profile is
+missing from it or from ``docs/reference/settings.md``. Defaults stay in ``settings.py``: a
+setting that is not set at all (a profile's setting in another profile) is not checked.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+import redis
+from pymongo.errors import InvalidURI
+from pymongo.uri_parser import parse_uri
+from scrapy.settings import SETTINGS_PRIORITIES
+from scrapy.utils.misc import load_object
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+#: Prefixes of the settings this project owns: unknown names under them are typos.
+PREFIXES: Final = ("TMAPI_", "MONGO_", "REDIS_")
+
+
+class SettingError(ValueError):
+    """A setting the project refuses; the message is one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What a setting accepts: ``accepts`` says it in words, ``valid`` decides."""
+
+    accepts: str
+    valid: Callable[[Any], bool]
+
+
+# What settings accept. Command-line and environment values arrive as strings.
+
+
+def _int_value(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    return None
+
+
+def _float_value(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def integer(minimum: int, maximum: int | None = None) -> Rule:
+    accepts = (f"a whole number from {minimum} to {maximum}" if maximum is not None
+               else f"a whole number of at least {minimum}")
+
+    def valid(value: Any) -> bool:
+        number = _int_value(value)
+        return number is not None and number >= minimum and (maximum is None or number <= maximum)
+
+    return Rule(accepts, valid)
+
+
+def number(minimum: float, *, above: bool = False, unit: str = "") -> Rule:
+    """A finite number at least ``minimum`` (``above``: greater than it)."""
+    bound = f"greater than {minimum:g}" if above else f"at least {minimum:g}"
+    accepts = f"a number {bound}" + (f" ({unit})" if unit else "")
+
+    def valid(value: Any) -> bool:
+        got = _float_value(value)
+        return got is not None and (got > minimum if above else got >= minimum)
+
+    return Rule(accepts, valid)
+
+
+def seconds(*, zero: bool = False) -> Rule:
+    return number(0, above=not zero, unit="seconds")
+
+
+BOOLEAN: Final = Rule(
+    "true or false (also True, False, 1, 0)",
+    lambda value: value in (True, False, 0, 1) or str(value).strip() in (
+        "true", "false", "True", "False", "1", "0"),
+)
+
+
+def choice(*values: str) -> Rule:
+    return Rule(f"one of {', '.join(values)}", lambda value: value in values)
+
+
+def text(*, empty: bool = True, pattern: str | None = None, accepts: str = "") -> Rule:
+    def valid(value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        if not value:
+            return empty
+        return pattern is None or re.fullmatch(pattern, value) is not None
+
+    return Rule(accepts or ("text" if empty else "non-empty text"), valid)
+
+
+def path(*, empty: bool = False) -> Rule:
+    return text(empty=empty, pattern=r"[^\x00]+",
+                accepts="a file path" + (" or nothing" if empty else ""))
+
+
+def http_url() -> Rule:
+    def valid(value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 -- raises ValueError for a bad port
+        except ValueError:
+            return False
+        return (parts.scheme in ("http", "https") and bool(parts.hostname)
+                and not parts.query and not parts.fragment)
+
+    return Rule("an http:// or https:// URL with a host, without query or fragment", valid)
+
+
+def mongo_uri() -> Rule:
+    """Empty (the embedded MongoDB) or a URI pymongo accepts; an SRV record is only checked
+    for its form here, as resolving it would already be a network call."""
+
+    def valid(value: Any) -> bool:
+        if value == "":
+            return True
+        if not isinstance(value, str):
+            return False
+        if value.startswith("mongodb+srv://"):
+            return bool(urlsplit(value).hostname)
+        try:
+            parse_uri(value)
+        except (InvalidURI, ValueError):
+            return False
+        return True
+
+    return Rule("a mongodb:// or mongodb+srv:// URI, or nothing for the embedded MongoDB", valid)
+
+
+def redis_url() -> Rule:
+    def valid(value: Any) -> bool:
+        if value == "":
+            return True
+        if not isinstance(value, str) or urlsplit(value).scheme not in (
+                "redis", "rediss", "unix"):
+            return False
+        try:
+            redis.ConnectionPool.from_url(value)
+        except ValueError:
+            return False
+        return True
+
+    return Rule("a redis://, rediss:// or unix:// URL, or nothing for the embedded Redis", valid)
+
+
+def object_path() -> Rule:
+    def valid(value: Any) -> bool:
+        if not isinstance(value, str):
+            return callable(value)
+        try:
+            load_object(value)
+        except (ImportError, NameError, ValueError, AttributeError):
+            return False
+        return True
+
+    return Rule("the import path of a class, e.g. package.module.Class", valid)
+
+
+#: MongoDB's limits on database names.
+MONGO_DATABASE_NAME: Final = text(empty=False, pattern=r'[^/\\. "$*<>:|?\x00]{1,63}',
+                                  accepts='a database name: 1-63 characters, none of /\\. "$*<>:|?')
+#: Redis key prefixes are joined with ":"; spaces and braces would only cause trouble.
+REDIS_PREFIX: Final = text(empty=False, pattern=r"[A-Za-z0-9_.-]+",
+                           accepts="letters, digits, '_', '.' or '-'")
+
+#: The registry: every setting of the project, and what it accepts.
+SETTINGS: Final[dict[str, Rule]] = {
+    # The API.
+    "TMAPI_TOKEN": text(),
+    "TMAPI_BASE_URL": http_url(),
+    "TMAPI_CONCURRENCY": integer(1),
+    "TMAPI_LIMITER": object_path(),
+    "TMAPI_THROTTLE_RECOVERY": integer(1),
+    "TMAPI_RETRY_TIMES": integer(0),
+    "TMAPI_RETRY_BASE_DELAY": seconds(zero=True),
+    "TMAPI_RETRY_MAX_DELAY": seconds(zero=True),
+    "TMAPI_RESULT_CAP": integer(0),
+    # What to fetch next.
+    "TMAPI_QUERY_WINDOW": integer(0),
+    "TMAPI_FRONTIER_STATE": object_path(),
+    # Feed exports.
+    "TMAPI_FEED_RECORDS": choice("products", "sightings"),
+    # Storage.
+    "MONGO_URI": mongo_uri(),
+    "MONGO_DATABASE": MONGO_DATABASE_NAME,
+    "MONGO_EMBEDDED_DIR": path(),
+    "MONGO_SPILL_DIR": path(),
+    "MONGO_BATCH_SIZE": integer(1),
+    "MONGO_FLUSH_INTERVAL": seconds(),
+    "MONGO_RETRY_TIMEOUT": seconds(zero=True),
+    "STATS_FILE": path(empty=True),
+    # Progress.
+    "TMAPI_PROGRESS_INTERVAL": seconds(zero=True),
+    "TMAPI_PROGRESS_BAR": BOOLEAN,
+    "TMAPI_PROGRESS_REDIS": BOOLEAN,
+    # Distributed crawling.
+    "TMAPI_DISTRIBUTED": BOOLEAN,
+    "REDIS_URL": redis_url(),
+    "REDIS_EMBEDDED_DIR": path(),
+    "TMAPI_REDIS_PREFIX": REDIS_PREFIX,
+    "TMAPI_HEARTBEAT_INTERVAL": seconds(),
+    "TMAPI_HEARTBEAT_TTL": seconds(),
+    "TMAPI_LEASE_SECONDS": seconds(),
+    "TMAPI_QUEUE_POLL_INTERVAL": seconds(),
+    "TMAPI_LIMITER_POLL_INTERVAL": seconds(),
+    "TMAPI_MAX_DELIVERIES": integer(1),
+    "MAX_IDLE_TIME_BEFORE_CLOSE": integer(0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """A rule between two settings, checked once each is valid on its own."""
+
+    smaller: str
+    larger: str
+    strict: bool
+    why: str
+
+
+RELATIONS: Final = (
+    Relation("TMAPI_RETRY_BASE_DELAY", "TMAPI_RETRY_MAX_DELAY", strict=False,
+             why="the backoff starts at the base delay and is capped at the maximum"),
+    Relation("TMAPI_HEARTBEAT_INTERVAL", "TMAPI_HEARTBEAT_TTL", strict=True,
+             why="or live workers would be taken for dead"),
+)
+
+
+def _source(settings: BaseSettings, name: str) -> str:
+    """Where a value came from, so the user knows what to fix."""
+    if settings.getpriority(name) == SETTINGS_PRIORITIES["cmdline"]:
+        return " (given with -s)"
+    return ""
+
+
+def check_settings(settings: BaseSettings) -> None:
+    """Raise :class:`SettingError` for the first registered setting whose value is refused."""
+    for name, rule in SETTINGS.items():
+        value = settings.get(name)
+        if value is None:
+            continue
+        if not rule.valid(value):
+            raise SettingError(f"{name}={value!r}{_source(settings, name)}: expected "
+                               f"{rule.accepts}")
+    for relation in RELATIONS:
+        low, high = settings.get(relation.smaller), settings.get(relation.larger)
+        if low is None or high is None:
+            continue
+        low, high = float(low), float(high)
+        if high < low or (relation.strict and high == low):
+            word = "greater than" if relation.strict else "at least"
+            raise SettingError(f"{relation.larger}={high:g} must be {word} "
+                               f"{relation.smaller}={low:g}: {relation.why}")
+
+
+def unknown_settings(settings: BaseSettings) -> Iterator[tuple[str, str | None]]:
+    """Names under the project's prefixes that nothing reads, with the likeliest meant one."""
+    for name in sorted(settings.attributes):
+        if name.startswith(PREFIXES) and name not in SETTINGS:
+            close = difflib.get_close_matches(name, SETTINGS, n=1)
+            yield name, close[0] if close else None
