@@ -657,9 +657,17 @@ def test_translated_fields_invalid() -> None:
         translated_fields(with_block("delivery_info", area_from="浙江"))
 
 
-def test_translated_text_is_not_validated_by_normalize() -> None:
-    """A bad title must not cost the item its numbers: the text is checked separately."""
-    assert normalize(item(title=3))["item_id"] == 991188728585
+@pytest.mark.parametrize(("raw", "reason"), [
+    (item(title=3), "title: not a string: 3"),
+    (with_block("shop_info", company_name={"zh": "x"}),
+     "shop_info.company_name: not a string: {'zh': 'x'}"),
+    (with_block("delivery_info", area_from="Zhejiang"),
+     "delivery_info.area_from: not a list: 'Zhejiang'"),
+])
+def test_translated_text_of_the_wrong_type_rejects_the_item(raw: Any, reason: str) -> None:
+    """Checked when the item is read, like every other stored value, never when it is stored."""
+    product = ProductItem.from_raw(raw, CONTEXT)
+    assert (product.item_id, product.typed, product.rejection) == (991188728585, None, reason)
 
 
 # --- items ---------------------------------------------------------------------------------
@@ -690,6 +698,7 @@ def test_product_item_round_trips_through_json() -> None:
         "item_id": 991188728585,
         "typed": normalize(REFERENCE_ITEM),
         "rejection": None,
+        "translated": translated_fields(REFERENCE_ITEM),
     }
 
 
@@ -711,6 +720,7 @@ def test_product_item_through_scrapy_feed_exporter() -> None:
         "item_id": None,
         "typed": None,
         "rejection": None,
+        "translated": None,
     }
 
 
@@ -727,6 +737,7 @@ def test_from_raw_keeps_the_raw_dict_as_received() -> None:
     assert product.context is CONTEXT
     assert product.item_id == 991188728585
     assert product.typed == normalize(raw)
+    assert product.translated == translated_fields(raw)
     assert product.rejection is None
 
 
