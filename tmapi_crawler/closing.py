@@ -89,11 +89,13 @@ def close_spider(crawler: Crawler, reason: str) -> None:
     a request or a flush that the close itself waits for.
     """
     stop = _stop_of(crawler)
-    if stop.closing is not None or crawler.engine is None or crawler.engine.spider is None:
+    if stop.reason is not None:
         return
-    stop.reason = stop.reason or reason
-    stop.closing = asyncio.ensure_future(crawler.engine.close_spider_async(reason=reason))
+    stop.reason = reason
     _announce(crawler, reason)
+    engine = crawler.engine
+    if engine is not None and engine.spider is not None:
+        stop.closing = asyncio.ensure_future(engine.close_spider_async(reason=reason))
 
 
 def stopping(crawler: Crawler) -> bool:

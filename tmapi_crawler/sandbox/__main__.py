@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from tmapi_crawler.sandbox import misbehaviour
 from tmapi_crawler.sandbox.server import FAULT_MODES, SandboxConfig, make_app
 
 READY_PREFIX = "sandbox listening on "
@@ -65,6 +66,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--price-epoch", type=int, default=0)
     add("--seed", type=int, default=0)
     add("--max-page-size", type=int, default=100)
+    # Misbehaving answers (sandbox/misbehaviour.py).
+    add("--compress", choices=misbehaviour.COMPRESSIONS, default="",
+        help="encode every API answer so, even when the client asks for identity")
+    add("--message-bytes", type=int, default=0,
+        help="error answers carry a `msg` of this many characters")
+    add("--odd-item-rate", type=float, default=0.0,
+        help="share of products served as odd items: wrong types, 2^64, NUL/$/. in keys, "
+             "invalid Unicode, deep nesting, huge")
+    add("--odd-item-kind", action="append", default=[], choices=misbehaviour.ODD_KINDS,
+        help="only these odd kinds (repeatable; default: all)")
+    add("--huge-item-bytes", type=int, default=misbehaviour.HUGE_ITEM_BYTES,
+        help="extra text of the 'huge' odd item")
     return parser.parse_args(argv)
 
 
@@ -77,6 +90,10 @@ def config_from(args: argparse.Namespace) -> SandboxConfig:
         max_page_size=args.max_page_size, price_epoch=args.price_epoch, seed=args.seed,
         default_size=args.default_size, sizes=dict(args.size), overlap=args.overlap,
         malformed_rate=args.malformed_rate, price_point_share=args.price_point_share,
+        compress=args.compress, message_bytes=args.message_bytes,
+        odd_item_rate=args.odd_item_rate,
+        odd_item_kinds=tuple(args.odd_item_kind) or misbehaviour.ODD_KINDS,
+        huge_item_bytes=args.huge_item_bytes,
     )
 
 

@@ -17,13 +17,14 @@ import json
 import random
 import re
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 
 from tmapi_crawler import api
+from tmapi_crawler.sandbox import misbehaviour
 from tmapi_crawler.sandbox.catalog import Catalog, Query, parse_price
 
 FAULT_MODES: Final = ("status", "body", "mixed")
@@ -33,7 +34,7 @@ FAULT_MODES: Final = ("status", "body", "mixed")
 RUNTIME_SETTINGS: Final = frozenset({
     "price_epoch", "fault_rates", "fault_mode", "garbage_rate", "missing_data_rate", "quota",
     "latency", "latency_jitter", "concurrency_limit", "result_cap", "max_page_size", "sizes",
-})
+}) | misbehaviour.SETTINGS
 GARBAGE_BODY: Final = "<html>upstream error</html>"
 CONTROL_PREFIX: Final = "/_sandbox"
 _INTEGER = re.compile(r"[0-9]{1,18}")
@@ -68,6 +69,12 @@ class SandboxConfig:
     malformed_rate: float = 0.0
     price_point_share: float = 0.0  # products all at one price (catalog.PRICE_POINT_CENTS)
     max_records: int = 100_000  # request records kept for /_sandbox/stats
+    # Misbehaving answers (sandbox/misbehaviour.py).
+    compress: str = ""  # Content-Encoding of every API answer, whatever the client accepts
+    message_bytes: int = 0  # error answers carry a `msg` of this many characters
+    odd_item_rate: float = 0.0  # share of products served as odd items
+    odd_item_kinds: tuple[str, ...] = misbehaviour.ODD_KINDS
+    huge_item_bytes: int = misbehaviour.HUGE_ITEM_BYTES  # the "huge" odd item's extra text
 
     def __post_init__(self) -> None:
         self.tokens = frozenset(self.tokens)
@@ -86,6 +93,9 @@ class SandboxConfig:
             raise ValueError("latencies, limits, quota, cap, epoch and records must be ≥ 0")
         if self.max_page_size < 1:
             raise ValueError("max_page_size must be ≥ 1")
+        self.odd_item_kinds = tuple(self.odd_item_kinds)
+        misbehaviour.check(self.compress, self.message_bytes, self.odd_item_rate,
+                           self.odd_item_kinds, self.huge_item_bytes)
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON, tokens reduced to their number."""
@@ -169,8 +179,9 @@ def parse_request(params: Mapping[str, str], max_page_size: int) -> ListingReque
                           filters)
 
 
-def _error_body(code: int, msg: str | None = None) -> str:
-    return json.dumps({"code": code, "msg": msg or api.ERROR_CODES[code].meaning, "data": None})
+def _error_body(code: int, msg: str | None = None, size: int = 0) -> str:
+    message = misbehaviour.huge_message(msg or api.ERROR_CODES[code].meaning, size)
+    return json.dumps({"code": code, "msg": message, "data": None})
 
 
 @dataclass
@@ -254,10 +265,14 @@ class Sandbox:
         stats.records.append(record)
         stats.recorded += 1
         stats.last_answer_at = asyncio.get_running_loop().time()
+        if encoding := self.config.compress:
+            return web.Response(status=status, content_type=content_type, charset="utf-8",
+                                body=misbehaviour.compress(body.encode(), encoding),
+                                headers={"Content-Encoding": encoding})
         return web.Response(status=status, text=body, content_type=content_type)
 
     def _refuse(self, record: dict[str, Any], code: int, msg: str | None = None) -> web.Response:
-        return self._reply(record, code, code, _error_body(code, msg))
+        return self._reply(record, code, code, _error_body(code, msg, self.config.message_bytes))
 
     async def handle_items(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
@@ -319,7 +334,8 @@ class Sandbox:
                 if mode == "mixed":
                     mode = self._dice.choice(("status", "body"))
                 status = code if mode == "status" else api.SUCCESS_CODE
-                return self._reply(record, code, status, _error_body(code))
+                return self._reply(record, code, status,
+                                   _error_body(code, size=self.config.message_bytes))
             roll -= rate
         if roll < config.garbage_rate:
             self.stats.garbage += 1
@@ -339,8 +355,9 @@ class Sandbox:
         reachable = min(len(results), cap) if cap else len(results)
         start = (listing.page - 1) * listing.page_size
         stop = min(start + listing.page_size, reachable)
-        items = self.catalog.items_json(query.cat_id, epoch, listing.language,
-                                        results[start:stop] if start < stop else ())
+        positions = results[start:stop] if start < stop else ()
+        items = self.catalog.items_json(query.cat_id, epoch, listing.language, positions)
+        items = self._odd_items(query.cat_id, epoch, positions, items)
         filters = json.dumps(listing.filters, separators=(",", ":"))
         body = (
             f'{{"code":{api.SUCCESS_CODE},"msg":"success","data":{{"page":{listing.page},'
@@ -352,6 +369,33 @@ class Sandbox:
         self.stats.pages_served += 1
         self.stats.items_served += len(items)
         return self._reply(record, api.SUCCESS_CODE, api.SUCCESS_CODE, body, ok=True)
+
+    # Misbehaving answers (sandbox/misbehaviour.py).
+
+    def _odd_items(self, cat_id: int, epoch: int, positions: Sequence[int],
+                   items: list[str]) -> list[str]:
+        """Some products served as odd items, the same ones in every language."""
+        config = self.config
+        if not config.odd_item_rate:
+            return items
+        products = self.catalog.products(cat_id, epoch)
+        served = list(items)
+        for index, position in enumerate(positions):
+            kind = misbehaviour.odd_kind(products[position].item_id, config.odd_item_rate,
+                                         config.odd_item_kinds)
+            if kind is not None:
+                served[index] = misbehaviour.odd_item_json(json.loads(items[index]), kind,
+                                                           config.huge_item_bytes)
+        return served
+
+    def _odd_truth(self, query: Query, epoch: int) -> dict[str, str]:
+        """``item_id`` -> odd kind, for every result of the query served odd."""
+        config = self.config
+        products = self.catalog.products(query.cat_id, epoch)
+        return {str(product.item_id): kind
+                for product in (products[p] for p in self.catalog.results(query, epoch))
+                if (kind := misbehaviour.odd_kind(product.item_id, config.odd_item_rate,
+                                                  config.odd_item_kinds)) is not None}
 
     async def handle_stats(self, request: web.Request) -> web.Response:
         stats, quota = self.stats, self.config.quota
@@ -398,7 +442,9 @@ class Sandbox:
             return web.Response(status=422, text=_error_body(422, f"Parameter error: {error}"),
                                 content_type="application/json")
         truth = self.catalog.truth(listing.query, self.config.price_epoch)
-        return web.json_response(dataclasses.asdict(truth))
+        return web.json_response({**dataclasses.asdict(truth),
+                                  "odd_items": self._odd_truth(listing.query,
+                                                               self.config.price_epoch)})
 
 
 SANDBOX: Final = web.AppKey("sandbox", Sandbox)

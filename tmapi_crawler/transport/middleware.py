@@ -208,6 +208,7 @@ class TmapiTransportMiddleware:
                 stopping.cancel()
                 if not acquiring.done():
                     acquiring.cancel()  # a limiter gives back a permit granted meanwhile
+                    await asyncio.wait((acquiring,))
             if not acquiring.cancelled():
                 error = acquiring.exception()
                 if error is None:
