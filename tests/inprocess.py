@@ -34,14 +34,15 @@ def project_settings(module: str = "tmapi_crawler.settings", **overrides: Any) -
     return values
 
 
-def crawler_for(settings: dict[str, Any]) -> Crawler:
-    """A crawler with its spider and engine, ready for components to be driven one by one.
+def crawler_for(settings: dict[str, Any], **arguments: str) -> Crawler:
+    """A crawler with its spider (given ``arguments``, as ``-a``) and engine, ready for
+    components to be driven one by one.
 
     Must be called inside a running event loop (``asyncio.run``).
     """
     crawler = get_crawler(CategoryItemsSpider, settings)
     crawler.crawling = True
-    crawler.spider = crawler._create_spider()
+    crawler.spider = crawler._create_spider(**arguments)
     crawler.engine = crawler._create_engine()
     return crawler
 
