@@ -15,12 +15,15 @@ from scrapy.exporters import JsonLinesItemExporter
 
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.normalize import (
+    MAX_RAW_BYTES,
+    MAX_RAW_DEPTH,
     PASSTHROUGH_FIELDS,
     TRANSLATED_FIELDS,
     TYPED_FIELDS,
     MalformedItem,
     normalize,
     parse_item_id,
+    rendered,
     translated_fields,
 )
 
@@ -668,6 +671,51 @@ def test_translated_text_of_the_wrong_type_rejects_the_item(raw: Any, reason: st
     """Checked when the item is read, like every other stored value, never when it is stored."""
     product = ProductItem.from_raw(raw, CONTEXT)
     assert (product.item_id, product.typed, product.rejection) == (991188728585, None, reason)
+
+
+# --- what MongoDB can store ---------------------------------------------------------------
+
+
+def nested(depth: int) -> dict[str, Any]:
+    top: dict[str, Any] = {}
+    inner = top
+    for _ in range(depth):
+        inner["x"] = {}
+        inner = inner["x"]
+    return top
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    ({"orders": 2**63}, "item: an integer beyond MongoDB's 64 bits"),
+    ({"sale_info": {"total": -(2**63) - 1}}, "item: an integer beyond MongoDB's 64 bits"),
+    ({"note\u0000": 1}, "item: not storable: "),
+    ({"title": "broken \ud800"}, "item: text that is not valid Unicode"),
+    ({"description": "x" * MAX_RAW_BYTES}, "item: "),
+    ({"extra": nested(MAX_RAW_DEPTH + 2)}, f"item: nested deeper than {MAX_RAW_DEPTH} levels"),
+])
+def test_items_mongodb_could_not_store_are_refused(extra: dict[str, Any], reason: str) -> None:
+    with pytest.raises(MalformedItem) as refused:
+        normalize(item(**extra))
+    assert refused.value.reason.startswith(reason)
+    assert len(refused.value.reason) < 200
+
+
+@pytest.mark.parametrize("extra", [
+    {"$where": "1"}, {"price.cny": "1.00"}, {"orders": 2**63 - 1}, {"note": "a\u0000b"},
+    {"extra": nested(MAX_RAW_DEPTH - 2)},
+])
+def test_what_mongodb_stores_as_received_is_kept(extra: dict[str, Any]) -> None:
+    assert normalize(item(**extra))["item_id"] == 991188728585
+
+
+def test_an_unstorable_item_renders_bounded() -> None:
+    raw = item(description="x" * 2**20, orders=2**64, deep=nested(500))
+    raw["note\u0000"] = "\ud800"
+    text = rendered(raw)
+    assert len(text) <= 16_384
+    text.encode()  # valid Unicode: storable as a string
+    assert "note" in text
+    assert "\x00" not in text  # escaped, never the NUL itself
 
 
 # --- items ---------------------------------------------------------------------------------
