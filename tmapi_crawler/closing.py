@@ -133,6 +133,7 @@ class StopGuard:
         guard = cls(crawler)
         crawler.signals.connect(guard.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(guard.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(guard.engine_stopped, signal=signals.engine_stopped)
         return guard
 
     def spider_opened(self) -> None:
@@ -143,9 +144,11 @@ class StopGuard:
             self._trigger = reactor.addSystemEventTrigger("before", "shutdown", self._forced)
 
     def spider_closed(self) -> None:
-        """Closed normally: the forced path is not needed any more."""
         if self._watcher is not None:
             self._watcher.cancel()
+
+    def engine_stopped(self) -> None:
+        """Closed normally, run record and stats file written: no forced path any more."""
         if self._trigger is not None:
             from twisted.internet import reactor  # noqa: PLC0415
 
@@ -159,7 +162,7 @@ class StopGuard:
         _announce(self.crawler, stop_reason(self.crawler))
 
     def _forced(self) -> Deferred[None]:
-        """The reactor is stopping while the spider is open: the second Ctrl-C."""
+        """The reactor is stopping before the engine stopped: the second Ctrl-C."""
         self._trigger = None
         return deferred_from_coro(self._save())
 
