@@ -105,6 +105,8 @@ class MongoPipeline:
         except StorageUnavailable as exc:
             logger.error("%s; nothing was sent to the API", exc)
             raise CloseSpider(MONGODB_UNAVAILABLE) from None
+        # Known (and in the stats) before the spider opens: progress snapshots carry it.
+        runs.crawl_id(self.crawler)
         self._ticker = asyncio.ensure_future(self._tick())
 
     async def process_item(self, item: Any) -> Any:
