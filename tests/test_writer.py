@@ -296,3 +296,26 @@ def test_what_is_stored_is_what_normalisation_read(
             k: v for k, v in typed.items() if k != "item_id"}
         assert stored["titles"]["zh"] == translated_fields(raw)["title"]
         assert stored["raw"]["zh"] == raw
+
+
+def test_a_forced_stop_spills_what_mongodb_does_not_take_in_time(
+    mongo_db_name: str, tmp_path: Path
+) -> None:
+    items = raw_items(6)
+    with MongodProcess(tmp_path / "db") as server:
+
+        async def scenario(crawler: Crawler, pipeline: Any) -> None:
+            await pipeline.process_item(page(items))
+            server.stop()
+            signals = crawler.signals
+            await signals.send_catch_log_async(tmapi_signals.forced_stop, reason="shutdown")
+            await pipeline.process_item(page(raw_items(2, start=6), number=2))  # still arriving
+            crawler.engine.spider = None  # the reactor stops here: the spider is never closed
+
+        _, stats = run(server, mongo_db_name, tmp_path / "spill", scenario,
+                       MONGO_RETRY_TIMEOUT=60, MONGO_BATCH_SIZE=1000, MONGO_FLUSH_INTERVAL=60,
+                       TMAPI_FORCED_STOP_TIMEOUT=0.5)
+    spill = tmp_path / "spill" / f"{stats[stats_keys.CRAWL_ID]}.jsonl"
+    assert [json.loads(line)["item_id"] for line in spill.read_text().splitlines()] == [
+        raw["item_id"] for raw in raw_items(8)]
+    assert stats[stats_keys.ITEMS_SPILLED] == 8

@@ -147,10 +147,10 @@ class MongoPipeline:
             if not batch:
                 return
             self._writing = batch
-            try:
-                await self._write(batch)
-            finally:
-                self._writing = None
+            await self._write(batch)
+            # Cleared only once written or spilled: a forced stop spills what a cancelled
+            # flush was still writing.
+            self._writing = None
 
     async def _write(self, batch: _Batch) -> None:
         """Store a batch, or keep it in the spill file; never lose it, never raise."""
@@ -212,27 +212,21 @@ class MongoPipeline:
         await self.flush()
 
     async def forced_stop(self) -> None:
-        """A second Ctrl-C: store what is buffered or being written now, or spill it."""
-        batch = self._writing or _Batch()
-        self._writing = None
-        batch.extend(self._take())
+        """A second Ctrl-C: store what is buffered now (after a flush in progress), within
+        ``TMAPI_FORCED_STOP_TIMEOUT``; whatever is not stored by then goes to the spill file."""
         if self._ticker is not None:
             self._ticker.cancel()
-        if not batch:
-            self._spilling = True
-            return
-        if not self._spilling:
-            try:
-                async with asyncio.timeout(self.forced_timeout):
-                    await self._store(batch)
-            except Exception as exc:  # TimeoutError included: MongoDB too slow to wait for
-                logger.error("Forced stop: MongoDB did not take the last %d products (%s)",
-                             len(batch), shown(str(exc) or type(exc).__name__))
-            else:
-                self._spilling = True
-                return
+        try:
+            async with asyncio.timeout(self.forced_timeout):
+                await self.flush()
+        except TimeoutError:
+            logger.error("Forced stop: MongoDB did not take the last products within %.0f s",
+                         self.forced_timeout)
+        unsaved = self._writing or _Batch()
+        self._writing = None
+        unsaved.extend(self._take())
         self._spilling = True
-        self._spill(batch)
+        self._spill(unsaved)
 
     async def _tick(self) -> None:
         """Flush at least every ``MONGO_FLUSH_INTERVAL`` seconds, so a slow crawl still lands."""
