@@ -1,5 +1,8 @@
 """Real ``scrapy crawl`` runs against the sandbox over HTTP: arguments, paging, API errors.
 
+Each answer path of the transport has its own in-process test (``test_transport.py``); here
+only the user's view of them: what a crawl stores, logs and exits with.
+
 MongoDB is left out here (items come through the feed export); storage has its own tests.
 """
 
@@ -199,21 +202,6 @@ def test_a_rejected_token_stops_the_crawl(fresh: SandboxProcess, tmp_path: Path)
     assert "not-the-sandbox-token" not in result.log
 
 
-def test_broken_answers_are_retried_a_bounded_number_of_times(
-    fresh: SandboxProcess, tmp_path: Path
-) -> None:
-    fresh.configure(garbage_rate=0.5, missing_data_rate=0.5)
-    result = crawl(tmp_path, "cat_id=101,102", base_url=fresh.url, store=False,
-                   settings={"TMAPI_RETRY_TIMES": 3})
-    assert result.returncode == 0
-    assert fresh.stats()["requests"] == 2 * (3 + 1)
-    assert result.stat("tmapi/pages/failed") == 2
-    assert result.stat("tmapi/retry/max_reached") == 2
-    assert "Traceback" not in result.log
-    gave_up = [line for line in result.log.splitlines() if "Gave up retrying" in line]
-    assert len(gave_up) == 2
-
-
 def test_concurrency_never_exceeds_the_setting(fresh: SandboxProcess, tmp_path: Path) -> None:
     fresh.configure(latency=0.03)
     result = crawl(tmp_path, "cat_id=101,102", "language=en,ru,zh", base_url=fresh.url,
@@ -221,23 +209,6 @@ def test_concurrency_never_exceeds_the_setting(fresh: SandboxProcess, tmp_path: 
     assert result.returncode == 0
     assert fresh.stats()["peak_in_flight"] == 3
     assert result.stat("tmapi/throttle/peak_in_flight") == 3
-
-
-def test_503s_lower_concurrency_and_every_item_still_arrives(
-    fresh: SandboxProcess, tmp_path: Path
-) -> None:
-    fresh.configure(latency=0.03, concurrency_limit=2)
-    result = crawl(tmp_path, "cat_id=101,102", "language=en,ru,zh", base_url=fresh.url,
-                   store=False, feed=True, settings={"TMAPI_CONCURRENCY": 6})
-    assert result.returncode == 0, result.log[-3000:]
-    stats = fresh.stats()
-    assert stats["answers"].get("503", 0) > 0
-    assert result.stat("tmapi/throttle/decreases") >= 4
-    pages = stats["answers"]["200"]
-    assert stats["answers"]["503"] < pages / 2, "the limiter did not adapt"
-    for cat_id in (101, 102):
-        assert item_ids(result, cat_id=cat_id, language="zh") == set(
-            fresh.truth(cat_id=cat_id)["item_ids"])
 
 
 def test_the_token_appears_nowhere(fresh: SandboxProcess, tmp_path: Path) -> None:
@@ -251,14 +222,3 @@ def test_the_token_appears_nowhere(fresh: SandboxProcess, tmp_path: Path) -> Non
     assert TOKEN not in json.dumps(result.stats)
     assert TOKEN not in json.dumps(result.items)
     assert "apiToken" not in result.log
-
-
-def test_network_errors_are_retried_and_redacted(tmp_path: Path) -> None:
-    with SandboxProcess(token=[TOKEN]) as server:
-        url = server.url
-    result = crawl(tmp_path, "cat_id=101", base_url=url, store=False,
-                   settings={"TMAPI_RETRY_TIMES": 2})
-    assert result.stat("finish_reason") == "finished"
-    assert result.stat("tmapi/requests") == 3
-    assert result.stat("tmapi/pages/failed") == 1
-    assert TOKEN not in result.log

@@ -15,12 +15,15 @@ from scrapy.exporters import JsonLinesItemExporter
 
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.normalize import (
+    MAX_RAW_BYTES,
+    MAX_RAW_DEPTH,
     PASSTHROUGH_FIELDS,
     TRANSLATED_FIELDS,
     TYPED_FIELDS,
     MalformedItem,
     normalize,
     parse_item_id,
+    rendered,
     translated_fields,
 )
 
@@ -657,9 +660,62 @@ def test_translated_fields_invalid() -> None:
         translated_fields(with_block("delivery_info", area_from="浙江"))
 
 
-def test_translated_text_is_not_validated_by_normalize() -> None:
-    """A bad title must not cost the item its numbers: the text is checked separately."""
-    assert normalize(item(title=3))["item_id"] == 991188728585
+@pytest.mark.parametrize(("raw", "reason"), [
+    (item(title=3), "title: not a string: 3"),
+    (with_block("shop_info", company_name={"zh": "x"}),
+     "shop_info.company_name: not a string: {'zh': 'x'}"),
+    (with_block("delivery_info", area_from="Zhejiang"),
+     "delivery_info.area_from: not a list: 'Zhejiang'"),
+])
+def test_translated_text_of_the_wrong_type_rejects_the_item(raw: Any, reason: str) -> None:
+    """Checked when the item is read, like every other stored value, never when it is stored."""
+    product = ProductItem.from_raw(raw, CONTEXT)
+    assert (product.item_id, product.typed, product.rejection) == (991188728585, None, reason)
+
+
+# --- what MongoDB can store ---------------------------------------------------------------
+
+
+def nested(depth: int) -> dict[str, Any]:
+    top: dict[str, Any] = {}
+    inner = top
+    for _ in range(depth):
+        inner["x"] = {}
+        inner = inner["x"]
+    return top
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    ({"orders": 2**63}, "item: an integer beyond MongoDB's 64 bits"),
+    ({"sale_info": {"total": -(2**63) - 1}}, "item: an integer beyond MongoDB's 64 bits"),
+    ({"note\u0000": 1}, "item: not storable: "),
+    ({"title": "broken \ud800"}, "item: text that is not valid Unicode"),
+    ({"description": "x" * MAX_RAW_BYTES}, "item: "),
+    ({"extra": nested(MAX_RAW_DEPTH + 2)}, f"item: nested deeper than {MAX_RAW_DEPTH} levels"),
+])
+def test_items_mongodb_could_not_store_are_refused(extra: dict[str, Any], reason: str) -> None:
+    with pytest.raises(MalformedItem) as refused:
+        normalize(item(**extra))
+    assert refused.value.reason.startswith(reason)
+    assert len(refused.value.reason) < 200
+
+
+@pytest.mark.parametrize("extra", [
+    {"$where": "1"}, {"price.cny": "1.00"}, {"orders": 2**63 - 1}, {"note": "a\u0000b"},
+    {"extra": nested(MAX_RAW_DEPTH - 2)},
+])
+def test_what_mongodb_stores_as_received_is_kept(extra: dict[str, Any]) -> None:
+    assert normalize(item(**extra))["item_id"] == 991188728585
+
+
+def test_an_unstorable_item_renders_bounded() -> None:
+    raw = item(description="x" * 2**20, orders=2**64, deep=nested(500))
+    raw["note\u0000"] = "\ud800"
+    text = rendered(raw)
+    assert len(text) <= 16_384
+    text.encode()  # valid Unicode: storable as a string
+    assert "note" in text
+    assert "\x00" not in text  # escaped, never the NUL itself
 
 
 # --- items ---------------------------------------------------------------------------------
@@ -690,6 +746,7 @@ def test_product_item_round_trips_through_json() -> None:
         "item_id": 991188728585,
         "typed": normalize(REFERENCE_ITEM),
         "rejection": None,
+        "translated": translated_fields(REFERENCE_ITEM),
     }
 
 
@@ -711,6 +768,7 @@ def test_product_item_through_scrapy_feed_exporter() -> None:
         "item_id": None,
         "typed": None,
         "rejection": None,
+        "translated": None,
     }
 
 
@@ -727,6 +785,7 @@ def test_from_raw_keeps_the_raw_dict_as_received() -> None:
     assert product.context is CONTEXT
     assert product.item_id == 991188728585
     assert product.typed == normalize(raw)
+    assert product.translated == translated_fields(raw)
     assert product.rejection is None
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -221,28 +220,3 @@ def test_without_mongo_uri_the_embedded_mongodb_is_used(fresh, tmp_path: Path) -
             assert client.embedded[PRODUCTS].count_documents({}) == len(truth(fresh, 202))
     finally:
         embedded_mongo.stop(data_dir)
-
-
-def test_ctrl_c_flushes_what_was_crawled(fresh, mongod, mongo_client, mongo_db_name,
-                                        tmp_path: Path) -> None:
-    fresh.configure(latency=0.05)
-    command = [sys.executable, "-m", "scrapy", "crawl", "category_items",
-               "-a", "cat_id=201,202", "-a", "language=en,ru,zh,ja,ko,vi", "-a", "page_size=5",
-               "-s", "MONGO_FLUSH_INTERVAL=60", "-s", "MONGO_BATCH_SIZE=100000",
-               "-s", f"STATS_FILE={tmp_path / 'stats.json'}", "-s", "TMAPI_CONCURRENCY=2"]
-    env = {**os.environ, "TMAPI_TOKEN": TOKEN, "TMAPI_BASE_URL": fresh.url,
-           "MONGO_URI": mongod.uri, "MONGO_DATABASE": mongo_db_name}
-    with subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stderr=subprocess.PIPE,
-                          text=True) as process:
-        deadline = time.monotonic() + 60
-        while fresh.stats(records=False)["pages_served"] < 10:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=120)
-    stats = json.loads((tmp_path / "stats.json").read_text())
-    assert stats["finish_reason"] == "shutdown"
-    assert process.returncode == 1
-    stored = mongo_client[mongo_db_name][PRODUCTS].count_documents({})
-    assert stored > 0
-    assert stats["tmapi/db/sightings"] == stats["tmapi/items"]

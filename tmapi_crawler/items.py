@@ -11,7 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tmapi_crawler.normalize import MalformedItem, normalize, parse_item_id
+from tmapi_crawler.normalize import (
+    MalformedItem,
+    normalize,
+    parse_item_id,
+    rendered,
+    translated_fields,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,23 +50,29 @@ class ProductItem:
     typed: dict[str, Any] | None = None
     #: Why normalisation refused the item (a ``MalformedItem`` message); None when it did not.
     rejection: str | None = None
+    #: The text the API translated into the query's language (``normalize.translated_fields``).
+    translated: dict[str, Any] | None = None
 
     @classmethod
     def from_raw(cls, raw: Mapping[str, Any], context: QueryContext) -> ProductItem:
         """Build a normalised item; a malformed one is kept, with its rejection, not dropped.
 
         Keeping rejected items lets a pipeline count and store them for inspection. Their
-        ``item_id`` is still filled when that field alone is readable.
+        ``item_id`` is still filled when that field alone is readable. Every value that will be
+        stored is checked here, one item at a time, so that storage never meets a value it
+        cannot write.
         """
         if type(raw) is not dict:
             if not isinstance(raw, Mapping):
-                return cls({"value": raw}, context, None, None, f"item: not an object: {raw!r:.60}")
+                return cls({"value": raw}, context, None, None,
+                           f"item: not an object: {rendered(raw)[:60]}")
             raw = dict(raw)
         try:
             typed = normalize(raw)
+            translated = translated_fields(raw)
         except MalformedItem as error:
             return cls(raw, context, _readable_item_id(raw), None, error.reason)
-        return cls(raw, context, typed["item_id"], typed)
+        return cls(raw, context, typed["item_id"], typed, translated=translated)
 
 
 def _readable_item_id(raw: Mapping[str, Any]) -> int | None:

@@ -12,10 +12,14 @@ unusual spellings.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from math import isfinite
 from types import MappingProxyType
 from typing import Any, Final
+
+import bson
+from bson.errors import BSONError
 
 #: Keys of :func:`normalize`'s result that are always present — the public contract.
 TYPED_FIELDS: Final = (
@@ -53,6 +57,17 @@ _RANGE_SEPARATORS: Final = ("-", "~", "\uff5e")  # ASCII hyphen, tilde, full-wid
 _SHOWN_CHARS: Final = 60
 #: MongoDB stores at most a signed 64-bit integer; a bigger one is garbage, not a count or id.
 _MAX_INT: Final = 2**63 - 1
+#: The largest item kept as received (its BSON size): a product document keeps one per language,
+#: and MongoDB stops at 16 MB a document. A listing item is about 1 KB.
+MAX_RAW_BYTES: Final = 1 << 20
+#: The deepest nesting of an item kept as received (MongoDB documents its limit as 100 levels;
+#: the item sits two levels down in its product, under ``raw.<language>``). Items are 3 deep.
+MAX_RAW_DEPTH: Final = 90
+#: How ``raw_text`` renders an item that cannot be kept as received: bounded in every direction.
+_RENDER = reprlib.Repr()
+_RENDER.maxlevel, _RENDER.maxdict, _RENDER.maxlist, _RENDER.maxtuple = 8, 100, 50, 50
+_RENDER.maxstring, _RENDER.maxlong, _RENDER.maxother = 400, 80, 200
+_RENDERED_CHARS: Final = 16_384
 
 
 class MalformedItem(ValueError):
@@ -272,6 +287,40 @@ def _text_list(value: Any, name: str) -> list[str] | None:
     return converted
 
 
+def _nested_deeper(value: Mapping[str, Any] | list[Any], limit: int) -> bool:
+    for element in value.values() if type(value) is dict else value:
+        kind = type(element)
+        if (kind is dict or kind is list) and (limit == 0 or _nested_deeper(element, limit - 1)):
+            return True
+    return False
+
+
+def check_storable(raw: Mapping[str, Any]) -> None:
+    """Refuse an item MongoDB could not store as received, so it is rejected alone instead of
+    failing its whole batch: integers beyond 64 bits, a NUL in a key, text that is not valid
+    Unicode (a lone surrogate), more than ``MAX_RAW_BYTES`` or ``MAX_RAW_DEPTH`` levels.
+
+    Keys with ``.`` or a leading ``$`` are kept: MongoDB 5.0 and later store them.
+    """
+    try:
+        size = len(bson.encode(raw))
+    except OverflowError:
+        raise MalformedItem("item: an integer beyond MongoDB's 64 bits") from None
+    except UnicodeEncodeError:
+        raise MalformedItem("item: text that is not valid Unicode") from None
+    except (BSONError, RecursionError, TypeError, ValueError) as error:
+        raise MalformedItem(f"item: not storable: {_show(str(error))}") from None
+    if size > MAX_RAW_BYTES:
+        raise MalformedItem(f"item: {size} bytes, more than the {MAX_RAW_BYTES} kept")
+    if _nested_deeper(raw if type(raw) is dict else dict(raw), MAX_RAW_DEPTH):
+        raise MalformedItem(f"item: nested deeper than {MAX_RAW_DEPTH} levels")
+
+
+def rendered(raw: Any) -> str:
+    """A bounded, always storable text rendering of an item that could not be kept as is."""
+    return _RENDER.repr(raw)[:_RENDERED_CHARS]
+
+
 def _require_mapping(raw: Any) -> None:
     if type(raw) is not dict and not isinstance(raw, Mapping):
         raise MalformedItem(f"item: not an object: {_show(raw)}")
@@ -282,7 +331,8 @@ def normalize(raw: Mapping[str, Any]) -> dict[str, Any]:
 
     Every key of :data:`TYPED_FIELDS` is present (``None`` when the API did not say);
     :data:`PASSTHROUGH_FIELDS` are present only when the API gave them. Raises
-    :class:`MalformedItem` when a value is present but unreadable, or a block has the wrong type.
+    :class:`MalformedItem` when a value is present but unreadable, a block has the wrong type,
+    or the item could not be stored as received (:func:`check_storable`).
     """
     _require_mapping(raw)
     item_id = parse_item_id(raw.get("item_id"))
@@ -332,6 +382,7 @@ def normalize(raw: Mapping[str, Any]) -> dict[str, Any]:
     category_path = _text_list(raw.get("category_path"), "category_path")
     if category_path is not None:
         typed["category_path"] = category_path
+    check_storable(raw)
     return typed
 
 

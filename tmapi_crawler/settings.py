@@ -62,7 +62,8 @@ LOG_FORMATTER = "tmapi_crawler.logformatter.LogFormatter"
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 
 # Storage.
-ITEM_PIPELINES = {"tmapi_crawler.storage.pipeline.MongoPipeline": 800}
+#: The batching writer; crawl runs are recorded by the extension below (storage/runs.py).
+ITEM_PIPELINES = {"tmapi_crawler.storage.writer.MongoPipeline": 800}
 #: Empty: start (or reuse) the embedded local mongod under MONGO_EMBEDDED_DIR.
 MONGO_URI = os.environ.get("MONGO_URI", "")
 MONGO_DATABASE = os.environ.get("MONGO_DATABASE", "tmapi")
@@ -73,9 +74,16 @@ MONGO_BATCH_SIZE = 100
 MONGO_FLUSH_INTERVAL = 1.0
 MONGO_RETRY_TIMEOUT = 300.0
 
-# Progress (tmapi_crawler/progress.py).
+# Stopping (tmapi_crawler/closing.py).
+#: On a forced stop (a second Ctrl-C) how long saving what was parsed may take, and then
+#: recording how the crawl ended; items MongoDB did not take by then go to MONGO_SPILL_DIR.
+TMAPI_FORCED_STOP_TIMEOUT = 5.0
+
+# Progress (tmapi_crawler/progress.py), the record of each crawl (storage/runs.py; it stays
+# off when the writer is not in ITEM_PIPELINES) and feeds of products (exporters.py).
 EXTENSIONS = {
     "tmapi_crawler.progress.ProgressReporter": 500,
+    "tmapi_crawler.storage.runs.CrawlRunRecorder": 510,
     "scrapy.extensions.feedexport.FeedExporter": None,
     "tmapi_crawler.exporters.FeedExporter": 0,
 }

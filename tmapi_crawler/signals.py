@@ -1,8 +1,9 @@
-"""Signals of the crawl, for components that need to know when a page's work is done.
+"""Signals of the crawl, for components that need to know when a page's work is done, and
+when the crawl stops.
 
 A page is done when its follow-up requests are queued and every product it carried is
-stored: a distributed queue acknowledges its lease only then, so a worker that dies before
-that point loses nothing.
+settled: stored, or kept in ``rejected_items``. A distributed queue acknowledges its lease only
+then, so a worker that dies before that point loses nothing.
 """
 
 #: Sent by the spider before it yields anything from a page:
@@ -13,6 +14,22 @@ page_parsed = object()
 #: Sent by the spider's errback for a page given up on: ``page_failed(request, reason: str)``.
 page_failed = object()
 
-#: Sent by the storage pipeline after a batch is durably written (or refused by the database,
-#: which is final): ``items_stored(items: list[ProductPage])``.
+#: Sent by the storage writer once every product of these pages is settled — durably written,
+#: or kept in ``rejected_items`` (refused by normalisation or by the database, which is final):
+#: ``items_stored(items: list[ProductPage])``. Pages whose products went to the spill file
+#: instead (MongoDB unavailable) are not sent: they were not stored.
 items_stored = object()
+
+#: Sent once, the moment the crawl starts stopping — a finish reason given to
+#: ``closing.close_spider``, or Scrapy's own stop (Ctrl-C): ``crawl_stopping(reason: str)``.
+#: Nothing new may start after it (no paid call above all). Handlers must be synchronous.
+crawl_stopping = object()
+
+#: Sent on a forced stop (a second Ctrl-C: Scrapy stops the reactor without closing the
+#: spider): ``forced_stop(reason: str)``. Write out everything held now — stored, or kept in
+#: a file — bounded by ``TMAPI_FORCED_STOP_TIMEOUT``; the process exits right after.
+forced_stop = object()
+
+#: Sent after every ``forced_stop`` handler finished: ``crawl_killed(reason: str)``. Record how
+#: the crawl ended (the run record), bounded by ``TMAPI_FORCED_STOP_TIMEOUT``.
+crawl_killed = object()

@@ -24,6 +24,10 @@ CRAWL_ID: Final = f"{PREFIX}/crawl_id"
 
 # Transport: paid calls and what they answered.
 REQUESTS: Final = f"{PREFIX}/requests"
+#: Requests the crawl's stop kept from being sent (waiting for a permit, or backing off).
+REQUESTS_NOT_SENT: Final = f"{PREFIX}/requests/not_sent"
+#: Requests refused unsigned: not under ``TMAPI_BASE_URL``'s API path (the token never left).
+REQUESTS_REFUSED: Final = f"{PREFIX}/requests/refused"
 ANSWERS: Final = f"{PREFIX}/answers/"
 RETRY: Final = f"{PREFIX}/retry"
 THROTTLE_LIMIT: Final = f"{PREFIX}/throttle/limit"
@@ -67,8 +71,14 @@ DB_SIGHTINGS: Final = f"{PREFIX}/db/sightings"
 DB_CREATED: Final = f"{PREFIX}/db/created"
 DB_CHANGED: Final = f"{PREFIX}/db/changed"
 DB_REFUSED: Final = f"{PREFIX}/db/refused"
+#: Flushes that failed for a reason no document caused (their items went to the spill file).
+DB_FLUSH_ERRORS: Final = f"{PREFIX}/db/flush_errors"
 PRODUCTS: Final = f"{PREFIX}/products/"
 COVERAGE_INCOMPLETE: Final = f"{PREFIX}/coverage/incomplete/"
+
+# Stopping.
+#: 1 when a second Ctrl-C forced the stop (what was parsed was still saved).
+FORCED_STOP: Final = f"{PREFIX}/stop/forced"
 
 # Distributed workers.
 DISTRIBUTED: Final = f"{PREFIX}/distributed"
@@ -81,11 +91,13 @@ DISTRIBUTED_REAPED: Final = f"{DISTRIBUTED}/reaped"
 
 
 def answer(code: int | str) -> str:
-    """Answers by code: an API code, or a transport failure's class (``answers/TimeoutError``)."""
+    """Answers by code: an API code, a broken answer's reason or a transport failure's name
+    (``transport.answers``: a fixed vocabulary), e.g. ``answers/DownloadTimeoutError``."""
     return f"{ANSWERS}{code}"
 
 
 def failed_by_reason(reason: str) -> str:
+    """Pages given up on, by the same vocabulary as :func:`answer` (and ``not_sent``, …)."""
     return f"{PAGES_FAILED_BY_REASON}{reason}"
 
 

@@ -218,6 +218,8 @@ SETTINGS: Final[dict[str, Rule]] = {
     "MONGO_FLUSH_INTERVAL": seconds(),
     "MONGO_RETRY_TIMEOUT": seconds(zero=True),
     "STATS_FILE": path(empty=True),
+    # Stopping.
+    "TMAPI_FORCED_STOP_TIMEOUT": seconds(zero=True),
     # Progress.
     "TMAPI_PROGRESS_INTERVAL": seconds(zero=True),
     "TMAPI_PROGRESS_BAR": BOOLEAN,

@@ -16,7 +16,7 @@ from pymongo import AsyncMongoClient, UpdateOne
 
 from tmapi_crawler import api
 from tmapi_crawler.items import ProductItem, QueryContext
-from tmapi_crawler.storage.store import batch_now, updates_by_id
+from tmapi_crawler.storage.documents import batch_now, updates_by_id
 
 
 async def crawl(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from tmapi_crawler.distributed.keys import CrawlKeys, LimiterKeys, redact_url
 from tmapi_crawler.distributed.queue import LUA_GIVE_BACK, ReliablePriorityQueue
 from tmapi_crawler.frontier.paging import page_url
 from tmapi_crawler.plan import Query
-from tmapi_crawler.storage.pipeline import new_crawl_id
+from tmapi_crawler.storage.runs import new_crawl_id
 
 if TYPE_CHECKING:
     from scrapy import Spider

@@ -42,7 +42,7 @@ from tmapi_crawler.closing import (
 from tmapi_crawler.distributed.cluster import Census, Cluster, ClusterSettingsError
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.queue import LEASE_META, ForeignRequest, ReliablePriorityQueue
-from tmapi_crawler.storage.pipeline import MongoPipeline
+from tmapi_crawler.storage.writer import MongoPipeline
 
 if TYPE_CHECKING:
     from scrapy import Spider

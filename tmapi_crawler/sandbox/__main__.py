@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from tmapi_crawler.sandbox import misbehaviour
 from tmapi_crawler.sandbox.server import FAULT_MODES, TOTAL_MODES, SandboxConfig, make_app
 
 READY_PREFIX = "sandbox listening on "
@@ -93,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="past the end, serve the last page again with has_next_page true, forever")
     add("--ignore-price-filter", action="store_true",
         help="echo price_start/price_end but do not apply them")
+    bad = parser.add_argument_group("misbehaving answers (sandbox/misbehaviour.py)")
+    add = bad.add_argument
+    add("--compress", choices=misbehaviour.COMPRESSIONS, default="",
+        help="encode every API answer so, even when the client asks for identity")
+    add("--message-bytes", type=int, default=0,
+        help="error answers carry a `msg` of this many characters")
+    add("--odd-item-rate", type=float, default=0.0,
+        help="share of products served as odd items: wrong types, 2^64, NUL/$/. in keys, "
+             "invalid Unicode, deep nesting, huge")
+    add("--odd-item-kind", action="append", default=[], choices=misbehaviour.ODD_KINDS,
+        help="only these odd kinds (repeatable; default: all)")
+    add("--huge-item-bytes", type=int, default=misbehaviour.HUGE_ITEM_BYTES,
+        help="extra text of the 'huge' odd item")
     return parser
 
 
@@ -113,6 +127,10 @@ def config_from(args: argparse.Namespace) -> SandboxConfig:
         string_values=args.string_values, page_size_limit=args.page_size_limit,
         claimed_total=args.claimed_total, repeat_last_page=args.repeat_last_page,
         ignore_price_filter=args.ignore_price_filter,
+        compress=args.compress, message_bytes=args.message_bytes,
+        odd_item_rate=args.odd_item_rate,
+        odd_item_kinds=tuple(args.odd_item_kind) or misbehaviour.ODD_KINDS,
+        huge_item_bytes=args.huge_item_bytes,
     )
 
 

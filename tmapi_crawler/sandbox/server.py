@@ -28,6 +28,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from tmapi_crawler import api
+from tmapi_crawler.sandbox import misbehaviour
 from tmapi_crawler.sandbox.catalog import Catalog, Query, parse_price, withdrawn
 
 FAULT_MODES: Final = ("status", "body", "mixed")
@@ -44,7 +45,7 @@ RUNTIME_SETTINGS: Final = frozenset({
     # How the real API answers (see SandboxConfig).
     "totals", "short_page_rate", "promoted", "string_values", "page_size_limit", "claimed_total",
     "repeat_last_page", "ignore_price_filter",
-})
+}) | misbehaviour.SETTINGS
 GARBAGE_BODY: Final = "<html>upstream error</html>"
 CONTROL_PREFIX: Final = "/_sandbox"
 _INTEGER = re.compile(r"[0-9]{1,18}")
@@ -89,6 +90,12 @@ class SandboxConfig:
     claimed_total: str = ""  # a JSON value every answer claims as total_count, e.g. 1e12
     repeat_last_page: bool = False  # past the end, the last page again, has_next_page true
     ignore_price_filter: bool = False  # price_start/price_end echoed but not applied
+    # Misbehaving answers (sandbox/misbehaviour.py).
+    compress: str = ""  # Content-Encoding of every API answer, whatever the client accepts
+    message_bytes: int = 0  # error answers carry a `msg` of this many characters
+    odd_item_rate: float = 0.0  # share of products served as odd items
+    odd_item_kinds: tuple[str, ...] = misbehaviour.ODD_KINDS
+    huge_item_bytes: int = misbehaviour.HUGE_ITEM_BYTES  # the "huge" odd item's extra text
 
     def __post_init__(self) -> None:
         self.tokens = frozenset(self.tokens)
@@ -119,6 +126,9 @@ class SandboxConfig:
             except ValueError:
                 raise ValueError("claimed_total must be a JSON value, e.g. 1e12 or "
                                  '"2465"') from None
+        self.odd_item_kinds = tuple(self.odd_item_kinds)
+        misbehaviour.check(self.compress, self.message_bytes, self.odd_item_rate,
+                           self.odd_item_kinds, self.huge_item_bytes)
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON, tokens reduced to their number."""
@@ -214,8 +224,9 @@ def parse_request(params: Mapping[str, str], max_page_size: int | None) -> Listi
                           filters)
 
 
-def _error_body(code: int, msg: str | None = None) -> str:
-    return json.dumps({"code": code, "msg": msg or api.ERROR_CODES[code].meaning, "data": None})
+def _error_body(code: int, msg: str | None = None, size: int = 0) -> str:
+    message = misbehaviour.huge_message(msg or api.ERROR_CODES[code].meaning, size)
+    return json.dumps({"code": code, "msg": message, "data": None})
 
 
 @dataclass
@@ -299,10 +310,14 @@ class Sandbox:
         stats.records.append(record)
         stats.recorded += 1
         stats.last_answer_at = asyncio.get_running_loop().time()
+        if encoding := self.config.compress:
+            return web.Response(status=status, content_type=content_type, charset="utf-8",
+                                body=misbehaviour.compress(body.encode(), encoding),
+                                headers={"Content-Encoding": encoding})
         return web.Response(status=status, text=body, content_type=content_type)
 
     def _refuse(self, record: dict[str, Any], code: int, msg: str | None = None) -> web.Response:
-        return self._reply(record, code, code, _error_body(code, msg))
+        return self._reply(record, code, code, _error_body(code, msg, self.config.message_bytes))
 
     async def handle_items(self, request: web.Request) -> web.Response:
         self.stats.requests += 1
@@ -364,7 +379,8 @@ class Sandbox:
                 if mode == "mixed":
                     mode = self._dice.choice(("status", "body"))
                 status = code if mode == "status" else api.SUCCESS_CODE
-                return self._reply(record, code, status, _error_body(code))
+                return self._reply(record, code, status,
+                                   _error_body(code, size=self.config.message_bytes))
             roll -= rate
         if roll < config.garbage_rate:
             self.stats.garbage += 1
@@ -415,6 +431,7 @@ class Sandbox:
             positions = [i for i in positions
                          if not withdrawn(products[i], config.short_page_rate)]
         items = self.catalog.items_json(query.cat_id, epoch, listing.language, positions)
+        items = self._odd_items(query.cat_id, epoch, positions, items)
         if config.string_values:
             items = [_STRING_ID.sub(r'{"item_id":"\1",', item, count=1) for item in items]
         total = len(results)
@@ -463,6 +480,33 @@ class Sandbox:
             page -= 1
         return page
 
+    # Misbehaving answers (sandbox/misbehaviour.py).
+
+    def _odd_items(self, cat_id: int, epoch: int, positions: Sequence[int],
+                   items: list[str]) -> list[str]:
+        """Some products served as odd items, the same ones in every language."""
+        config = self.config
+        if not config.odd_item_rate:
+            return items
+        products = self.catalog.products(cat_id, epoch)
+        served = list(items)
+        for index, position in enumerate(positions):
+            kind = misbehaviour.odd_kind(products[position].item_id, config.odd_item_rate,
+                                         config.odd_item_kinds)
+            if kind is not None:
+                served[index] = misbehaviour.odd_item_json(json.loads(items[index]), kind,
+                                                           config.huge_item_bytes)
+        return served
+
+    def _odd_truth(self, query: Query, epoch: int) -> dict[str, str]:
+        """``item_id`` -> odd kind, for every result of the query served odd."""
+        config = self.config
+        products = self.catalog.products(query.cat_id, epoch)
+        return {str(product.item_id): kind
+                for product in (products[p] for p in self.catalog.results(query, epoch))
+                if (kind := misbehaviour.odd_kind(product.item_id, config.odd_item_rate,
+                                                  config.odd_item_kinds)) is not None}
+
     async def handle_stats(self, request: web.Request) -> web.Response:
         stats, quota = self.stats, self.config.quota
         body: dict[str, Any] = {
@@ -508,9 +552,10 @@ class Sandbox:
         except ParameterError as error:
             return web.Response(status=422, text=_error_body(422, f"Parameter error: {error}"),
                                 content_type="application/json")
-        truth = self.catalog.truth(self._applied(listing.query), self.config.price_epoch,
-                                   self.config.short_page_rate)
-        return web.json_response(dataclasses.asdict(truth))
+        applied = self._applied(listing.query)
+        truth = self.catalog.truth(applied, self.config.price_epoch, self.config.short_page_rate)
+        return web.json_response({**dataclasses.asdict(truth),
+                                  "odd_items": self._odd_truth(applied, self.config.price_epoch)})
 
 
 SANDBOX: Final = web.AppKey("sandbox", Sandbox)

@@ -4,8 +4,9 @@ A category is complete when the plan has a query of it without any filter (every
 the category matches it) and nothing of the category was lost: no page given up on, no query
 cut short by the result cap or ``max_pages``, no item without a readable id. Whoever notices a
 loss says so with :func:`mark_incomplete`; the marks are stats, so they also end up in the
-stats file, and a crawl-wide loss (a spider exception, a product the database refused) leaves
-no category complete.
+stats file, and a crawl-wide loss (a spider exception, products kept in the spill file instead
+of MongoDB) leaves no category complete. A rejected item with a readable id is no loss: it is
+kept in ``rejected_items`` and counts as seen in its category.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
 
     from tmapi_crawler.plan import Query
 
-#: Losses that cannot be pinned on a category: products refused by or never written to MongoDB.
-_CRAWL_WIDE_LOSSES = (stats_keys.DB_REFUSED, stats_keys.ITEMS_SPILLED)
+#: Losses that cannot be pinned on a category: products never written to MongoDB.
+_CRAWL_WIDE_LOSSES = (stats_keys.ITEMS_SPILLED,)
 
 
 def mark_incomplete(stats: StatsCollector, cat_id: int) -> None:

@@ -1,8 +1,12 @@
-"""MongoDB documents: one per product, merged across every query that saw it.
+"""The crawler's side of MongoDB: one connection per crawl, batched idempotent writes.
 
 The database, not the crawler's memory, knows what was seen: every sighting becomes an
-idempotent upsert keyed by ``item_id``, so a million-product crawl keeps no per-product state
-in Python, and a write retried after a failure changes nothing twice.
+idempotent upsert keyed by ``item_id`` (``storage.documents``), so a million-product crawl keeps
+no per-product state in Python, and a write retried after a failure changes nothing twice.
+
+A document MongoDB refuses is refused alone: the rest of its batch is written, and the refusal
+comes back to the writer with its reason (a ``rejected_items`` document, then). Only a database
+that does not answer, or refuses everything, stops the crawl.
 """
 
 from __future__ import annotations
@@ -10,37 +14,47 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+from weakref import WeakKeyDictionary
 
+from bson.errors import BSONError
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, UpdateOne, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DocumentTooLarge,
+    OperationFailure,
+    PyMongoError,
+)
 
-from tmapi_crawler.items import ProductItem
-from tmapi_crawler.normalize import TRANSLATED_FIELDS, translated_fields
+from tmapi_crawler.storage import embedded
 from tmapi_crawler.storage.history import (
     HISTORY,
     HISTORY_INDEXES,
     STORED_FIELDS,
     changes_since,
     history_document,
+    history_id,
     history_upsert,
     vanish_history,
     vanish_mark,
     vanished_filter,
 )
+from tmapi_crawler.transport.answers import shown
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
 
 PRODUCTS = "products"
 CRAWL_RUNS = "crawl_runs"
 REJECTED = "rejected_items"
-
-#: Where each translated field is kept, per language: ``titles.en``, ``titles.ru``, …
-TRANSLATED = dict(zip(TRANSLATED_FIELDS, ("titles", "company_names", "area_from"), strict=True))
 
 PRODUCT_INDEXES = [
     IndexModel([("categories", ASCENDING), ("price", ASCENDING)], name="category_price"),
@@ -62,88 +76,114 @@ _PER_WORKER = ("host", "arguments", "started_at", "status")
 _CRAWL_COUNTS = ("products_seen", "new", "updated", "changed")
 #: Codes a retried write can meet: a concurrent upsert of the same new ``_id`` (11000).
 DUPLICATE_KEY = 11000
+#: Server errors that fail a whole batch for one document's sake (MongoDB answers some of
+#: them for the command, not per operation): BadValue, Overflow (nested too deep),
+#: BSONObjectTooLarge, a document grown past 16 MB, $-prefixed / empty / dotted field names.
+_DOCUMENT_CODES: Final = frozenset({2, 15, 10334, 17419, 17420, 52, 56, 57})
+#: Errors raised before anything is sent, by encoding one document.
+_ENCODING_ERRORS: Final = (BSONError, DocumentTooLarge, OverflowError, UnicodeEncodeError,
+                           RecursionError)
+
+_STORES: WeakKeyDictionary[Crawler, ProductStore] = WeakKeyDictionary()
 
 
 class StorageUnavailable(Exception):
-    """MongoDB did not answer in time; the message says where it was looked for."""
+    """MongoDB did not answer in time, or refused a write for reasons no document caused."""
+
+
+def _document_error(error: BaseException) -> bool:
+    """Whether ``error`` is one document's fault (write the others), not the database's."""
+    if isinstance(error, _ENCODING_ERRORS):
+        return True
+    return (isinstance(error, OperationFailure) and not isinstance(error, BulkWriteError)
+            and error.code in _DOCUMENT_CODES)
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     created: int
-    refused: int
     #: Products of the batch with a history document (changed since an earlier crawl).
     changed: int
-
-
-def product_update(item: ProductItem, crawl_id: str, now: datetime) -> dict[str, Any]:
-    """The update document of one sighting of a product."""
-    language = item.context.language
-    fields = dict(item.typed or {})
-    fields.pop("item_id", None)
-    for name, value in translated_fields(item.raw).items():
-        fields[f"{TRANSLATED[name]}.{language}"] = value
-    fields[f"raw.{language}"] = item.raw
-    fields["last_seen"] = now
-    fields["last_crawl_id"] = crawl_id
-    # Per category, so a crawl that saw a category whole can tell what is gone from it.
-    fields[f"seen_in.{item.context.cat_id}"] = crawl_id
-    return {
-        "$set": fields,
-        "$setOnInsert": {"first_seen": now, "first_crawl_id": crawl_id},
-        "$addToSet": {"categories": {"$each": [item.context.cat_id]}},
-    }
-
-
-def merge_update(into: dict[str, Any], update: Mapping[str, Any]) -> None:
-    """Fold a later sighting of the same product into a pending update (same batch)."""
-    into["$set"].update(update["$set"])
-    categories = into["$addToSet"]["categories"]["$each"]
-    for cat_id in update["$addToSet"]["categories"]["$each"]:
-        if cat_id not in categories:
-            categories.append(cat_id)
-
-
-def rejected_document(item: ProductItem, crawl_id: str, now: datetime) -> dict[str, Any]:
-    return {
-        "crawl_id": crawl_id,
-        "at": now,
-        "reason": item.rejection,
-        "item_id": item.item_id,
-        "raw": item.raw,
-        "context": asdict(item.context),
-    }
+    #: Products MongoDB refused, with its reason (cut short): nothing of them was written.
+    refused: dict[int, str] = field(default_factory=dict)
 
 
 class ProductStore:
-    """The crawler's side of MongoDB: connection, indexes, batched writes, run records."""
+    """Connection, indexes, batched writes and run records: one per crawl (:meth:`of`)."""
 
     def __init__(self, uri: str, database: str, retry_timeout: float) -> None:
-        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            uri, serverSelectionTimeoutMS=5000, tz_aware=True, appname="tmapi-crawler"
+        #: Empty: the embedded mongod (``MONGO_EMBEDDED_DIR``), resolved when opened.
+        self.uri = uri
+        self.database = database
+        self.retry_timeout = retry_timeout
+        #: ``MONGO_EMBEDDED_DIR`` (None: the embedded module's default).
+        self.embedded_dir: str | None = None
+        self.client: AsyncMongoClient[dict[str, Any]] | None = None
+        self._db: AsyncDatabase[dict[str, Any]] | None = None
+        self._history: AsyncCollection[dict[str, Any]] | None = None
+
+    @classmethod
+    def of(cls, crawler: Crawler) -> ProductStore:
+        """The crawl's store, shared by the writer (pipeline) and the run recorder (extension)."""
+        store = _STORES.get(crawler)
+        if store is None:
+            settings = crawler.settings
+            store = cls(settings["MONGO_URI"], settings["MONGO_DATABASE"],
+                        settings.getfloat("MONGO_RETRY_TIMEOUT"))
+            store.embedded_dir = settings["MONGO_EMBEDDED_DIR"]
+            _STORES[crawler] = store
+        return store
+
+    @property
+    def opened(self) -> bool:
+        return self._db is not None
+
+    @property
+    def db(self) -> AsyncDatabase[dict[str, Any]]:
+        assert self._db is not None, "ProductStore used before open()"
+        return self._db
+
+    @property
+    def history(self) -> AsyncCollection[dict[str, Any]]:
+        assert self._history is not None, "ProductStore used before open()"
+        return self._history
+
+    async def open(self) -> None:
+        """Connect (starting the embedded mongod if no URI is set), fail fast when MongoDB is
+        not there, then make sure the indexes exist. Opening an open store does nothing."""
+        if self.opened:
+            return
+        if not self.uri:
+            # Left running at the end: other crawls may share it, and queries want it next
+            # (`scrapy mongo stop` stops it).
+            try:
+                server = await asyncio.to_thread(embedded.ensure_running, self.embedded_dir)
+            except embedded.EmbeddedMongoError as exc:
+                raise StorageUnavailable(f"embedded MongoDB not started: {exc}") from None
+            self.uri = server.uri
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            self.uri, serverSelectionTimeoutMS=5000, tz_aware=True, appname="tmapi-crawler"
         )
+        try:
+            await client.admin.command("ping")
+        except PyMongoError as exc:
+            await client.close()
+            raise StorageUnavailable(f"MongoDB not reachable: {exc}") from None
         # Journaled writes: an acknowledged batch survives a crash of mongod itself.
-        self.db: AsyncDatabase[dict[str, Any]] = self.client.get_database(
-            database, write_concern=WriteConcern(w=1, j=True)
-        )
+        db = client.get_database(self.database, write_concern=WriteConcern(w=1, j=True))
+        await db[PRODUCTS].create_indexes(PRODUCT_INDEXES)
+        await db[REJECTED].create_index([("crawl_id", ASCENDING)], name="crawl")
+        await db[HISTORY].create_indexes(HISTORY_INDEXES)
+        self.client, self._db = client, db
         #: Not journaled on its own: the batch's journaled upserts, sent after it, make it
         #: durable too (the journal is one sequence), and a history lost with the batch is
         #: written again with it. One journal flush per batch instead of two.
-        self.history = self.db.get_collection(HISTORY, write_concern=WriteConcern(w=1))
-        self.retry_timeout = retry_timeout
-
-    async def open(self) -> None:
-        """Fail fast when MongoDB is not there, then make sure the indexes exist."""
-        try:
-            await self.client.admin.command("ping")
-        except PyMongoError as exc:
-            raise StorageUnavailable(f"MongoDB not reachable: {exc}") from None
-        await self.db[PRODUCTS].create_indexes(PRODUCT_INDEXES)
-        await self.db[REJECTED].create_index([("crawl_id", ASCENDING)], name="crawl")
-        await self.db[HISTORY].create_indexes(HISTORY_INDEXES)
+        self._history = db.get_collection(HISTORY, write_concern=WriteConcern(w=1))
 
     async def close(self) -> None:
-        await self.client.close()
+        client, self.client, self._db, self._history = self.client, None, None, None
+        if client is not None:
+            await client.close()
 
     async def write_products(
         self, updates: Mapping[int, dict[str, Any]], crawl_id: str, now: datetime
@@ -151,20 +191,25 @@ class ProductStore:
         """Record what changed (``tmapi_crawler.storage.history``), then upsert the batch.
 
         Both writes are idempotent, so a batch retried after a lost connection, or an upsert
-        that raced another worker's insert of the same new product, is simply sent again.
+        that raced another worker's insert of the same new product, is simply sent again. A
+        product MongoDB refuses keeps no history of this batch: history tells what was stored.
         """
-        changed = await self.record_changes(updates, crawl_id, now)
+        changed, inserted = await self.record_changes(updates, crawl_id, now)
         ops = {i: UpdateOne({"_id": i}, u, upsert=True) for i, u in updates.items()}
         created, refused = await self._upsert(self.db[PRODUCTS], ops)
-        return BatchResult(created, refused, changed)
+        if unstored := [history_id(i, crawl_id) for i in refused if i in inserted]:
+            await self._retrying(self.history.delete_many, {"_id": {"$in": unstored}})
+        return BatchResult(created, len(changed - refused.keys()), refused)
 
     async def record_changes(
         self, updates: Mapping[int, dict[str, Any]], crawl_id: str, now: datetime
-    ) -> int:
-        """Write the batch's history before the batch itself; returns the products changed.
+    ) -> tuple[set[int], set[int]]:
+        """Write the batch's history before the batch itself.
 
-        A product reappearing in a category it had vanished from also gets the mark removed by
-        its pending update.
+        Returns the products that changed, and those whose history document this call
+        inserted (rather than merged into one an earlier batch of the crawl wrote). A product
+        reappearing in a category it had vanished from also gets the mark removed by its
+        pending update.
         """
         stored = await self._retrying(self._stored, list(updates))
         changed = {}
@@ -176,39 +221,45 @@ class ProductStore:
                 update.setdefault("$unset", {}).update({f"vanished.{c}": "" for c in back})
             if changes:
                 changed[item_id] = changes
-        if changed:
-            await self._write_history(changed, crawl_id, now)
-        return len(changed)
+        inserted = await self._write_history(changed, crawl_id, now) if changed else set()
+        return set(changed), inserted
 
     async def _stored(self, ids: list[int]) -> list[dict[str, Any]]:
         return await self.db[PRODUCTS].find({"_id": {"$in": ids}}, STORED_FIELDS).to_list()
 
     async def _write_history(
         self, changed: Mapping[int, dict[str, list[Any]]], crawl_id: str, now: datetime
-    ) -> None:
+    ) -> set[int]:
         """Insert (several times cheaper than upserts); a document this crawl already has — a
-        retried batch, a second change in one crawl — is merged into instead."""
+        retried batch, a second change in one crawl — is merged into instead. Returns the
+        products whose document was inserted."""
         ids = list(changed)
         documents = [history_document(i, crawl_id, now, changed[i]) for i in ids]
         try:
             await self._retrying(self.history.insert_many, documents, ordered=False)
         except BulkWriteError as exc:
-            merge = {}
+            merge, failed = {}, set()
             for error in exc.details["writeErrors"]:
                 item_id = ids[error["index"]]
+                failed.add(item_id)
                 if error["code"] == DUPLICATE_KEY:
                     merge[item_id] = history_upsert(item_id, crawl_id, now, changed[item_id])
                 else:
                     logger.error("MongoDB refused history document %s: %s",
-                                 item_id, error["errmsg"])
+                                 item_id, shown(error["errmsg"]))
             await self._upsert(self.history, merge)
+            return set(ids) - failed
+        return set(ids)
 
     async def _upsert(
         self, collection: AsyncCollection[dict[str, Any]], ops: Mapping[Any, UpdateOne]
-    ) -> tuple[int, int]:
-        """Unordered upserts, retried until they land; returns (created, refused) counts."""
+    ) -> tuple[int, dict[Any, str]]:
+        """Unordered upserts, retried until they land; returns how many were created, and the
+        operations MongoDB refused with why. A batch that fails as a whole for one document's
+        sake is written one operation at a time, so that only that one is refused."""
         pending = dict(ops)
-        created = refused = 0
+        created = 0
+        refused: dict[Any, str] = {}
         while pending:
             keys = list(pending)
             try:
@@ -223,20 +274,42 @@ class ProductStore:
                     if error["code"] == DUPLICATE_KEY:
                         retry[key] = pending[key]
                     else:
-                        refused += 1
-                        logger.error("MongoDB refused %s document %s: %s",
-                                     collection.name, key, error["errmsg"])
+                        refused[key] = shown(error["errmsg"])
                 pending = retry
+            except Exception as exc:
+                if not _document_error(exc):
+                    raise
+                if len(keys) == 1:
+                    refused[keys[0]] = shown(f"{type(exc).__name__}: {exc}")
+                else:
+                    for key in keys:
+                        one_created, one_refused = await self._upsert(collection,
+                                                                      {key: pending[key]})
+                        created += one_created
+                        refused.update(one_refused)
+                pending = {}
             else:
                 created += result.upserted_count
                 pending = {}
+        for key, reason in refused.items():
+            logger.error("MongoDB refused %s document %s: %s", collection.name, key, reason)
         return created, refused
 
-    async def write_rejected(self, documents: list[dict[str, Any]]) -> None:
-        """Keep refused items; one whose id is readable still counts as seen in its category."""
+    async def write_rejected(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Keep refused items; returns those MongoDB would not take either (to be spilled).
+
+        One whose id is readable still counts as seen in its category: it is listed there, so
+        it must not be marked vanished from it.
+        """
         if not documents:
-            return
-        await self._retrying(self.db[REJECTED].insert_many, documents, ordered=False)
+            return []
+        unstored: list[dict[str, Any]] = []
+        try:
+            await self._retrying(self.db[REJECTED].insert_many, documents, ordered=False)
+        except BulkWriteError as exc:
+            for error in exc.details["writeErrors"]:
+                unstored.append(documents[error["index"]])
+                logger.error("MongoDB refused a rejected item: %s", shown(error["errmsg"]))
         seen: dict[tuple[int, str], list[int]] = {}
         for document in documents:
             if document["item_id"] is not None:
@@ -248,6 +321,7 @@ class ProductStore:
                 {"_id": {"$in": ids}},
                 {"$set": {f"seen_in.{cat_id}": crawl_id}},
             )
+        return unstored
 
     async def mark_vanished(self, crawl_id: str, categories: Iterable[int], now: datetime) -> int:
         """Mark the products these completely crawled categories no longer list; never delete.
@@ -344,24 +418,3 @@ class ProductStore:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-
-def batch_now() -> datetime:
-    """One timestamp per batch: MongoDB stores milliseconds, so round here to match."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
-def updates_by_id(
-    items: Iterable[ProductItem], crawl_id: str, now: datetime
-) -> dict[int, dict[str, Any]]:
-    """Merge a batch's sightings into one update per product."""
-    updates: dict[int, dict[str, Any]] = {}
-    for item in items:
-        assert item.item_id is not None
-        update = product_update(item, crawl_id, now)
-        pending = updates.get(item.item_id)
-        if pending is None:
-            updates[item.item_id] = update
-        else:
-            merge_update(pending, update)
-    return updates

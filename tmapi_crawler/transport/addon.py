@@ -10,6 +10,7 @@ from scrapy.downloadermiddlewares.retry import RetryMiddleware
 from scrapy.settings import BaseSettings
 
 from tmapi_crawler import api
+from tmapi_crawler.closing import StopGuard
 from tmapi_crawler.transport.middleware import TmapiTransportMiddleware
 
 #: Closest to the downloader: every other middleware's process_request ran before it.
@@ -21,6 +22,9 @@ class TmapiAddon:
         settings.set_in_component_priority_dict(
             "DOWNLOADER_MIDDLEWARES", TmapiTransportMiddleware, TRANSPORT_ORDER
         )
+        # Says when the crawl starts stopping (no paid call may start after), and saves what
+        # was parsed on a forced stop.
+        settings.set_in_component_priority_dict("EXTENSIONS", StopGuard, 0)
         # The transport retries in place, with backoff; a second, re-queueing retry layer
         # would multiply paid calls.
         settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", RetryMiddleware, None)

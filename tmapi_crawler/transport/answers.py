@@ -2,16 +2,36 @@
 
 The API may report an error as the HTTP status, as ``code`` in a 200 JSON body, or both;
 callers get one code either way and never have to look at the body twice.
+
+Everything that names an answer or a failure in stats keys and log lines comes from a bounded
+vocabulary defined here: an API code, one of the broken-answer reasons, or the name of a
+transport failure from a fixed list of classes. Text quoted from an answer or an exception is
+cut to ``MESSAGE_CHARS``: a 1 MB ``msg`` is not logged a million characters at a time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from scrapy.http import TextResponse
 
 from tmapi_crawler import api
+
+#: The most characters of an answer's ``msg`` or an exception's text any log line quotes.
+MESSAGE_CHARS: Final = 200
+
+# Why a success status carried no usable page (stats: ``answers/<reason>``).
+NOT_JSON: Final = "not_json"
+NO_DATA: Final = "no_data"
+NO_ITEMS: Final = "no_items"
+#: Larger than DOWNLOAD_MAXSIZE once decompressed (a decompression bomb).
+TOO_LARGE: Final = "too_large"
+#: A ``Content-Encoding`` the body does not decode as.
+BAD_ENCODING: Final = "bad_encoding"
+#: A transport failure that is none of the known classes.
+OTHER_ERROR: Final = "other_error"
 
 
 class BrokenAnswer(ValueError):
@@ -24,8 +44,17 @@ class BrokenAnswer(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
+    """What one call got back: an API code, or (code 0) a ``failure`` from the vocabulary."""
+
     code: int
+    #: The answer's ``msg`` or a failure's text, already cut to ``MESSAGE_CHARS``.
     message: str
+    failure: str = ""
+
+    @property
+    def reason(self) -> str:
+        """How stats keys and retry reasons name this answer."""
+        return self.failure or str(self.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +62,22 @@ class Page:
     items: list[Any]
     total_count: int | None
     has_next_page: bool | None
+
+
+def shown(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def failure_name(error: BaseException, known: Iterable[type[BaseException]]) -> str:
+    """A transport failure's name in stats and retry reasons: the first of ``known`` (Scrapy's
+    ``RETRY_EXCEPTIONS``) it is an instance of, else ``other_error``."""
+    for cls in known:
+        if isinstance(error, cls):
+            return cls.__name__
+    return OTHER_ERROR
 
 
 def read_answer(response: TextResponse) -> Answer:
@@ -43,23 +88,25 @@ def read_answer(response: TextResponse) -> Answer:
     """
     try:
         doc = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python parses
         doc = None
     if not isinstance(doc, dict):
         if response.status != api.SUCCESS_CODE:
             return Answer(response.status, "")
-        raise BrokenAnswer("not_json")
+        raise BrokenAnswer(NOT_JSON)
     code = doc.get("code")
-    message = str(doc.get("msg") or "")
-    if isinstance(code, int) and not isinstance(code, bool) and code != api.SUCCESS_CODE:
+    message = doc.get("msg")
+    message = shown(message if isinstance(message, str) else str(message or "")[:MESSAGE_CHARS])
+    # Only a three-digit code is one: anything else cannot grow the stats' vocabulary.
+    if type(code) is int and 100 <= code <= 999 and code != api.SUCCESS_CODE:
         return Answer(code, message)
     if response.status != api.SUCCESS_CODE:
         return Answer(response.status, message)
     data = doc.get("data")
     if not isinstance(data, dict):
-        raise BrokenAnswer("no_data")
+        raise BrokenAnswer(NO_DATA)
     if not isinstance(data.get("items"), list):
-        raise BrokenAnswer("no_items")
+        raise BrokenAnswer(NO_ITEMS)
     return Answer(api.SUCCESS_CODE, message)
 
 

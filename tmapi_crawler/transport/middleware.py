@@ -2,13 +2,24 @@
 
 It sits closest to the downloader and downloads API requests itself, so that:
 
-* the token is added to a private copy at the last moment and never enters ``Request.url``,
-  the scheduler, fingerprints, logs or the returned response;
+* the token is added at the last moment to a private copy that is built afresh — only the
+  URL (checked to be ``TMAPI_BASE_URL``'s API path first), a few harmless headers and the
+  operator's own proxy from the environment; nothing another component put in the request's
+  meta or headers (``proxy``, ``download_slot``, ``Proxy-Authorization``, …) can send the
+  token anywhere else — and the token never enters ``Request.url``, the scheduler,
+  fingerprints, logs or the returned response;
 * a request waits for a concurrency permit while it already holds a ``CONCURRENT_REQUESTS``
   slot, and keeps both through its retries and backoff — a retry is not re-queued behind
   thousands of other requests, and never exceeds the account's limit;
+* once the crawl stops (a 439, Ctrl-C), no new paid call starts: requests waiting for a
+  permit or backing off give up at once (``closing.StopGuard`` says when);
+* the body is decompressed (gzip, deflate, br, zstd: Scrapy's ``HttpCompressionMiddleware``,
+  bounded by ``DOWNLOAD_MAXSIZE``) before its code is read — also when the server compressed
+  an answer it was not asked to; the response handed back is decoded, so that middleware
+  later finds nothing left to decode;
 * every answer code is classified once, by ``tmapi_crawler.api``, whether it came as the HTTP
-  status or inside a 200 body.
+  status or inside a 200 body, and named in stats and logs from a bounded vocabulary
+  (``transport.answers``).
 
 Every other middleware's ``process_response`` still runs on the response returned here.
 """
@@ -16,22 +27,35 @@ Every other middleware's ``process_response`` still runs on the response returne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 from scrapy import signals
+from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddleware
+from scrapy.downloadermiddlewares.httpproxy import HttpProxyMiddleware
 from scrapy.downloadermiddlewares.retry import get_retry_request
-from scrapy.exceptions import IgnoreRequest
+from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.http import JsonResponse, Request, Response
 from scrapy.utils.misc import build_from_crawler, load_object
 
-from tmapi_crawler import api
+from tmapi_crawler import api, closing
+from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.closing import STOPPING_OUTCOMES, close_spider
 from tmapi_crawler.frontier.context import META_KEY
 from tmapi_crawler.transport import credentials
-from tmapi_crawler.transport.answers import Answer, BrokenAnswer, read_answer
+from tmapi_crawler.transport.answers import (
+    BAD_ENCODING,
+    OTHER_ERROR,
+    TOO_LARGE,
+    Answer,
+    BrokenAnswer,
+    failure_name,
+    read_answer,
+    shown,
+)
 from tmapi_crawler.transport.limiter import Limiter, LimiterClosed
 
 if TYPE_CHECKING:
@@ -39,13 +63,33 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: A page the crawl's stop kept from being sent; a cluster queues it again for a resume.
+NOT_SENT: Final = "not_sent"
+#: A request that is not to ``TMAPI_BASE_URL``'s API path: refused, never signed.
+FOREIGN_REQUEST: Final = "foreign_request"
+#: What the token-bearing copy keeps of the request's headers: none of them can redirect it.
+_KEPT_HEADERS: Final = (b"Accept", b"Accept-Encoding", b"Accept-Language", b"User-Agent")
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
 
 class ApiError(IgnoreRequest):
-    """A page the crawler gave up on; ``reason`` says why (an answer code or a failure)."""
+    """A page the crawler gave up on; ``reason`` says why, from the bounded vocabulary."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def _target(url: str) -> tuple[str, str | None, int | None, str] | None:
+    """What a request URL must match to be signed: scheme, host, port, path."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return None
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        return None
+    return parts.scheme, parts.hostname, port, parts.path
 
 
 class TmapiTransportMiddleware:
@@ -55,17 +99,35 @@ class TmapiTransportMiddleware:
         self.stats = crawler.stats
         self.token = token
         self.limiter = limiter
+        self.base_url: str = settings["TMAPI_BASE_URL"]
         self.max_retry_times = settings.getint("TMAPI_RETRY_TIMES")
         self.base_delay = settings.getfloat("TMAPI_RETRY_BASE_DELAY")
         self.max_delay = settings.getfloat("TMAPI_RETRY_MAX_DELAY")
+        self.timeout = settings.getfloat("DOWNLOAD_TIMEOUT")
+        self._api = _target(self.base_url.rstrip("/") + api.PATH)
+        #: The transport failures named in stats (anything else is ``other_error``).
+        self._failures = tuple(
+            load_object(cls) if isinstance(cls, str) else cls
+            for cls in settings.getlist("RETRY_EXCEPTIONS")
+        )
+        # Scrapy's own decompression, with its DOWNLOAD_MAXSIZE/WARNSIZE bounds, run here on
+        # the raw answer whatever COMPRESSION_ENABLED says: a server may compress unasked.
+        self._decoder = HttpCompressionMiddleware(crawler=crawler)
+        # The operator's proxy from the environment (http_proxy, https_proxy, no_proxy) is
+        # their choice; a proxy in a request's meta is nobody's to make.
+        try:
+            self._proxy: HttpProxyMiddleware | None = HttpProxyMiddleware.from_crawler(crawler)
+        except NotConfigured:
+            self._proxy = None
         self._log_filter = credentials.RedactingFilter(token)
-        self._stopping: str | None = None
+        self._stopping = asyncio.Event()
+        self._stopped: str | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> TmapiTransportMiddleware:
         settings = crawler.settings
         token = credentials.token_from_settings(settings)
-        base_url = settings.get("TMAPI_BASE_URL") or api.DEFAULT_BASE_URL
+        base_url = settings["TMAPI_BASE_URL"]
         if base_url.startswith("http://"):
             logger.warning(
                 "TMAPI_BASE_URL %s is plain http: the API token travels unencrypted", base_url
@@ -74,6 +136,7 @@ class TmapiTransportMiddleware:
         mw = cls(crawler, token, limiter)
         crawler.signals.connect(mw.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(mw.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(mw.crawl_stopping, signal=tmapi_signals.crawl_stopping)
         logger.info("API token %s", credentials.fingerprint(token))
         return mw
 
@@ -81,6 +144,10 @@ class TmapiTransportMiddleware:
         for handler in logging.getLogger().handlers:
             handler.addFilter(self._log_filter)
         self.stats.set_value(stats_keys.THROTTLE_LIMIT, self.limiter.limit)
+
+    def crawl_stopping(self) -> None:
+        """Wake every request waiting for a permit or backing off: none of them is sent."""
+        self._stopping.set()
 
     async def spider_closed(self) -> None:
         await self.limiter.close()
@@ -91,6 +158,7 @@ class TmapiTransportMiddleware:
     async def process_request(self, request: Request) -> Response | None:
         if META_KEY not in request.meta:
             return None
+        self._check_target(request)
         attempt = request
         while True:
             answer, response = await self._attempt(attempt)
@@ -105,13 +173,52 @@ class TmapiTransportMiddleware:
                 self._count(stats_keys.PAGES_FAILED)
                 logger.error("API refused %s: %d %s", request, answer.code,
                              answer.message or api.ERROR_CODES[answer.code].meaning)
-                raise ApiError(f"API answered {answer.code}", str(answer.code))
-            if outcome in STOPPING_OUTCOMES:
-                raise ApiError(f"API answered {answer.code}", str(answer.code))
+                raise ApiError(f"API answered {answer.code}", answer.reason)
+            if outcome in closing.STOPPING_OUTCOMES:
+                raise ApiError(f"API answered {answer.code}", answer.reason)
             if outcome is api.Outcome.THROTTLED and await self.limiter.throttled():
                 self._count(stats_keys.THROTTLE_DECREASES)
                 self.stats.set_value(stats_keys.THROTTLE_LIMIT, self.limiter.limit)
             attempt = await self._retry(attempt, answer)
+
+    def _check_target(self, request: Request) -> None:
+        """Sign nothing but a GET of the API path of ``TMAPI_BASE_URL``."""
+        target = _target(request.url)
+        query = urlsplit(request.url).query
+        if (target is not None and target == self._api and request.method == "GET"
+                and not request.body and api.TOKEN_PARAM not in parse_qs(query)):
+            return
+        self._count(stats_keys.REQUESTS_REFUSED)
+        self._count(stats_keys.PAGES_FAILED)
+        logger.error("Refused to send the token to %s: not the API at %s",
+                     shown(request.url), self.base_url)
+        raise ApiError("not a request to TMAPI_BASE_URL; not sent", FOREIGN_REQUEST)
+
+    def _stopping_now(self) -> bool:
+        return self._stopping.is_set() or self.limiter.closed or closing.stopping(self.crawler)
+
+    async def _permit(self) -> None:
+        """A permit — unless the crawl stops first, or stopped while this one waited."""
+        if not self._stopping_now():
+            acquiring = asyncio.ensure_future(self.limiter.acquire())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait((acquiring, stopping), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                if not acquiring.done():
+                    acquiring.cancel()  # a limiter gives back a permit granted meanwhile
+                    await asyncio.wait((acquiring,))
+            if not acquiring.cancelled():
+                error = acquiring.exception()
+                if error is None:
+                    if not self._stopping_now():
+                        return
+                    await self.limiter.release()
+                elif not isinstance(error, LimiterClosed):
+                    raise error
+        self._count(stats_keys.REQUESTS_NOT_SENT)
+        raise ApiError("crawl stopping; not sent", NOT_SENT)
 
     async def _attempt(self, request: Request) -> tuple[Answer, JsonResponse | None]:
         """One paid call: wait for a permit, download, classify.
@@ -119,74 +226,103 @@ class TmapiTransportMiddleware:
         The permit is held until the answer is classified, so that after a 439 no waiting
         request can take the freed permit before the limiter is closed.
         """
+        await self._permit()
         try:
-            await self.limiter.acquire()
-        except LimiterClosed:
-            raise ApiError("crawl stopping; not sent", "not_sent") from None
-        self._count(stats_keys.REQUESTS)
-        try:
+            self._count(stats_keys.REQUESTS)
             answer, response = await self._download(request)
-            reason = STOPPING_OUTCOMES.get(api.outcome_of(answer.code))
+            reason = closing.STOPPING_OUTCOMES.get(api.outcome_of(answer.code))
             if reason is not None:
                 await self._stop(reason, answer)
         finally:
             await self.limiter.release()
         return answer, response
 
+    def _signed(self, request: Request) -> Request:
+        """The token-bearing copy: the URL, harmless headers, the environment's proxy."""
+        headers = {name: request.headers.getlist(name) for name in _KEPT_HEADERS
+                   if name in request.headers}
+        signed = Request(
+            credentials.signed_url(request.url, self.token),
+            headers=headers,
+            meta={"download_timeout": self.timeout},
+            dont_filter=True,
+        )
+        if self._proxy is not None:
+            self._proxy.process_request(signed)
+        return signed
+
     async def _download(self, request: Request) -> tuple[Answer, JsonResponse | None]:
-        """Download a token-bearing copy; hand back a token-free response."""
-        signed = request.replace(url=credentials.signed_url(request.url, self.token))
-        signed.headers["Accept-Encoding"] = "identity"
+        """Download the token-bearing copy; hand back a token-free, decoded response."""
+        signed = self._signed(request)
         try:
             raw = await self.crawler.engine.downloader.handlers.download_request_async(signed)
         except Exception as exc:  # every transport failure is retried, bounded
-            self._count(stats_keys.answer(type(exc).__name__))
-            return Answer(0, credentials.redact(str(exc), self.token) or type(exc).__name__), None
-        response = raw.replace(cls=JsonResponse, url=request.url, request=request)
+            name = failure_name(exc, self._failures)
+            message = shown(credentials.redact(str(exc), self.token) or type(exc).__name__)
+            if name == OTHER_ERROR:
+                logger.warning("Unexpected failure downloading %s: %s: %s", request,
+                               type(exc).__name__, message)
+            else:
+                logger.debug("Downloading %s failed: %s", request, message)
+            self._count(stats_keys.answer(name))
+            return Answer(0, message, name), None
+        # The token-free URL first: the decoder's own log lines name the response.
+        response = raw.replace(url=request.url, request=request)
+        try:
+            response = self._decoder.process_response(signed, response)
+        except IgnoreRequest:  # DOWNLOAD_MAXSIZE exceeded while decompressing; logged
+            return self._broken(TOO_LARGE)
+        except Exception as exc:
+            logger.debug("%s does not decode as it says: %s", response, shown(str(exc)))
+            return self._broken(BAD_ENCODING)
+        response = response.replace(cls=JsonResponse)
         try:
             answer = read_answer(response)
         except BrokenAnswer as exc:
-            self._count(stats_keys.answer(exc.reason))
-            return Answer(0, exc.reason), None
+            return self._broken(exc.reason)
         self._count(stats_keys.answer(answer.code))
         return answer, response
 
+    def _broken(self, reason: str) -> tuple[Answer, None]:
+        self._count(stats_keys.answer(reason))
+        return Answer(0, reason, reason), None
+
     async def _retry(self, request: Request, answer: Answer) -> Request:
         """Wait out an exponential backoff with full jitter, or give up."""
-        reason = str(answer.code) if answer.code else answer.message.split(":")[0]
         retry = get_retry_request(
             request,
             spider=self.crawler.spider,
-            reason=reason,
+            reason=answer.reason,
             max_retry_times=self.max_retry_times,
             stats_base_key=stats_keys.RETRY,
         )
         if retry is None:
             self._count(stats_keys.PAGES_FAILED)
-            raise ApiError(f"gave up after {answer.code or answer.message}", reason)
+            raise ApiError(f"gave up after {answer.reason}", answer.reason)
         tries = retry.meta["retry_times"]
         delay = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (tries - 1)))
         await self._sleep(delay)
         return retry
 
     async def _sleep(self, delay: float) -> None:
-        """Back off, but wake up at once when the crawl is stopping."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + delay
-        while (remaining := deadline - loop.time()) > 0:
-            if self.limiter.closed or not self.crawler.crawling:
-                raise ApiError("crawl stopping; retry not sent", "not_sent")
-            await asyncio.sleep(min(remaining, 0.5))
+        """Back off, but give up at once when the crawl is stopping: the retry is not sent."""
+        if not self._stopping_now():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if not self._stopping_now():
+                return
+        self._count(stats_keys.REQUESTS_NOT_SENT)
+        raise ApiError("crawl stopping; retry not sent", NOT_SENT)
 
     async def _stop(self, reason: str, answer: Answer) -> None:
         """Close the crawl once, without waiting for the requests still in flight."""
-        if self._stopping:
+        if self._stopped:
             return
-        self._stopping = reason
+        self._stopped = reason
         await self.limiter.close(reason)
         logger.error("API answered %d (%s): stopping the crawl", answer.code,
                      api.ERROR_CODES[answer.code].meaning)
-        close_spider(self.crawler, reason)
+        closing.close_spider(self.crawler, reason)
 
     def _count(self, key: str, value: Any = 1) -> None:
         self.stats.inc_value(key, value)

@@ -1,0 +1,71 @@
+"""Components in-process: a crawler built the way ``scrapy crawl`` builds one, from the
+project's settings, with its engine set up but not started — so that a test drives one
+component directly (as scrapy-zyte-api tests its middleware) and a failure names it.
+
+No Twisted reactor is installed in the test process: Scrapy runs on asyncio alone
+(``TWISTED_REACTOR_ENABLED=False``, set by ``scrapy.utils.test.get_crawler``) and downloads
+with its aiohttp handler; the end-to-end crawls in ``tests/crawling.py`` use the Twisted one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from scrapy import signals
+from scrapy.crawler import Crawler
+from scrapy.settings import BaseSettings
+from scrapy.utils.test import get_crawler
+
+from tests.crawling import TOKEN
+from tmapi_crawler.spiders.category_items import CategoryItemsSpider
+
+
+def project_settings(module: str = "tmapi_crawler.settings", **overrides: Any) -> dict[str, Any]:
+    """The project's settings (or a profile's) as ``scrapy crawl`` would read them, plus
+    ``overrides``: no progress line, no embedded MongoDB, the tests' token."""
+    settings = BaseSettings()  # the module's own values, without Scrapy's defaults
+    settings.setmodule(module)
+    values = {name: settings[name] for name in settings if name.isupper()}
+    values.update(TMAPI_TOKEN=TOKEN, TMAPI_PROGRESS_INTERVAL=0, MEMUSAGE_ENABLED=False,
+                  LOG_LEVEL="DEBUG", **overrides)
+    return values
+
+
+def crawler_for(settings: dict[str, Any], **arguments: str) -> Crawler:
+    """A crawler with its spider (given ``arguments``, as ``-a``) and engine, ready for
+    components to be driven one by one.
+
+    Must be called inside a running event loop (``asyncio.run``).
+    """
+    crawler = get_crawler(CategoryItemsSpider, settings)
+    crawler.crawling = True
+    crawler.spider = crawler._create_spider(**arguments)
+    crawler.engine = crawler._create_engine()
+    return crawler
+
+
+async def spider_opened(crawler: Crawler) -> None:
+    """What the engine tells every component once the spider is open."""
+    await crawler.signals.send_catch_log_async(signals.spider_opened, spider=crawler.spider)
+
+
+async def spider_closed(crawler: Crawler, reason: str = "finished") -> None:
+    await crawler.signals.send_catch_log_async(signals.spider_closed, spider=crawler.spider,
+                                               reason=reason)
+
+
+async def engine_stopped(crawler: Crawler) -> None:
+    """Close the download handlers and connection pools the crawler opened."""
+    await crawler.signals.send_catch_log_async(signals.engine_stopped)
+
+
+async def until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> None:
+    """Wait for ``condition`` to hold, looking every 10 ms; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,181 @@
+"""The crawl-run recorder: the extension that owns ``crawl_runs``, vanished marking and counts.
+
+It records a run when the spider opens (only when the writer opened the store: no writer, no
+run), and how it ended once the spider closed — after the writer's last flush, so the counts it
+takes from the database are final, and products gone from a completely crawled category are
+marked then. On a forced stop (a second Ctrl-C) it still records the finish reason, after the
+writer saved what was parsed (``signals.crawl_killed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
+
+from pymongo.errors import OperationFailure, PyMongoError
+from scrapy import signals
+from scrapy.exceptions import CloseSpider
+
+from tmapi_crawler import signals as tmapi_signals
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.closing import FINISHED, MONGODB_UNAVAILABLE
+from tmapi_crawler.storage.coverage import complete_categories
+from tmapi_crawler.storage.documents import batch_now
+from tmapi_crawler.storage.store import ProductStore, StorageUnavailable
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+#: ``crawl_runs.status``: still going, closed by Scrapy, or cut short by a forced stop.
+RUNNING, CLOSED, KILLED = "running", "closed", "killed"
+
+_CRAWL_IDS: WeakKeyDictionary[Crawler, str] = WeakKeyDictionary()
+
+
+def new_crawl_id() -> str:
+    """Sortable by start time, unique across workers started in the same second."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def crawl_id(crawler: Crawler) -> str:
+    """The crawl's id: a distributed scheduler's cluster crawl, or one made for this run.
+
+    Asked for first by whoever needs it first (the recorder when the spider opens, the writer
+    when it flushes), once the scheduler is open.
+    """
+    known = _CRAWL_IDS.get(crawler)
+    if known is None:
+        scheduler = crawler.engine.scheduler if crawler.engine is not None else None
+        known = _CRAWL_IDS[crawler] = getattr(scheduler, "crawl_id", None) or new_crawl_id()
+        crawler.stats.set_value(stats_keys.CRAWL_ID, known)
+    return known
+
+
+class CrawlRunRecorder:
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.store = ProductStore.of(crawler)
+        self.timeout = crawler.settings.getfloat("TMAPI_FORCED_STOP_TIMEOUT")
+        #: Set when a distributed scheduler shares its crawl: this process is one of its workers.
+        self.worker_id: str | None = None
+        self._started = False
+        self._finished = False
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> CrawlRunRecorder:
+        recorder = cls(crawler)
+        crawler.signals.connect(recorder.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(recorder.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(recorder.crawl_killed, signal=tmapi_signals.crawl_killed)
+        return recorder
+
+    @property
+    def crawl_id(self) -> str:
+        return crawl_id(self.crawler)
+
+    async def spider_opened(self) -> None:
+        if not self.store.opened:  # no writer, or MongoDB is not there (it said so)
+            return
+        crawler = self.crawler
+        self.worker_id = getattr(crawler.engine.scheduler, "worker_id", None)
+        spider = crawler.spider
+        settings = crawler.settings
+        try:
+            await self.store.start_run({
+                "_id": self.crawl_id,
+                "spider": spider.name if spider else None,
+                "arguments": getattr(spider, "arguments", {}),
+                "queries": [q.to_dict()
+                            for q in getattr(getattr(spider, "plan", None), "queries", ())],
+                "settings": {
+                    "TMAPI_BASE_URL": settings.get("TMAPI_BASE_URL"),
+                    "TMAPI_CONCURRENCY": settings.getint("TMAPI_CONCURRENCY"),
+                    "TMAPI_RESULT_CAP": settings.getint("TMAPI_RESULT_CAP"),
+                },
+                "host": socket.gethostname(),
+                "database": self.store.database,
+                "started_at": datetime.now(UTC),
+                "status": RUNNING,
+            }, worker_id=self.worker_id)
+        except (StorageUnavailable, PyMongoError) as exc:
+            logger.error("Could not record crawl %s (%s); nothing was sent to the API",
+                         self.crawl_id, exc)
+            raise CloseSpider(MONGODB_UNAVAILABLE) from None
+        self._started = True
+        logger.info("Storing into MongoDB database %r as crawl %s", self.store.database,
+                    self.crawl_id)
+
+    async def spider_closed(self, reason: str) -> None:
+        """Record how the run ended; the writer's last flush is done by now."""
+        if not self.store.opened:
+            return
+        try:
+            if self._started and not self._finished:
+                await self._finish(reason, CLOSED)
+        except (StorageUnavailable, PyMongoError) as exc:
+            logger.error("Could not record the end of crawl %s: %s", self.crawl_id, exc)
+        finally:
+            await self.store.close()
+
+    async def crawl_killed(self, reason: str) -> None:
+        """A forced stop: the finish reason still reaches the run record, in bounded time."""
+        if not self._started or self._finished:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._finish(reason, KILLED)
+        except Exception as exc:  # TimeoutError included
+            logger.error("Could not record the end of crawl %s: %s", self.crawl_id,
+                         str(exc) or type(exc).__name__)
+
+    async def _finish(self, reason: str, status: str) -> None:
+        vanished = await self._mark_vanished(reason) if status == CLOSED else 0
+        counts = {**await self.store.run_counts(self.crawl_id), "vanished": vanished}
+        stats = self.stats.get_stats()
+        await self.store.finish_run(self.crawl_id, {
+            "status": status,
+            "finished_at": datetime.now(UTC),
+            "finish_reason": reason,
+            "counts": {
+                "pages": stats.get(stats_keys.PAGES, 0),
+                "items": stats.get(stats_keys.ITEMS, 0),
+                "rejected": stats.get(stats_keys.ITEMS_REJECTED, 0),
+                "spilled": stats.get(stats_keys.ITEMS_SPILLED, 0),
+                "failed_pages": stats.get(stats_keys.PAGES_FAILED, 0),
+                **counts,
+            },
+            "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
+        }, worker_id=self.worker_id)
+        self._finished = True
+        for name, value in counts.items():
+            self.stats.set_value(stats_keys.product_count(name), value)
+
+    async def _mark_vanished(self, reason: str) -> int:
+        """Mark products gone from the categories this crawl saw whole (``coverage``).
+
+        Only a crawl that finished can tell; a worker of a distributed crawl sees neither the
+        other workers' pages nor their failures, so it never marks.
+        """
+        if reason != FINISHED or self.worker_id is not None:
+            return 0
+        plan = getattr(self.crawler.spider, "plan", None)
+        categories = complete_categories(getattr(plan, "queries", ()), self.stats.get_stats())
+        if not categories:
+            return 0
+        try:
+            marked = await self.store.mark_vanished(self.crawl_id, categories, batch_now())
+        except OperationFailure as exc:  # e.g. a MongoDB older than 5.2 ($sortArray)
+            logger.error("Could not mark the products gone from categories %s: %s",
+                         ", ".join(map(str, categories)), exc)
+            return 0
+        logger.info("Crawled completely: categories %s; %d listings gone since earlier crawls "
+                    "marked vanished", ", ".join(map(str, categories)), marked)
+        return marked
