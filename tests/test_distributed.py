@@ -8,6 +8,7 @@ limit". Events are awaited by polling the sandbox's counters and Redis, never by
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
@@ -29,8 +30,8 @@ from scrapy.settings import Settings
 from scrapy.utils.request import request_from_dict
 
 from tests.crawling import PROJECT_ROOT, TOKEN, records
-from tmapi_crawler.distributed import serializer
 from tmapi_crawler.distributed.cluster import Cluster
+from tmapi_crawler.distributed.status import read_status
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.servers import MongodProcess, RedisProcess
 
@@ -75,7 +76,13 @@ class Env:
         self.cluster = Cluster(settings, "category_items")
 
     def status(self) -> dict[str, Any]:
-        return self.cluster.status()
+        async def read() -> dict[str, Any]:
+            try:
+                return await read_status(self.cluster)
+            finally:
+                await self.cluster.aclose()
+
+        return asyncio.run(read())
 
     def scrapy(self, *args: str, env: dict[str, str] | None = None,
                profile: str = "distributed") -> subprocess.CompletedProcess[str]:
@@ -165,8 +172,6 @@ def start_env(
     try:
         yield start
     finally:
-        for env in envs:
-            env.cluster.close()
         for sandbox in sandboxes:
             sandbox.stop()
 
@@ -264,20 +269,6 @@ def assert_no_secret_or_pickle(client: redis.Redis) -> set[bytes]:
         except ValueError:
             assert text.isprintable(), f"{key!r} holds {text[:80]!r}"
     return keys
-
-
-def test_requests_are_queued_as_json_data_only() -> None:
-    request = Request("http://api.test/x?a=1", method="POST", body=b"\x00\xffraw",
-                      headers={"X-Raw": b"\xfe"}, meta={"tmapi": {"page": 2, "last": [1, 2]}},
-                      priority=-3)
-    text = serializer.dumps(request.to_dict())
-    json.loads(text)  # plain JSON, nothing executable
-    again = request_from_dict(serializer.loads(text))
-    assert again.to_dict() == request.to_dict()
-    with pytest.raises(TypeError, match="only data may be queued"):
-        serializer.dumps({"meta": {"callback": print}})
-    with pytest.raises(UnicodeDecodeError):  # a pickle is not JSON: refused, never loaded
-        serializer.loads(pickle.dumps(request.to_dict()))
 
 
 def test_seed_validates_like_crawl_and_sends_nothing(

@@ -21,11 +21,10 @@ import pytest
 from scrapy.crawler import Crawler
 from scrapy.spiderloader import get_spider_loader
 from scrapy.utils.project import get_project_settings
-from scrapy.utils.request import request_from_dict
 
 from tests.crawling import TOKEN, CrawlResult, crawl
 from tmapi_crawler import api
-from tmapi_crawler.distributed import serializer
+from tmapi_crawler.distributed import entries
 from tmapi_crawler.frontier.context import CellRef, PageContext
 from tmapi_crawler.frontier.splitting import (
     Cell,
@@ -416,14 +415,16 @@ def test_a_price_point_over_the_cap_is_handled_and_its_loss_reported(
 
 
 def test_a_slice_is_an_ordinary_request_for_the_cluster_queue() -> None:
-    """Distributed workers queue requests as JSON: a slice, its meta included, survives that."""
+    """Distributed workers queue page specs and rebuild requests from them: a slice's request,
+    its meta included, comes back the same."""
     settings = get_project_settings()
     spidercls = get_spider_loader(settings).load("category_items")
     spider = spidercls.from_crawler(Crawler(spidercls, settings), cat_id="5")
     cell = Query(cat_id=5, sort="sales", price_start="9.9", price_end="9.9", new_arrival=False)
     context = PageContext(cell, by_price=False, cell=CellRef(cell.key(), 3), refetch=True)
     request = spider.page_request(context)
-    again = request_from_dict(serializer.loads(serializer.dumps(request.to_dict(spider=spider))),
-                              spider=spider)
+    context_again, priority = entries.decode(entries.encode(context, request.priority))
+    again = spider.page_request(context_again)
+    assert priority == request.priority
     assert (again.url, again.meta, again.dont_filter) == (request.url, request.meta, True)
     assert again.callback == spider.parse

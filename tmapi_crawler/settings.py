@@ -67,8 +67,6 @@ EXTENSIONS = {"tmapi_crawler.progress.ProgressReporter": 500}
 TMAPI_PROGRESS_INTERVAL = 30.0
 #: A live progress bar on stderr, when stderr is a terminal.
 TMAPI_PROGRESS_BAR = True
-#: Publish this worker's progress to Redis (REDIS_URL) for `scrapy status` (distributed profile).
-TMAPI_PROGRESS_REDIS = False
 
 STATS_CLASS = "tmapi_crawler.stats.StatsFileCollector"
 #: Empty: no stats file. Set it to write the final stats as JSON (scripts, CI, tests).

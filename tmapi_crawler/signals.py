@@ -16,3 +16,9 @@ page_failed = object()
 #: Sent by the storage pipeline after a batch is durably written (or refused by the database,
 #: which is final): ``items_stored(items: list[ProductPage])``.
 items_stored = object()
+
+#: Sent by a distributed worker's scheduler when the cluster crawl is complete (nothing queued,
+#: nothing leased by any worker, every entry ever queued done or failed), before the worker
+#: closes: ``crawl_complete(crawl_id: str, finaliser: bool)``. ``finaliser`` is true in exactly
+#: one worker, the one that completed it in Redis: the place to finalise the whole crawl once.
+crawl_complete = object()

@@ -34,7 +34,8 @@ class ClusterCommand(ScrapyCommand):
     default_settings: dict[str, Any] = {"LOG_ENABLED": False}
 
     def open_cluster(self, spider_name: str) -> Cluster:
-        """The cluster of ``spider_name``, or exit 2 with one line on bad settings."""
+        """The cluster of ``spider_name``, or exit 2 with one line on bad settings; the
+        command closes it (``Cluster.aclose``) inside the event loop it used."""
         assert self.settings is not None
         try:
             return Cluster(self.settings, spider_name)
