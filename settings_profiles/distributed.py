@@ -43,8 +43,8 @@ MAX_IDLE_TIME_BEFORE_CLOSE = 30
 #: leased requests and permits back.
 TMAPI_HEARTBEAT_INTERVAL = 2.0
 TMAPI_HEARTBEAT_TTL = 15.0
-#: A concurrency permit's lease: a permit its worker stopped renewing is free after this long
-#: (longer than any request: DOWNLOAD_TIMEOUT is at least 60 s).
+#: A concurrency permit's lease: a permit its worker stopped renewing (every heartbeat
+#: interval) is free after this long, if the worker's heartbeat did not expire first.
 TMAPI_LEASE_SECONDS = 90.0
 #: Entries a worker leases ahead of its downloader, so it never waits on Redis for work.
 TMAPI_QUEUE_PREFETCH = 4

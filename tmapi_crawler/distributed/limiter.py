@@ -44,7 +44,7 @@ import redis
 from scrapy import signals
 
 from tmapi_crawler.closing import close_spider
-from tmapi_crawler.distributed.cluster import Cluster
+from tmapi_crawler.distributed.cluster import Cluster, ClusterSettingsError
 from tmapi_crawler.transport.limiter import LimiterClosed
 
 if TYPE_CHECKING:
@@ -62,15 +62,15 @@ class RedisLimiter:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> RedisLimiter:
         settings = crawler.settings
+        cluster = Cluster.of(crawler)
         lease = settings.getfloat("TMAPI_LEASE_SECONDS")
-        if lease <= 0:
-            raise ValueError("TMAPI_LEASE_SECONDS must be positive")
-        if lease < settings.getfloat("DOWNLOAD_TIMEOUT"):
-            logger.warning("TMAPI_LEASE_SECONDS (%s) is shorter than DOWNLOAD_TIMEOUT: a slow "
-                           "request may outlive its permit and the cluster exceed its limit", lease)
+        if lease <= 2 * cluster.heartbeat_interval:
+            raise ClusterSettingsError(
+                "TMAPI_LEASE_SECONDS must be longer than two TMAPI_HEARTBEAT_INTERVALs, or "
+                "permits in use would expire between their renewals")
         limiter = cls(
             crawler,
-            Cluster.of(crawler),
+            cluster,
             maximum=settings.getint("TMAPI_CONCURRENCY"),
             recovery=settings.getint("TMAPI_THROTTLE_RECOVERY"),
             lease_seconds=lease,
