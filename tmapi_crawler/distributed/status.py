@@ -87,7 +87,7 @@ def describe_state(cluster: Cluster, raw: dict[str, Any], *, final: bool = False
         "in_flight_lost": lost,
         "done": done,
         "failed": failed,
-        "refused": failed - failed_known,
+        "refused": int(raw["refused"]),
         "known": known,
         "progress": round((done + failed_known) / known, 4) if known else None,
         "missing": int(crawl.get("missing", 0)),

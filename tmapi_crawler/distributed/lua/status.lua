@@ -10,9 +10,14 @@ local function hash(key)
   return out
 end
 local now = now_s()
-local failed, failed_known = redis.call('HKEYS', KEYS[5]), 0
-for _, id in ipairs(failed) do
-  failed_known = failed_known + redis.call('SISMEMBER', KEYS[3], id)
+local failed, failed_known, refused = redis.call('HGETALL', KEYS[5]), 0, 0
+for i = 1, #failed, 2 do
+  failed_known = failed_known + redis.call('SISMEMBER', KEYS[3], failed[i])
+  local ok, record = pcall(cjson.decode, failed[i + 1])
+  if ok and type(record) == 'table' and type(record.reason) == 'string'
+     and string.sub(record.reason, 1, 8) == 'refused:' then
+    refused = refused + 1
+  end
 end
 local workers = {}
 for w, info in pairs(hash(KEYS[6])) do
@@ -29,8 +34,9 @@ return cjson.encode({
   queued = redis.call('ZCARD', KEYS[2]),
   known = redis.call('SCARD', KEYS[3]),
   done = tonumber(redis.call('GET', KEYS[4]) or '0'),
-  failed = #failed,
+  failed = #failed / 2,
   failed_known = failed_known,
+  refused = refused,
   workers = workers,
   limit = tonumber(redis.call('GET', KEYS[8]) or '0'),
   permits = redis.call('ZCOUNT', KEYS[9], math.floor(now * 1000), '+inf'),
