@@ -12,6 +12,9 @@ BOT_NAME = "tmapi_crawler"
 SPIDER_MODULES = ["tmapi_crawler.spiders"]
 NEWSPIDER_MODULE = "tmapi_crawler.spiders"
 COMMANDS_MODULE = "tmapi_crawler.commands"
+#: A settings profile to overlay (settings_profiles/), where SCRAPY_PROJECT cannot pick one:
+#: a Scrapyd job (`schedule.json ... -d setting=TMAPI_PROFILE=distributed`).
+TMAPI_PROFILE = ""
 ADDONS = {"tmapi_crawler.transport.addon.TmapiAddon": 0}
 
 # The API.

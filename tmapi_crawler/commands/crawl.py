@@ -17,6 +17,7 @@ from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 from scrapy.spiderloader import get_spider_loader
 
+from settings_profiles import SCRAPYD_JOB, apply_profile
 from tmapi_crawler.plan import PlanError
 from tmapi_crawler.transport.credentials import MissingToken, token_from_settings
 
@@ -54,6 +55,8 @@ class Command(ScrapyCrawlCommand):
         if len(args) != 1:
             raise UsageError("give exactly one spider name")
         assert self.settings is not None
+        apply_profile(self.settings)  # a Scrapyd job picks its profile with a setting
+        opts.spargs.pop(SCRAPYD_JOB, None)
         check_before_start(self.settings, args[0], opts.spargs,
                            arguments_optional=self.settings.getbool("TMAPI_DISTRIBUTED"))
 

@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy.commands import ScrapyCommand
 
+from settings_profiles import apply_profile
 from tmapi_crawler.commands.crawl import USAGE_ERROR
 from tmapi_crawler.distributed.cluster import Cluster, ClusterSettingsError
 
 if TYPE_CHECKING:
+    import argparse
+
     from scrapy.settings import BaseSettings
 
 
@@ -32,6 +35,11 @@ class ClusterCommand(ScrapyCommand):
     requires_project = True
     requires_crawler_process = False
     default_settings: dict[str, Any] = {"LOG_ENABLED": False}
+
+    def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
+        super().process_options(args, opts)
+        assert self.settings is not None
+        apply_profile(self.settings)
 
     def open_cluster(self, spider_name: str) -> Cluster:
         """The cluster of ``spider_name``, or exit 2 with one line on bad settings; the
