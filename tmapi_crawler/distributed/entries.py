@@ -11,6 +11,7 @@ refused: it goes to the failed list with its reason, for people to inspect, and 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any, Final
 
 from tmapi_crawler.frontier.context import PageContext
@@ -62,17 +63,23 @@ def decode(data: bytes | str, *, known: bool = True) -> tuple[PageContext, int]:
         raise RefusedEntry("not a page spec in its canonical form")
     if context.page < 1 or context.last < 1:
         raise RefusedEntry(f"page {context.page} of {context.last}: pages start at 1")
-    _check_query(context.query.to_dict())
+    problem = _query_problem(json.dumps(page["query"], sort_keys=True))
+    if problem is not None:
+        raise RefusedEntry(problem)
     return context, priority
 
 
-def _check_query(query: dict[str, Any]) -> None:
-    """The query passes the same validation as the user's arguments, unchanged."""
+@lru_cache(maxsize=4096)
+def _query_problem(query_json: str) -> str | None:
+    """Why a query would be refused, if it would: the same validation as the user's arguments,
+    and nothing changed by it. Cached: every page of a query carries the same one."""
+    query: dict[str, Any] = json.loads(query_json)
     arguments = {name: str(value).lower() if isinstance(value, bool) else str(value)
                  for name, value in query.items()}
     try:
         plan = plan_from_arguments(arguments)
     except PlanError as exc:
-        raise RefusedEntry(f"query refused: {exc}") from None
+        return f"query refused: {exc}"
     if [q.to_dict() for q in plan.queries] != [query]:
-        raise RefusedEntry("query not in its canonical form")
+        return "query not in its canonical form"
+    return None
