@@ -1,4 +1,4 @@
-"""For ``scrapyd-deploy``, which builds its egg with ``setup.py``; everything is in pyproject.toml."""
+"""For ``scrapyd-deploy``, which builds its egg with ``setup.py``: the rest is in pyproject.toml."""
 
 from setuptools import setup
 
