@@ -104,6 +104,8 @@ class RedisLimiter:
         #: As of Redis's last answer: other workers waiting, permits in use in the cluster.
         self._others = 0
         self._used = 0
+        #: Whether Redis counts this worker as waiting (its last ask got less than it wanted).
+        self._short = False
         self._wakeup = asyncio.Event()
         self._release_wanted = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -270,6 +272,9 @@ class RedisLimiter:
         while not self._stopping():
             waiting = sum(1 for w in self._waiters if not w.done())
             if not waiting:
+                if self._short:  # withdraw: no other worker must keep to its share for us
+                    with contextlib.suppress(redis.RedisError):
+                        await self._ask(0)
                 return
             self._wakeup.clear()
             try:
@@ -309,7 +314,9 @@ class RedisLimiter:
             return []
         self.limit, self._used, self._others = int(result[0]), int(result[1]), int(result[2])
         self.peak = max(self.peak, self._used)
-        return [permit.decode() for permit in result[3:]]
+        granted = [permit.decode() for permit in result[3:]]
+        self._short = wanted > len(granted)
+        return granted
 
     async def _release_loop(self) -> None:
         """Give permits back to Redis; retried until Redis answers."""
