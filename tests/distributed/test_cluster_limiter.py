@@ -241,3 +241,30 @@ def test_a_stop_reaches_every_worker_started_before_it(redis_server: RedisProces
 
     asyncio.run(scenario())
     assert redis_client.hget("tmapi:limiter:stop", "reason") == b"tmapi_quota_exhausted"
+
+
+def test_a_released_permit_never_comes_back_to_life(redis_server: RedisProcess,
+                                                    redis_client: redis.Redis) -> None:
+    """A renewal sent before a release can reach Redis after it (another connection): the
+    permit must stay released, or the cluster loses a slot until its lease expires (seen in
+    B5 as runs stuck at 2 requests in flight)."""
+    worker = limiter(redis_server.uri)
+
+    async def scenario() -> None:
+        await started(worker)
+        try:
+            for _ in range(2):
+                await worker.acquire()
+            renewal = list(worker._held)  # what an acquisition in flight carries
+            await worker.release()
+            await until(lambda: redis_client.zcard("tmapi:limiter:permits") == 1)
+            await worker.cluster.scripts["limiter_acquire"](
+                keys=[worker.keys.epoch, worker.keys.limit, worker.keys.permits,
+                      worker.keys.stop, worker.keys.waiting],
+                args=[LIMIT, 0, worker.lease_ms, worker.cluster.worker_id, "late", 0,
+                      worker.grace_ms, 1000, *renewal])
+            assert redis_client.zcard("tmapi:limiter:permits") == 1
+        finally:
+            await shut(worker)
+
+    asyncio.run(scenario())

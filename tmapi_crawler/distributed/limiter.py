@@ -16,12 +16,14 @@ What keeps it at the account's full throughput (BENCHMARKS.md, B5):
 
 And what keeps it correct when Redis fails:
 
-* every call to acquire re-registers (and renews) the permits the worker holds, and a task
-  renews them every ``TMAPI_HEARTBEAT_INTERVAL`` otherwise: a dead worker's permits expire
-  after ``TMAPI_LEASE_SECONDS``, or as soon as the others see its heartbeat expire;
+* every call to acquire renews the permits the worker holds, and a task renews them every
+  ``TMAPI_HEARTBEAT_INTERVAL`` otherwise: a dead worker's permits expire after
+  ``TMAPI_LEASE_SECONDS``, or as soon as the others see its heartbeat expire;
 * when the limiter's state is new (the first worker on this Redis, or Redis lost it), no permit
   is granted for two heartbeat intervals, while the live workers put back the permits of the
   requests they have in flight: a restarted Redis never lets the cluster exceed its limit.
+  Only then are permits put back: a renewal that reaches Redis after the permit's release
+  (they travel on different connections) must not bring it back to life, or it would leak.
 
 The limit itself adapts like ``AdaptiveLimiter`` (one slot less per 503, one more after
 ``TMAPI_THROTTLE_RECOVERY`` successes), but cluster-wide. ``close(reason)`` with a finish

@@ -1,8 +1,10 @@
 -- Grant up to `wanted` concurrency permits to a worker, never more than the limit in use at once.
--- Also re-registers (and renews) the permits the worker holds: after Redis lost its state, live
--- workers put theirs back with their next call, and no permit is granted for `grace` ms after
--- the limiter's epoch began, so that they all can. When other workers wait too, a worker gets
--- at most its share (the limit split between the workers waiting) while it holds that many.
+-- Also renews the permits the worker holds. When the limiter's epoch is new (the first worker
+-- on this Redis, or Redis lost its state) it puts them back too, and grants nothing for `grace`
+-- ms, so that every live worker can put back what it has in flight first. Only then: a permit
+-- released by another call meanwhile must never come back to life and leak.
+-- When other workers wait too, a worker gets at most its share (the limit split between the
+-- workers waiting) while it holds that many.
 -- KEYS: epoch, limit, permits, stop, waiting.
 -- ARGV: maximum, wanted, lease ms, worker, permit id prefix, started ms, grace ms, stale ms,
 --       held permit ids...
@@ -23,14 +25,21 @@ local limit = tonumber(redis.call('GET', KEYS[2]) or maximum)
 if limit > maximum then limit = maximum end
 local worker, lease = ARGV[4], tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-for i = 9, #ARGV do redis.call('ZADD', KEYS[3], now + lease, ARGV[i]) end
+local fresh = now < since + tonumber(ARGV[7])
+for i = 9, #ARGV do
+  if fresh then
+    redis.call('ZADD', KEYS[3], now + lease, ARGV[i])
+  else
+    redis.call('ZADD', KEYS[3], 'XX', now + lease, ARGV[i])
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[8]))
 local others = redis.call('ZCARD', KEYS[5])
 if redis.call('ZSCORE', KEYS[5], worker) then others = others - 1 end
 local wanted = tonumber(ARGV[2])
 local used = redis.call('ZCARD', KEYS[3])
 local grant = 0
-if now >= since + tonumber(ARGV[7]) then
+if not fresh then
   grant = math.min(wanted, limit - used)
   if others > 0 and grant > 0 then
     local prefix, mine = worker .. ':', 0
