@@ -4,11 +4,14 @@
 ``SCRAPY_PROJECT=distributed scrapy crawl category_items`` (no arguments) on each machine works
 it; ``scrapy status category_items`` shows how far it got. What this changes, and why:
 
-* the scheduler, queue and dupefilter live in Redis (scrapy-redis), with a reliable queue:
-  popped requests are leased until their products are stored, so a killed worker loses nothing;
-* requests are stored as JSON, never pickled: writing to Redis must not mean running code;
-* ``SCHEDULER_PERSIST``: no worker's exit deletes the shared queue or dupefilter; ``scrapy
-  seed`` starts a fresh crawl (new crawl id, cleared dupefilter) once the previous one is over;
+* the queue and dupefilter live in Redis (scrapy-redis's dupefilter, a reliable queue of
+  ours): popped entries are leased until their products are stored, so a killed worker loses
+  nothing; no worker's exit deletes shared state, and ``scrapy seed`` starts a fresh crawl (new
+  crawl id, cleared dupefilter, full concurrency limit) once the previous one is over;
+* a queued entry is a page spec (JSON data), never a pickle or a request: each worker rebuilds
+  the request itself, so writing to Redis can neither run code nor redirect the token;
+* Redis must keep an append-only file (``appendonly yes``): if it loses the crawl, the workers
+  stop with the finish reason ``redis_state_lost`` rather than report a crawl with holes;
 * the concurrency limit (``TMAPI_CONCURRENCY``) and its 503 adaptation are cluster-wide, and a
   439 (quota) seen by any worker stops them all, keeping the queue for a resume;
 * a worker stays while the cluster has queued or leased work, then exits after
@@ -33,10 +36,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 TMAPI_REDIS_PREFIX = os.environ.get("TMAPI_REDIS_PREFIX", "tmapi")
 
 SCHEDULER = "tmapi_crawler.distributed.scheduler.DistributedScheduler"
-SCHEDULER_QUEUE_CLASS = "tmapi_crawler.distributed.queue.ReliablePriorityQueue"
-SCHEDULER_SERIALIZER = "tmapi_crawler.distributed.serializer"
 DUPEFILTER_CLASS = "scrapy_redis.dupefilter.RFPDupeFilter"
-SCHEDULER_PERSIST = True
 TMAPI_LIMITER = "tmapi_crawler.distributed.limiter.RedisLimiter"
 
 #: Seconds a worker waits with nothing queued or leased anywhere before it exits.
@@ -45,13 +45,14 @@ MAX_IDLE_TIME_BEFORE_CLOSE = 30
 #: leased requests and permits back.
 TMAPI_HEARTBEAT_INTERVAL = 2.0
 TMAPI_HEARTBEAT_TTL = 15.0
-#: A concurrency permit's lease: longer than any request (DOWNLOAD_TIMEOUT is at least 60 s).
+#: A concurrency permit's lease: a permit its worker stopped renewing (every heartbeat
+#: interval) is free after this long, if the worker's heartbeat did not expire first.
 TMAPI_LEASE_SECONDS = 90.0
+#: Entries a worker leases ahead of its downloader, so it never waits on Redis for work.
+TMAPI_QUEUE_PREFETCH = 4
 #: How often an idle worker looks for work queued by others, and a permit waiter re-asks when
 #: no release notification came (releases normally wake waiters at once).
 TMAPI_QUEUE_POLL_INTERVAL = 0.2
 TMAPI_LIMITER_POLL_INTERVAL = 0.1
 #: Deliveries after which a request whose workers keep dying is recorded as failed.
 TMAPI_MAX_DELIVERIES = 5
-#: Each worker's progress snapshot in Redis, which `scrapy status` adds up for the cluster.
-TMAPI_PROGRESS_REDIS = True

@@ -4,7 +4,7 @@ What it changes over ``distributed``, and why:
 
 * heartbeats every 5 s, a worker declared dead after 60 s: a GC pause, a busy host or a network
   blip must not make the others re-crawl a live worker's pages;
-* permits leased for 120 s: a full 60-s request timeout plus a generous margin;
+* a permit whose worker stopped renewing it is free after 120 s (it is renewed every 5 s);
 * workers wait 300 s for new work before exiting: seeds and stragglers arrive late;
 * idle workers look at the queue every 0.5 s: less Redis chatter, same throughput when busy;
 * MongoDB batches of 2,000 flushed every 5 s: fewer, larger writes; writes retried for 15 minutes,

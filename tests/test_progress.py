@@ -1,30 +1,26 @@
-"""Progress: the pure formatting and ETA, then real crawls — log lines, a bar on a real
-pseudo-terminal, snapshots in a real Redis added up by ``cluster_progress``."""
+"""Progress: the pure formatting and ETA, then real crawls — log lines and a bar on a real
+pseudo-terminal. A cluster's progress is tested with the cluster (``test_distributed*.py``)."""
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import pty
 import re
 import subprocess
 import sys
 import termios
-import time
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.crawling import PROJECT_ROOT, TOKEN, crawl
 from tmapi_crawler.progress import (
     Progress,
     Rate,
-    cluster_progress,
     eta_seconds,
     format_bar,
     format_duration,
@@ -38,8 +34,8 @@ LINE = re.compile(
     r"Progress: queries (?P<queries_done>\d+)/(?P<queries>\d+|\?) \| "
     r"pages (?P<pages_done>\d+)/(?P<pages_known>\d+|\?)(?: \([\d.]+%\))?(?:, (?P<failed>\d+) "
     r"failed)? \| sightings (?P<items>\d+): (?P<new>\d+) new products, (?P<updated>\d+) repeats, "
-    r"(?P<rejected>\d+) rejected \| answers (?P<answers>[^|]*) \| (?P<rate>[\d.]+) pages/s \| "
-    r"ETA (?P<eta>[\d:]+|\?)$"
+    r"(?P<rejected>\d+) rejected \| answers (?P<answers>[^|]*) \| (?P<rate>[\d.]+) pages/s"
+    r"(?: \| ETA (?P<eta>[\d:]+|\?))?$"
 )
 BAR = re.compile(r"\[[#?-]{20}\]")
 
@@ -58,6 +54,11 @@ def test_the_line_shows_every_counter() -> None:
     assert format_line(Progress(), 0.0, None) == (
         "queries 0/? | pages 0/? | sightings 0: 0 new products, 0 repeats, 0 rejected | "
         "answers none | 0.0 pages/s | ETA ?"
+    )
+    # A cluster's line (no per-worker queries) and a closing line (nothing left to wait for).
+    assert format_line(progress, 12.5, None, queries=False, final=True) == (
+        "pages 120/340 (35.3%), 2 failed | items 2400: 1100 new, 1290 updated, 10 rejected | "
+        "answers 200:125 417:3 | 12.5 pages/s"
     )
 
 
@@ -139,7 +140,7 @@ def matches_stats(line: dict[str, Any], stats: dict[str, Any]) -> None:
     answers = {k.removeprefix("tmapi/answers/"): v for k, v in stats.items()
                if k.startswith("tmapi/answers/")}
     assert {k: int(v) for k, v in line["answers"].items()} == answers
-    assert line["eta"] == "0:00:00"
+    assert line["eta"] is None  # the closing line: nothing is left to wait for
 
 
 def test_progress_lines_in_the_log_add_up(sandbox, mongod, mongo_db_name, tmp_path: Path) -> None:
@@ -230,78 +231,3 @@ def test_without_a_terminal_there_is_no_bar(sandbox, tmp_path: Path) -> None:
                    settings={"TMAPI_PROGRESS_INTERVAL": "0.2", "LOG_LEVEL": "INFO"})
     assert result.returncode == 0
     assert "\r" not in result.log
-
-
-def test_workers_publish_snapshots_that_cluster_progress_adds_up(
-    sandbox, redis_server, mongod, mongo_db_name, tmp_path: Path
-) -> None:
-    sandbox.reset()
-    prefix = mongo_db_name  # unique: Redis keys no other test uses
-    result = crawl(tmp_path, "cat_id=401", "language=en,zh", base_url=sandbox.url,
-                   mongo_uri=mongod.uri, database=mongo_db_name, settings={
-                       "TMAPI_PROGRESS_INTERVAL": "0.2", "LOG_LEVEL": "INFO",
-                       "TMAPI_PROGRESS_REDIS": "True", "REDIS_URL": redis_server.uri,
-                       "TMAPI_REDIS_PREFIX": prefix,
-                   })
-    assert result.returncode == 0, result.log[-3000:]
-    crawl_id, stats = result.stats["tmapi/crawl_id"], result.stats
-    client = redis.Redis.from_url(redis_server.uri)
-    try:
-        key = f"{prefix}:category_items:progress"
-        snapshots = {w.decode(): json.loads(v) for w, v in client.hgetall(key).items()}
-        assert len(snapshots) == 1
-        (snapshot,) = snapshots.values()
-        assert snapshot["state"] == "closed"
-        assert snapshot["finish_reason"] == "finished"
-        assert snapshot["crawl_id"] == crawl_id
-        assert 0 < client.ttl(key) <= 24 * 3600
-        alone = cluster_progress(client, "category_items", prefix=prefix)
-        assert alone["workers"] == 1
-        assert alone["running"] == 0
-        assert alone["pages"] == stats["tmapi/pages"]
-        assert alone["new"] == stats["tmapi/db/created"]
-        assert alone["pages_left"] == 0
-        assert TOKEN not in json.dumps(snapshots)
-
-        # Another worker of the same crawl, still running; one of an older crawl; one whose
-        # heartbeat stopped long ago.
-        now = time.time()
-        worker = {"queries": 0, "queries_done": 0, "pages": 10, "pages_failed": 0,
-                  "pages_known": 50, "items": 200, "stored": 190, "new": 20, "rejected": 0,
-                  "answers": {"200": 11, "503": 2}, "rate": 4.0, "crawl_id": crawl_id,
-                  "state": "running", "finish_reason": None, "interval": 0.2,
-                  "updated_at": now}
-        client.hset(key, mapping={
-            "busy": json.dumps(worker),
-            "stalled": json.dumps({**worker, "updated_at": now - 600, "rate": 100.0}),
-            "old": json.dumps({**worker, "crawl_id": "older", "updated_at": now - 3600}),
-        })
-        total = cluster_progress(client, "category_items", prefix=prefix)
-        assert total["crawl_id"] == crawl_id
-        assert total["workers"] == 3
-        assert total["running"] == 1
-        assert total["rate"] == 4.0
-        assert total["pages"] == stats["tmapi/pages"] + 20
-        assert total["pages_known"] == stats["tmapi/pages/known"] + 100
-        assert total["answers"]["503"] == 4
-        assert total["answers"]["200"] == stats["tmapi/answers/200"] + 22
-        assert total["pages_left"] == 80
-        assert total["eta"] == 20.0
-        assert total["line"].startswith(f"queries {stats['tmapi/queries/done']}/")
-        assert cluster_progress(client, "category_items", prefix=prefix,
-                                crawl_id="older")["workers"] == 1
-        assert cluster_progress(client, "nobody", prefix=prefix)["workers"] == 0
-
-        # A distributed crawl knows every page ever queued (also those `scrapy seed` queued,
-        # which no worker counted): its dupefilter.
-        client.hset(f"{prefix}:category_items:crawl", "id", "older")
-        client.sadd(f"{prefix}:category_items:dupefilter", *range(70))
-        current = cluster_progress(client, "category_items", prefix=prefix)
-        assert (current["crawl_id"], current["workers"]) == ("older", 1)
-        assert (current["pages_known"], current["pages_left"]) == (70, 60)
-        assert cluster_progress(client, "category_items", prefix=prefix,
-                                crawl_id=crawl_id)["pages_known"] == total["pages_known"]
-    finally:
-        client.delete(*(f"{prefix}:category_items:{name}"
-                        for name in ("progress", "crawl", "dupefilter")))
-        client.close()

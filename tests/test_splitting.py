@@ -19,11 +19,10 @@ import pytest
 from scrapy.crawler import Crawler
 from scrapy.spiderloader import get_spider_loader
 from scrapy.utils.project import get_project_settings
-from scrapy.utils.request import request_from_dict
 
 from tests.crawling import TOKEN, CrawlResult, crawl
 from tmapi_crawler import api
-from tmapi_crawler.distributed import serializer
+from tmapi_crawler.distributed import entries
 from tmapi_crawler.frontier.context import CellRef, PageContext
 from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.catalog import PRICE_POINT_CENTS, format_price
@@ -252,10 +251,9 @@ def test_a_page_is_an_ordinary_request_for_the_cluster_queue() -> None:
     context = PageContext(cell, page=3, last=9, size=20, ahead=9, by_price=False,
                           cell=CellRef(cell.key(), 3000), depth=4)
     request = spider.page_request(context)
-    again = request_from_dict(serializer.loads(serializer.dumps(request.to_dict(spider=spider))),
-                              spider=spider)
-    assert (again.url, again.meta, again.priority) == (request.url, request.meta,
-                                                       request.priority)
+    context_again, priority = entries.decode(entries.encode(context, request.priority))
+    again = spider.page_request(context_again)
+    assert (again.url, again.meta, again.priority) == (request.url, request.meta, priority)
     assert PageContext.from_dict(again.meta["tmapi"]) == context
     assert again.callback == spider.parse
     assert again.errback == spider.page_failed

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from scrapy.commands import ScrapyCommand
 from scrapy.settings import SETTINGS_PRIORITIES
 
+from settings_profiles import apply_profile
 from tmapi_crawler.validation import SettingError, check_settings, unknown_settings
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ class ProjectCommand(ScrapyCommand):
     def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
         super().process_options(args, opts)
         assert self.settings is not None
+        apply_profile(self.settings)  # a Scrapyd job picks its profile with a setting
         check_project_settings(self.settings)
 
 

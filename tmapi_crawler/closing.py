@@ -48,6 +48,9 @@ UNAUTHORIZED: Final = "tmapi_unauthorized"
 MONGODB_UNAVAILABLE: Final = "mongodb_unavailable"
 FOREIGN_REQUEST: Final = "tmapi_foreign_request"
 REDIS_UNAVAILABLE: Final = "redis_unavailable"
+#: Redis lost the cluster crawl's state (a restart without persistence, a flush) or some of its
+#: queued entries: the crawl cannot be completed, and is never reported ``finished``.
+REDIS_STATE_LOST: Final = "redis_state_lost"
 
 #: The API answers that end the whole crawl, and the finish reason each one gives.
 STOPPING_OUTCOMES: Final = {

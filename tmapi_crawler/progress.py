@@ -11,33 +11,28 @@ nothing; ``TMAPI_PROGRESS_INTERVAL = 0`` turns it off entirely. The numbers:
 * API answers by code (``tmapi/answers/<code>``);
 * pages per second over the last ``RATE_WINDOW`` seconds, and the ETA of the known pages left.
 
-In a distributed crawl (``TMAPI_PROGRESS_REDIS``) each worker also keeps a JSON snapshot in the
-Redis hash ``<TMAPI_REDIS_PREFIX>:<spider>:progress`` under its worker id; :func:`cluster_progress`
-adds them up for ``scrapy status``.
+A distributed worker logs the cluster's line instead, as ``scrapy status`` shows it (its
+scheduler's ``progress_line``): one worker's own share of a shared crawl tells nothing about
+when the crawl ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import socket
 import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Self, TextIO
 
-import redis
-import redis.asyncio
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.distributed.keys import CrawlKeys, redact_url
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -51,12 +46,6 @@ RATE_WINDOW = 60.0
 #: How often the bar is redrawn (2 Hz).
 BAR_PERIOD = 0.5
 BAR_CELLS = 20
-#: The Redis snapshots outlive a crawl by this much, so ``scrapy status`` can show how it ended.
-SNAPSHOT_TTL = 24 * 3600
-#: A running worker whose snapshot is older than this many intervals, plus a grace of
-#: ``STALE_GRACE`` seconds for a busy event loop, is not counted as running (it died).
-STALE_INTERVALS = 3
-STALE_GRACE = 5.0
 _CLEAR_LINE = "\r\x1b[K"
 
 
@@ -163,13 +152,17 @@ def _of(done: int, total: int) -> str:
     return f"{done}/{total or '?'}"
 
 
-def format_line(progress: Progress, rate: float, eta: float | None) -> str:
+def format_line(progress: Progress, rate: float, eta: float | None, *, queries: bool = True,
+                final: bool = False) -> str:
     """The log's progress line, e.g.
     ``queries 3/10 | pages 120/340 (35.3%), 2 failed | sightings 2400: 1100 new products,
     1290 repeats, 10 rejected | answers 200:125 417:3 | 12.5 pages/s | ETA 0:00:17``.
 
     A sighting is a product on a page; "new products" were first stored by it, "repeats" are
     sightings of products already stored (earlier in this crawl, or by an earlier one).
+
+    ``queries`` false leaves the queries out (a cluster's workers each see only part of a
+    query); ``final`` leaves the ETA out: nothing is left to wait for.
     """
     pages = f"pages {_of(progress.pages_done, progress.pages_known)}"
     if progress.pages_known:
@@ -177,7 +170,7 @@ def format_line(progress: Progress, rate: float, eta: float | None) -> str:
     if progress.pages_failed:
         pages += f", {progress.pages_failed} failed"
     answers = " ".join(f"{code}:{n}" for code, n in sorted(progress.answers.items())) or "none"
-    return " | ".join((
+    parts = [
         f"queries {_of(progress.queries_done, progress.queries)}",
         pages,
         f"sightings {progress.items}: {progress.new} new products, {progress.updated} repeats, "
@@ -185,7 +178,8 @@ def format_line(progress: Progress, rate: float, eta: float | None) -> str:
         f"answers {answers}",
         f"{rate:.1f} pages/s",
         f"ETA {format_duration(eta)}",
-    ))
+    ]
+    return " | ".join(parts[0 if queries else 1:-1 if final else None])
 
 
 def format_bar(progress: Progress, rate: float, eta: float | None, width: int) -> str:
@@ -250,53 +244,16 @@ class _Bar:
         return True
 
 
-class _Publisher:
-    """This worker's snapshot in the cluster's progress hash; Redis trouble is only logged."""
-
-    def __init__(self, url: str, key: str, worker: str) -> None:
-        self.url, self.key, self.worker = url, key, worker
-        self.client = redis.asyncio.Redis.from_url(url, socket_timeout=5,
-                                                    socket_connect_timeout=5)
-        #: Redis's clock minus ours: snapshots are stamped in the clock every reader shares.
-        self._offset: float | None = None
-        self._failing = False
-
-    async def publish(self, snapshot: dict[str, Any]) -> None:
-        try:
-            if self._offset is None:
-                seconds, micros = await self.client.time()
-                self._offset = seconds + micros / 1e6 - time.time()
-            snapshot["updated_at"] = time.time() + self._offset
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(self.key, self.worker, json.dumps(snapshot))
-                pipe.expire(self.key, SNAPSHOT_TTL)
-                await pipe.execute()
-        except redis.RedisError as exc:
-            if not self._failing:
-                logger.warning("Could not publish progress to Redis at %s: %s",
-                               redact_url(self.url), exc)
-            self._failing = True
-        else:
-            self._failing = False
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-
 class ProgressReporter:
-    """The extension: ``TMAPI_PROGRESS_INTERVAL`` seconds between log lines (0: off), a bar
-    when stderr is a terminal and ``TMAPI_PROGRESS_BAR`` allows, Redis snapshots with
-    ``TMAPI_PROGRESS_REDIS`` and ``REDIS_URL``."""
+    """The extension: ``TMAPI_PROGRESS_INTERVAL`` seconds between log lines (0: off), and a
+    bar when stderr is a terminal and ``TMAPI_PROGRESS_BAR`` allows."""
 
-    def __init__(self, crawler: Crawler, interval: float, bar: _Bar | None,
-                 redis_url: str | None) -> None:
+    def __init__(self, crawler: Crawler, interval: float, bar: _Bar | None) -> None:
         self.crawler = crawler
         self.stats: StatsCollector = crawler.stats
         self.interval = interval
         self.bar = bar
-        self.redis_url = redis_url
         self.rate = Rate()
-        self.publisher: _Publisher | None = None
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -308,33 +265,19 @@ class ProgressReporter:
         bar = None
         if settings.getbool("TMAPI_PROGRESS_BAR") and sys.stderr.isatty():
             bar = _Bar(sys.stderr)
-        redis_url = None
-        if settings.getbool("TMAPI_PROGRESS_REDIS"):
-            redis_url = settings.get("REDIS_URL") or None
-            if redis_url is None:
-                logger.warning("TMAPI_PROGRESS_REDIS is set but REDIS_URL is not: progress "
-                               "stays in this worker's log")
-        reporter = cls(crawler, interval, bar, redis_url)
+        reporter = cls(crawler, interval, bar)
         crawler.signals.connect(reporter.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(reporter.spider_closed, signal=signals.spider_closed)
         return reporter
 
     def spider_opened(self) -> None:
-        if self.redis_url is not None:
-            spider = self.crawler.spider
-            assert spider is not None
-            prefix = self.crawler.settings.get("TMAPI_REDIS_PREFIX") or "tmapi"
-            worker = (getattr(self.crawler.engine.scheduler, "worker_id", None)
-                      or f"{socket.gethostname()}-{os.getpid()}")
-            key = CrawlKeys(f"{prefix}:{spider.name}").progress
-            self.publisher = _Publisher(self.redis_url, key, worker)
         progress = self._sample()
         if self.bar is not None:
             self.bar.attach()
             self._draw(progress)
         self._task = asyncio.ensure_future(self._run())
 
-    async def spider_closed(self, reason: str) -> None:
+    async def spider_closed(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -342,17 +285,12 @@ class ProgressReporter:
         progress = self._sample()
         if self.bar is not None:
             self.bar.detach()
-        self._log(progress)
-        if self.publisher is not None:
-            await self.publisher.publish(self._snapshot(progress, "closed", reason))
-            await self.publisher.close()
+        await self._log(progress, final=True)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         period = min(self.interval, BAR_PERIOD) if self.bar is not None else self.interval
         next_line = loop.time() + self.interval
-        if self.publisher is not None:  # `scrapy status` shows a worker as soon as it starts
-            await self.publisher.publish(self._snapshot(self._sample(), "running"))
         while True:
             await asyncio.sleep(period)
             progress = self._sample()
@@ -363,9 +301,7 @@ class ProgressReporter:
                 next_line += self.interval
                 if next_line <= now:  # the loop was stalled: no burst of lines to catch up
                     next_line = now + self.interval
-                self._log(progress)
-                if self.publisher is not None:
-                    await self.publisher.publish(self._snapshot(progress, "running"))
+                await self._log(progress)
 
     def _sample(self) -> Progress:
         progress = Progress.from_stats(self.stats.get_stats())
@@ -377,61 +313,12 @@ class ProgressReporter:
         rate = self.rate.per_second()
         self.bar.draw(format_bar(progress, rate, eta_seconds(progress, rate), self.bar.width()))
 
-    def _log(self, progress: Progress) -> None:
-        rate = self.rate.per_second()
-        logger.info("Progress: %s", format_line(progress, rate, eta_seconds(progress, rate)))
-
-    def _snapshot(
-        self, progress: Progress, state: str, reason: str | None = None
-    ) -> dict[str, Any]:
-        return {
-            **asdict(progress),
-            "rate": self.rate.per_second(),
-            "crawl_id": self.stats.get_value(stats_keys.CRAWL_ID),
-            "state": state,
-            "finish_reason": reason,
-            "interval": self.interval,
-        }
-
-
-def cluster_progress(
-    client: redis.Redis, spider_name: str, *, prefix: str = "tmapi", crawl_id: str | None = None
-) -> dict[str, Any]:
-    """Every worker's progress in one crawl, added up (``scrapy status``).
-
-    ``crawl_id`` None: the cluster's current crawl, else the crawl of the newest snapshot.
-    Counters are sums over the crawl's workers, finished ones included; the rate only counts
-    workers still running. For the cluster's current crawl the pages known are the shared
-    dupefilter's size (every page ever queued), which also counts the pages ``scrapy seed``
-    queued and no worker created.
-    """
-    keys = CrawlKeys(f"{prefix}:{spider_name}")
-    with client.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.progress).time().hget(keys.crawl, "id").scard(keys.dupefilter)
-        entries, (seconds, micros), current, queued = pipe.execute()
-    now = seconds + micros / 1e6
-    snapshots = [json.loads(value) for value in entries.values()]
-    if crawl_id is None:
-        if current is not None:
-            crawl_id = current.decode()
-        elif snapshots:
-            crawl_id = max(snapshots, key=lambda s: s["updated_at"])["crawl_id"]
-    ours = [s for s in snapshots if s["crawl_id"] == crawl_id]
-    running = [s for s in ours if s["state"] == "running"
-               and now - s["updated_at"] <= STALE_INTERVALS * s["interval"] + STALE_GRACE]
-    total = Progress.total(Progress.from_snapshot(s) for s in ours)
-    if queued and current is not None and current.decode() == crawl_id:
-        total = replace(total, pages_known=queued)
-    rate = sum(s["rate"] for s in running)
-    eta = eta_seconds(total, rate)
-    return {
-        "crawl_id": crawl_id,
-        "workers": len(ours),
-        "running": len(running),
-        **asdict(total),
-        "pages_done": total.pages_done,
-        "pages_left": total.pages_left,
-        "rate": rate,
-        "eta": eta,
-        "line": format_line(total, rate, eta),
-    }
+    async def _log(self, progress: Progress, *, final: bool = False) -> None:
+        """This crawl's line; a distributed worker's scheduler gives the cluster's."""
+        cluster_line = getattr(self.crawler.engine.scheduler, "progress_line", None)
+        line = await cluster_line(final=final) if cluster_line is not None else None
+        if line is None:
+            rate = self.rate.per_second()
+            line = format_line(progress, rate, None if final else eta_seconds(progress, rate),
+                               final=final)
+        logger.info("Progress: %s", line)

@@ -12,6 +12,9 @@ BOT_NAME = "tmapi_crawler"
 SPIDER_MODULES = ["tmapi_crawler.spiders"]
 NEWSPIDER_MODULE = "tmapi_crawler.spiders"
 COMMANDS_MODULE = "tmapi_crawler.commands"
+#: A settings profile to overlay (settings_profiles/), where SCRAPY_PROJECT cannot pick one:
+#: a Scrapyd job (`schedule.json ... -d setting=TMAPI_PROFILE=distributed`).
+TMAPI_PROFILE = ""
 ADDONS = {"tmapi_crawler.transport.addon.TmapiAddon": 0}
 
 # The API.
@@ -91,8 +94,6 @@ EXTENSIONS = {
 TMAPI_PROGRESS_INTERVAL = 30.0
 #: A live progress bar on stderr, when stderr is a terminal.
 TMAPI_PROGRESS_BAR = True
-#: Publish this worker's progress to Redis (REDIS_URL) for `scrapy status` (distributed profile).
-TMAPI_PROGRESS_REDIS = False
 
 STATS_CLASS = "tmapi_crawler.stats.StatsFileCollector"
 #: Empty: no stats file. Set it to write the final stats as JSON (scripts, CI, tests).

@@ -33,3 +33,9 @@ forced_stop = object()
 #: Sent after every ``forced_stop`` handler finished: ``crawl_killed(reason: str)``. Record how
 #: the crawl ended (the run record), bounded by ``TMAPI_FORCED_STOP_TIMEOUT``.
 crawl_killed = object()
+
+#: Sent by a distributed worker's scheduler when the cluster crawl is complete (nothing queued,
+#: nothing leased by any worker, every entry ever queued done or failed), before the worker
+#: closes: ``crawl_complete(crawl_id: str, finaliser: bool)``. ``finaliser`` is true in exactly
+#: one worker, the one that completed it in Redis: the place to finalise the whole crawl once.
+crawl_complete = object()

@@ -88,6 +88,8 @@ DISTRIBUTED_ACKED: Final = f"{DISTRIBUTED}/acked"
 DISTRIBUTED_RECLAIMED: Final = f"{DISTRIBUTED}/reclaimed_before_ack"
 DISTRIBUTED_FAILED: Final = f"{DISTRIBUTED}/failed"
 DISTRIBUTED_REAPED: Final = f"{DISTRIBUTED}/reaped"
+DISTRIBUTED_REFUSED: Final = f"{DISTRIBUTED}/refused"
+DISTRIBUTED_MISSING: Final = f"{DISTRIBUTED}/missing"
 
 
 def answer(code: int | str) -> str:

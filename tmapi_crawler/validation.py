@@ -223,9 +223,9 @@ SETTINGS: Final[dict[str, Rule]] = {
     # Progress.
     "TMAPI_PROGRESS_INTERVAL": seconds(zero=True),
     "TMAPI_PROGRESS_BAR": BOOLEAN,
-    "TMAPI_PROGRESS_REDIS": BOOLEAN,
     # Distributed crawling.
     "TMAPI_DISTRIBUTED": BOOLEAN,
+    "TMAPI_PROFILE": choice("", "local", "distributed", "production"),
     "REDIS_URL": redis_url(),
     "REDIS_EMBEDDED_DIR": path(),
     "TMAPI_REDIS_PREFIX": REDIS_PREFIX,
@@ -235,6 +235,7 @@ SETTINGS: Final[dict[str, Rule]] = {
     "TMAPI_QUEUE_POLL_INTERVAL": seconds(),
     "TMAPI_LIMITER_POLL_INTERVAL": seconds(),
     "TMAPI_MAX_DELIVERIES": integer(1),
+    "TMAPI_QUEUE_PREFETCH": integer(1),
     "MAX_IDLE_TIME_BEFORE_CLOSE": integer(0),
 }
 

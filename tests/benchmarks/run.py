@@ -131,37 +131,66 @@ def limit_efficiency(bench: Bench, faults: dict[int, float]) -> dict[str, Any]:
             "complete": round(bench.stored(database) / len(truth), 4)}
 
 
+#: B5 rounds: each runs a single process and then 1, 2 and 4 workers on the same work.
+B5_ROUNDS = 5
+
+
 def distributed(bench: Bench) -> dict[str, Any]:
-    """B5: 1, 2 and 4 workers on this machine sharing one limit of 8 at 200 ms, 400 pages."""
-    redis = RedisProcess(bench.workdir / "redis").start()
-    results: dict[str, Any] = {}
+    """B5: a single process, then 1, 2 and 4 workers on this machine sharing one limit of 8
+    at 200 ms, 400 pages each, side by side, ``B5_ROUNDS`` times; the spread of each."""
+    redis = RedisProcess(bench.workdir / "redis", persistent=True).start()
+    measured: dict[str, list[dict[str, Any]]] = {}
     try:
-        for workers in (1, 2, 4):
-            cats = ",".join(map(str, categories(16, 6001 + 100 * workers)))
-            with SandboxProcess(token=[TOKEN], latency=LATENCY, concurrency_limit=LIMIT,
-                                default_size=PAGES_PER_CATEGORY * 20) as sandbox:
-                env = {**os.environ, "SCRAPY_PROJECT": "distributed", "REDIS_URL": redis.uri,
-                       "TMAPI_REDIS_PREFIX": f"bench{workers}", "TMAPI_TOKEN": TOKEN,
-                       "TMAPI_BASE_URL": sandbox.url, "MONGO_URI": bench.mongod.uri,
-                       "MONGO_DATABASE": bench.database(), "TMAPI_CONCURRENCY": str(LIMIT)}
-                subprocess.run([sys.executable, "-m", "scrapy", "seed", "category_items",
-                                "-a", f"cat_id={cats}"], cwd=ROOT, env=env, check=True,
-                               capture_output=True)
-                crawl = [sys.executable, "-m", "scrapy", "crawl", "category_items",
-                         "-s", "LOG_LEVEL=INFO", "-s", "MAX_IDLE_TIME_BEFORE_CLOSE=2"]
-                processes = [subprocess.Popen(crawl, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL) for _ in range(workers)]
-                if any(p.wait() for p in processes):
-                    raise RuntimeError(f"a worker of {workers} failed")
-                result = efficiency(sandbox, LIMIT, LATENCY)
-            if result["pages"] < 16 * PAGES_PER_CATEGORY:
-                raise RuntimeError(f"{workers} workers fetched only {result['pages']} pages")
-            results[f"workers_{workers}"] = (f"efficiency {result['efficiency']}, "
-                                             f"503s {result['share_503']}, "
-                                             f"peak {result['peak_in_flight']}")
+        for round_ in range(B5_ROUNDS):
+            for workers in (0, 1, 2, 4):  # 0: the single process
+                first = 6001 + 1000 * round_ + 100 * workers
+                measured.setdefault(f"workers_{workers}" if workers else "single", []).append(
+                    _b5_run(bench, redis, workers, ",".join(map(str, categories(16, first))),
+                            f"bench{round_}x{workers}"))
     finally:
         redis.stop()
+    single = [run["efficiency"] for run in measured.pop("single")]
+    results: dict[str, Any] = {"single": _spread(single)}
+    for name, runs in measured.items():
+        efficiencies = [run["efficiency"] for run in runs]
+        results[name] = (
+            f"efficiency {_spread(efficiencies)}, vs single "
+            f"{_spread([e / s for e, s in zip(efficiencies, single, strict=True)])}, "
+            f"503s ≤ {max(run['share_503'] for run in runs)}, "
+            f"peak ≤ {max(run['peak_in_flight'] for run in runs)}")
     return results
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.3f}-{max(values):.3f}"
+
+
+def _b5_run(bench: Bench, redis: RedisProcess, workers: int, cats: str, prefix: str
+            ) -> dict[str, Any]:
+    """One B5 crawl: ``workers`` distributed workers, or (0) one local process."""
+    with SandboxProcess(token=[TOKEN], latency=LATENCY, concurrency_limit=LIMIT,
+                        default_size=PAGES_PER_CATEGORY * 20) as sandbox:
+        if not workers:
+            bench.crawl(sandbox, [f"cat_id={cats}"], bench.database(),
+                        {"TMAPI_CONCURRENCY": LIMIT})
+        else:
+            env = {**os.environ, "SCRAPY_PROJECT": "distributed", "REDIS_URL": redis.uri,
+                   "TMAPI_REDIS_PREFIX": prefix, "TMAPI_TOKEN": TOKEN,
+                   "TMAPI_BASE_URL": sandbox.url, "MONGO_URI": bench.mongod.uri,
+                   "MONGO_DATABASE": bench.database(), "TMAPI_CONCURRENCY": str(LIMIT)}
+            subprocess.run([sys.executable, "-m", "scrapy", "seed", "category_items",
+                            "-a", f"cat_id={cats}"], cwd=ROOT, env=env, check=True,
+                           capture_output=True)
+            crawl = [sys.executable, "-m", "scrapy", "crawl", "category_items",
+                     "-s", "LOG_LEVEL=INFO", "-s", "MAX_IDLE_TIME_BEFORE_CLOSE=2"]
+            processes = [subprocess.Popen(crawl, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL) for _ in range(workers)]
+            if any(p.wait() for p in processes):
+                raise RuntimeError(f"a worker of {workers} failed")
+        result = efficiency(sandbox, LIMIT, LATENCY)
+    if result["pages"] < 16 * PAGES_PER_CATEGORY:
+        raise RuntimeError(f"{workers} workers fetched only {result['pages']} pages")
+    return result
 
 
 def cpu_per_item(bench: Bench) -> dict[str, Any]:
@@ -264,7 +293,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
         b, {417: 0.025, 499: 0.025, 500: 0.025, 503: 0.025})),
     "B3": ("CPU per 1,000 stored items", cpu_per_item),
     "B4": ("memory of one worker", memory),
-    "B5": ("distributed: workers sharing one limit", distributed),
+    "B5": ("distributed: workers sharing one limit, beside a single process", distributed),
     "B6": ("capped categories: calls and coverage against the ideal", capped_categories),
 }
 

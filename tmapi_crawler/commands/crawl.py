@@ -20,6 +20,7 @@ from scrapy.exceptions import UsageError
 from scrapy.settings import BaseSettings
 from scrapy.spiderloader import get_spider_loader
 
+from settings_profiles import SCRAPYD_JOB
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.cli import USAGE_ERROR, ProjectCommand, fail
 from tmapi_crawler.distributed.embedded import resolve_redis_url
@@ -101,6 +102,7 @@ class Command(ProjectCommand, ScrapyCrawlCommand):
         if len(args) != 1:
             raise UsageError("give exactly one spider name")
         assert self.settings is not None
+        opts.spargs.pop(SCRAPYD_JOB, None)
         check_before_start(self.settings, args[0], opts.spargs,
                            arguments_optional=self.settings.getbool("TMAPI_DISTRIBUTED"))
 

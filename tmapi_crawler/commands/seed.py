@@ -2,12 +2,14 @@
 
 Takes the same arguments and plan files as ``scrapy crawl``, checked by the same code (a bad one
 exits 2 with one line, before Redis is touched). The page-1 requests are built by the spider's
-own ``page_request`` and pushed through the workers' queue and dupefilter code, so workers see
-exactly the requests a seeding worker would have queued. No token is needed: nothing is sent.
+own ``page_request`` and queued as the workers queue theirs (page specs, through the shared
+dupefilter), so workers see exactly what a seeding worker would have queued. No token is needed:
+nothing is sent. Starting a new crawl also resets a concurrency limit the last one lowered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import TYPE_CHECKING
 
@@ -20,11 +22,15 @@ from scrapy.utils.conf import arglist_to_dict
 from tmapi_crawler.commands.crawl import check_before_start
 from tmapi_crawler.distributed.command import ClusterCommand, require_distributed
 from tmapi_crawler.distributed.keys import redact_url
+from tmapi_crawler.distributed.queue import page_push
 from tmapi_crawler.frontier.context import PageContext
 
 if TYPE_CHECKING:
     import argparse
 
+    from scrapy import Spider
+
+    from tmapi_crawler.distributed.cluster import Cluster
 
 
 class Command(ClusterCommand):
@@ -38,8 +44,8 @@ class Command(ClusterCommand):
         return (
             "Validates the arguments and plan file exactly like `scrapy crawl`, then pushes the "
             "first page of every query into the shared queue. Starts a new cluster crawl if the "
-            "previous one is over (nothing queued or leased, no worker alive); otherwise adds to "
-            "it. Prints the number of queries queued and the crawl id."
+            "previous one is over (complete, lost, or nothing queued or leased and no worker "
+            "alive); otherwise adds to it. Prints the number of queries queued and the crawl id."
         )
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
@@ -65,21 +71,32 @@ class Command(ClusterCommand):
         spider = spidercls.from_crawler(Crawler(spidercls, self.settings), **opts.spargs)
         cluster = self.open_cluster(spider.name)
         try:
-            crawl_id, fresh = cluster.begin_crawl(renew=True, worker_info=None)
-            queue, dupefilter = cluster.open_queue(spider, worker=None), cluster.dupefilter()
-            queries = spider.plan.queries
-            added = sum(
-                queue.push_unique(spider.page_request(PageContext(query)), dupefilter)
-                for query in queries
-            )
+            crawl_id, fresh, added, total, problem = asyncio.run(_seed(cluster, spider))
         except redis.RedisError as exc:
             print(f"error: Redis at {redact_url(cluster.url)}: {exc}", file=sys.stderr)
             self.exitcode = 1
             return
-        finally:
-            cluster.close()
-        known = len(queries) - added
-        print(f"queued {added} of {len(queries)} queries"
+        if problem is not None:
+            print(f"warning: Redis at {redact_url(cluster.url)}: {problem}; if it restarts, the "
+                  "crawl is lost (workers stop with redis_state_lost): run it with "
+                  "--appendonly yes", file=sys.stderr)
+        known = total - added
+        print(f"queued {added} of {total} queries"
               + (f" ({known} already in the crawl)" if known else "")
               + f" into {'new' if fresh else 'running'} crawl {crawl_id} "
               f"at {redact_url(cluster.url)} ({cluster.keys.base})")
+
+
+async def _seed(cluster: Cluster, spider: Spider) -> tuple[str, bool, int, int, str | None]:
+    """(crawl id, whether it is new, queries queued, queries given, persistence problem)."""
+    try:
+        crawl_id, fresh = await cluster.begin_crawl(renew=True, worker_info=None)
+        problem = await cluster.persistence()
+        queries = spider.plan.queries
+        added = await cluster.queue(crawl_id, None).push([
+            page_push(spider.page_request(PageContext(query)), cluster.dupefilter)
+            for query in queries
+        ])
+    finally:
+        await cluster.aclose()
+    return crawl_id, fresh, sum(added), len(queries), problem

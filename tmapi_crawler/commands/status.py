@@ -1,14 +1,15 @@
 """``scrapy status``: how far the distributed crawl got, from Redis alone.
 
 Read-only, so it is safe to run any time and from anywhere: queued, in flight (leased by live
-workers, and by dead ones until the reaper returns them), done, failed, the workers seen with
-their last heartbeat, the cluster-wide stop flag, the shared concurrency limit, and the
-progress line of a single crawl (queries, pages, items, answers, rate, ETA) summed over every
-worker.
+workers, and by dead ones until the others take them back), done, failed (refused entries
+among them), the workers seen with their last heartbeat, the cluster-wide stop flag, the shared
+concurrency limit, and the crawl's progress line (pages, items, answers, rate, ETA) — all read
+at one moment by ``distributed.status``, which the workers' progress lines use too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -20,10 +21,12 @@ from scrapy.spiderloader import get_spider_loader
 from tmapi_crawler.commands.crawl import USAGE_ERROR
 from tmapi_crawler.distributed.command import ClusterCommand, require_distributed
 from tmapi_crawler.distributed.keys import redact_url
-from tmapi_crawler.progress import cluster_progress
+from tmapi_crawler.distributed.status import read_status
 
 if TYPE_CHECKING:
     import argparse
+
+    from tmapi_crawler.distributed.cluster import Cluster
 
 
 class Command(ClusterCommand):
@@ -49,17 +52,19 @@ class Command(ClusterCommand):
             raise SystemExit(USAGE_ERROR) from None
         cluster = self.open_cluster(name)
         try:
-            status = cluster.status()
-            status["cluster_progress"] = cluster_progress(
-                cluster.redis, name, prefix=self.settings.get("TMAPI_REDIS_PREFIX") or "tmapi"
-            )
+            status = asyncio.run(_read(cluster))
         except redis.RedisError as exc:
             print(f"error: Redis at {redact_url(cluster.url)}: {exc}", file=sys.stderr)
             self.exitcode = 1
             return
-        finally:
-            cluster.close()
         print(json.dumps(status, indent=1) if opts.json else describe(status))
+
+
+async def _read(cluster: Cluster) -> dict[str, Any]:
+    try:
+        return await read_status(cluster)
+    finally:
+        await cluster.aclose()
 
 
 def describe(status: dict[str, Any]) -> str:
@@ -74,10 +79,13 @@ def describe(status: dict[str, Any]) -> str:
         + (f" (+{status['in_flight_lost']} held by lost workers, returning)"
            if status["in_flight_lost"] else ""),
         f"  done       {status['done']}",
-        f"  failed     {status['failed']}",
-        f"  pages      {status['done'] + status['failed']} of {status['known']} known"
+        f"  failed     {status['failed']}"
+        + (f" ({status['refused']} refused entries)" if status["refused"] else ""),
+        f"  pages      {status['cluster_progress']['pages_done']} of {status['known']} known"
         + (f" ({progress:.1%})" if progress is not None else ""),
     ]
+    if status["missing"]:
+        lines.append(f"  missing    {status['missing']} queued entries Redis lost")
     stop = status["stop"]
     lines.append(f"  stop flag  {stop['reason']}, set {stop['age']:.0f} s ago" if stop
                  else "  stop flag  none")

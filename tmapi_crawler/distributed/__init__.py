@@ -1,37 +1,48 @@
 """Distributed crawling: workers on any number of machines share one crawl through Redis.
 
-scrapy-redis gives the shared priority queue and dupefilter; this package adds what a paid API
-needs on top of it:
+scrapy-redis gives the dupefilter and the shape of the shared priority queue; this package adds
+what a paid API needs on top of it:
 
-* ``queue`` — a *reliable* queue: a popped request is leased to its worker until its page is
+* ``entries`` — what the queue holds: page specs only, from which each worker rebuilds its
+  requests (nothing written to Redis can redirect the token or run code);
+* ``queue`` — a *reliable* queue: a popped entry is leased to its worker until its page is
   parsed and every product of it is stored, so a worker killed mid-crawl loses nothing;
-* ``scheduler`` — scrapy-redis's scheduler made fit for Scrapy 2.19 and for many workers: the
-  acknowledgement ledger, heartbeats, the reaper of dead workers' leases, and a worker lifetime
-  bounded by the whole cluster's work rather than its own;
-* ``limiter`` — one concurrency limit for all workers (a lease-based semaphore), with the
-  cluster-wide stop on an exhausted quota;
-* ``serializer`` — requests stored as JSON data, never pickles.
+* ``scheduler`` — a Scrapy scheduler that never waits on Redis: a prefetched local buffer, an
+  ordered writer, heartbeats, the reaper of dead workers' leases, the detection of a Redis that
+  lost the crawl, and the one moment the whole cluster crawl is complete;
+* ``limiter`` — one concurrency limit for all workers, at the account's full throughput (permits
+  change hands locally), with the cluster-wide stop on an exhausted quota;
+* ``cluster``, ``status`` — one process's handle on the shared crawl; what ``scrapy status`` and
+  the progress lines show, read at one moment;
+* ``scripts`` and ``lua/`` — every change to shared state is one Lua script.
 
 Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W`` = a worker id)::
 
-    P:S:requests        zset    queued requests (JSON), scored by -priority (scrapy-redis)
-    P:S:dupefilter      set     fingerprints of every request ever queued (scrapy-redis)
-    P:S:crawl           hash    the cluster crawl: id, started_at
+    P:S:requests        zset    entry ids queued, scored by -priority
+    P:S:entries         hash    entry id -> JSON {page, priority} (``entries.py``), while queued
+                                or leased
+    P:S:dupefilter      set     every entry id ever queued in this crawl (scrapy-redis's
+                                dupefilter: request fingerprints, unique ones for refetches)
+    P:S:crawl           hash    the cluster crawl: id, started_at; completed_at, completed_by
+                                once complete; lost, lost_at, missing once Redis lost it
     P:S:workers         hash    W -> JSON {host, pid, started_at, last_seen, state, ...}
     P:S:alive:W         string  heartbeat; expires after TMAPI_HEARTBEAT_TTL
-    P:S:leases:W        hash    lease id -> JSON [score, request]: requests W is working on
-    P:S:deliveries      hash    lease id -> times the request was handed out (poison guard)
-    P:S:done            string  requests acknowledged (page parsed, products stored)
-    P:S:failed          hash    lease id -> JSON {reason, at, worker, deliveries, request}
-    P:S:progress        hash    W -> JSON progress snapshot (``tmapi_crawler.progress``);
-                                expires a day after the last write
+    P:S:leases:W        hash    entry id -> score: entries W is working on
+    P:S:deliveries      hash    entry id -> times it was handed out (poison guard)
+    P:S:done            string  entries acknowledged (page parsed, products stored)
+    P:S:failed          hash    entry id -> JSON {reason, at, worker, deliveries, entry}: pages
+                                given up on, and entries refused ("refused: ...")
+    P:S:progress        hash    W -> JSON progress counters, written with its acknowledgements
+    P:limiter:epoch     string  when the limiter's state began (ms, Redis clock)
     P:limiter:permits   zset    permit id (W:n:i) -> lease expiry (ms, Redis clock)
+    P:limiter:waiting   zset    W -> when it last asked for permits it did not get (ms)
     P:limiter:limit     string  the shared limit while lowered by 503s (absent: TMAPI_CONCURRENCY)
     P:limiter:successes string  successes since the last change of the limit
     P:limiter:stop      hash    reason, at (ms): the cluster-wide stop (quota exhausted)
     channels P:limiter:released, P:limiter:stopped
 
-A lease id is the SHA-1 of the queued request's JSON, so it is the same whoever pops it. Scripts
-build ``P:S:alive:W``/``P:S:leases:W`` names at run time: one Redis server, not Redis Cluster
-(scrapy-redis has the same requirement).
+Scripts build ``P:S:alive:W``/``P:S:leases:W`` names at run time: one Redis server, not Redis
+Cluster (scrapy-redis has the same requirement). The server must keep an append-only file
+(``appendonly yes``): workers warn at start when it does not, and stop with
+``redis_state_lost`` when Redis lost the crawl.
 """

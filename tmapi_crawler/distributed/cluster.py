@@ -1,13 +1,14 @@
-"""One process's handle on the shared crawl: settings, keys, worker identity, connections.
+"""One process's handle on the shared crawl: settings, keys, worker identity, the Redis client.
 
-The scheduler, the limiter and the ``seed``/``status`` commands all go through it, so a worker
-opens two connection pools (one blocking, for the scheduler whose interface is synchronous, and
-one asyncio, for the limiter's waiting and pub/sub) instead of one per scrapy-redis component.
+The scheduler, the limiter, the ``seed``/``status`` commands and the progress lines all go
+through it: one asyncio connection pool per process (the event loop never waits on Redis),
+and every step on shared state one Lua script (``scripts.py``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -22,105 +23,16 @@ from scrapy import signals
 from scrapy.utils.misc import load_object
 from scrapy_redis.dupefilter import RFPDupeFilter
 
-from tmapi_crawler import api
 from tmapi_crawler.distributed.keys import CrawlKeys, LimiterKeys, redact_url
-from tmapi_crawler.distributed.queue import LUA_GIVE_BACK, ReliablePriorityQueue
-from tmapi_crawler.frontier.paging import page_url
-from tmapi_crawler.plan import Query
+from tmapi_crawler.distributed.queue import CrawlGone, SharedQueue
+from tmapi_crawler.distributed.scripts import Scripts
 from tmapi_crawler.storage.runs import new_crawl_id
 
 if TYPE_CHECKING:
-    from scrapy import Spider
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
-#: Lua: record a worker's heartbeat (TTL > 0) or its exit (TTL 0), stamped with Redis's clock so
-#: ages are right whatever the workers' clocks say.
-_LUA_REGISTER = """
-local function register(alive, workers, worker, ttl, info)
-  local t = redis.call('TIME')
-  local fields = cjson.decode(info)
-  fields.last_seen = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  if tonumber(ttl) > 0 then
-    redis.call('SET', alive, '1', 'PX', ttl)
-  else
-    redis.call('DEL', alive)
-  end
-  redis.call('HSET', workers, worker, cjson.encode(fields))
-end
-"""
-
-# KEYS: alive, workers. ARGV: worker, ttl ms, info.
-_HEARTBEAT = _LUA_REGISTER + "register(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
-
-# Join the cluster crawl, or start a new one when ``renew`` and the previous one is over: nothing
-# queued, nothing leased, no worker alive. Joining and registering the worker are one step, so
-# two workers starting together cannot both start a crawl.
-# KEYS: crawl, queue, workers, dupefilter, done, failed, deliveries.
-# ARGV: base, renew (0/1), new id, worker ('' for none), ttl ms, info.
-_BEGIN = _LUA_REGISTER + """
-local id = redis.call('HGET', KEYS[1], 'id')
-local fresh = false
-if not id then
-  fresh = true
-elseif ARGV[2] == '1' and redis.call('ZCARD', KEYS[2]) == 0 then
-  fresh = true
-  for _, w in ipairs(redis.call('HKEYS', KEYS[3])) do
-    if redis.call('EXISTS', ARGV[1] .. ':alive:' .. w, ARGV[1] .. ':leases:' .. w) > 0 then
-      fresh = false
-      break
-    end
-  end
-end
-if fresh then
-  redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
-  local t = redis.call('TIME')
-  redis.call('HSET', KEYS[1], 'id', ARGV[3], 'started_at', t[1])
-  id = ARGV[3]
-end
-if ARGV[4] ~= '' then
-  register(ARGV[1] .. ':alive:' .. ARGV[4], KEYS[3], ARGV[4], ARGV[5], ARGV[6])
-end
-return {id, fresh and 1 or 0}
-"""
-
-# KEYS: queue, workers. ARGV: base.
-# Returns {queued, leased by live workers, live workers, dead workers still holding leases}.
-_CENSUS = """
-local leased, live, dead = 0, 0, {}
-for _, w in ipairs(redis.call('HKEYS', KEYS[2])) do
-  local n = redis.call('HLEN', ARGV[1] .. ':leases:' .. w)
-  if redis.call('EXISTS', ARGV[1] .. ':alive:' .. w) == 1 then
-    leased = leased + n
-    live = live + 1
-  elseif n > 0 then
-    dead[#dead + 1] = w
-  end
-end
-return {redis.call('ZCARD', KEYS[1]), leased, live, dead}
-"""
-
-# Give a dead worker's leases back (or fail the poison ones) and free its concurrency permits.
-# KEYS: alive, leases, deliveries, failed, queue, permits. ARGV: max deliveries, worker, channel.
-_REAP = LUA_GIVE_BACK + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 0} end
-local requeued, failed = 0, 0
-for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
-  local r = give_back(KEYS[2], KEYS[3], KEYS[4], KEYS[5], id, true, tonumber(ARGV[1]), ARGV[2],
-                      'worker_lost')
-  if r == 1 then requeued = requeued + 1 elseif r == 0 then failed = failed + 1 end
-end
-local prefix = ARGV[2] .. ':'
-local freed = 0
-for _, p in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
-  if string.sub(p, 1, #prefix) == prefix then
-    redis.call('ZREM', KEYS[6], p)
-    freed = freed + 1
-  end
-end
-if freed > 0 then redis.call('PUBLISH', ARGV[3], 'reaped') end
-return {requeued, failed}
-"""
+logger = logging.getLogger(__name__)
 
 _CLUSTERS: WeakKeyDictionary[Crawler, Cluster] = WeakKeyDictionary()
 
@@ -131,9 +43,12 @@ class ClusterSettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Census:
+    """The cluster as one heartbeat saw it."""
+
     queued: int
     leased: int  # by live workers
     live_workers: int
+    complete: bool
     dead_with_leases: list[str]
 
     @property
@@ -141,8 +56,19 @@ class Census:
         return bool(self.queued or self.leased or self.dead_with_leases)
 
 
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """How the cluster crawl ended, as ``complete.lua`` decided: ``finaliser`` is true for the
+    one worker that completed it; ``missing`` entries were queued but never done nor failed."""
+
+    lost: bool
+    finaliser: bool
+    missing: int
+
+
 def new_worker_id() -> str:
-    """Readable (host, pid) and unique; no dots, so it can name a MongoDB field."""
+    """Readable (host, pid) and unique; no dots or colons, so it can name a MongoDB field and
+    prefix permit ids."""
     host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
     return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
 
@@ -161,7 +87,7 @@ class Cluster:
         self.url: str = settings.get("REDIS_URL") or ""
         if not self.url:
             raise ClusterSettingsError("REDIS_URL: no Redis server configured")
-        prefix = settings.get("TMAPI_REDIS_PREFIX") or "tmapi"
+        prefix = settings.get("TMAPI_REDIS_PREFIX")
         self.settings = settings
         self.keys = CrawlKeys(f"{prefix}:{spider_name}")
         self.limiter_keys = LimiterKeys(f"{prefix}:limiter")
@@ -176,13 +102,23 @@ class Cluster:
         self.max_deliveries = settings.getint("TMAPI_MAX_DELIVERIES")
         if self.max_deliveries < 1:
             raise ClusterSettingsError("TMAPI_MAX_DELIVERIES must be at least 1")
-        self._redis: redis.Redis | None = None
-        self._aio: redis.asyncio.Redis | None = None
-        self._scripts: dict[str, Any] = {}
+        cls = load_object(settings.get("DUPEFILTER_CLASS"))
+        if not (isinstance(cls, type) and issubclass(cls, RFPDupeFilter)):
+            raise ClusterSettingsError("DUPEFILTER_CLASS must be scrapy-redis's RFPDupeFilter "
+                                       "(or a subclass) for a shared queue")
+        # Used for its fingerprints and its log of duplicates: the set itself is written by
+        # the queue's scripts, atomically with the queue, so it needs no client of its own.
+        self.dupefilter: RFPDupeFilter = cls(None, key=self.keys.dupefilter,
+                                             debug=settings.getbool("DUPEFILTER_DEBUG"))
+        self._client: redis.asyncio.Redis | None = None
+        self._scripts: Scripts | None = None
+        #: Set when a component decided this worker stops (the crawl's state was lost): the
+        #: limiter then grants no more permits.
+        self.stopping: str | None = None
 
     @classmethod
     def of(cls, crawler: Crawler) -> Cluster:
-        """The crawler's cluster handle, shared by its scheduler and limiter."""
+        """The crawler's cluster handle, shared by its scheduler, limiter and progress."""
         cluster = _CLUSTERS.get(crawler)
         if cluster is None:
             cluster = _CLUSTERS[crawler] = cls(crawler.settings, crawler.spidercls.name)
@@ -190,188 +126,123 @@ class Cluster:
         return cluster
 
     @property
-    def redis(self) -> redis.Redis:
-        """The blocking client: the scheduler interface Scrapy calls is synchronous."""
-        if self._redis is None:
-            self._redis = redis.Redis.from_url(
-                self.url, socket_timeout=30, socket_connect_timeout=10, retry_on_timeout=True
+    def client(self) -> redis.asyncio.Redis:
+        if self._client is None:
+            self._client = redis.asyncio.Redis.from_url(
+                self.url, socket_timeout=30, socket_connect_timeout=10
             )
-        return self._redis
+        return self._client
 
     @property
-    def aio(self) -> redis.asyncio.Redis:
-        """The asyncio client, for the limiter: waiting for a permit must not block the loop."""
-        if self._aio is None:
-            self._aio = redis.asyncio.Redis.from_url(
-                self.url, socket_timeout=30, socket_connect_timeout=10, retry_on_timeout=True
-            )
-        return self._aio
-
-    def _script(self, name: str, source: str) -> Any:
-        if name not in self._scripts:
-            self._scripts[name] = self.redis.register_script(source)
-        return self._scripts[name]
+    def scripts(self) -> Scripts:
+        if self._scripts is None:
+            self._scripts = Scripts(self.client)
+        return self._scripts
 
     async def aclose(self) -> None:
-        if self._aio is not None:
-            await self._aio.aclose()
-            self._aio = None
-        if self._redis is not None:
-            self._redis.close()
-            self._redis = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = self._scripts = None
 
-    def close(self) -> None:
-        """For commands, which never open the asyncio client."""
-        if self._redis is not None:
-            self._redis.close()
-            self._redis = None
+    def queue(self, crawl_id: str, worker: str | None) -> SharedQueue:
+        return SharedQueue(self.client, self.keys, crawl_id, worker,
+                           max_deliveries=self.max_deliveries)
 
-    # Queue and dupefilter, built the same way for workers and for ``scrapy seed``.
-
-    def dupefilter(self) -> RFPDupeFilter:
-        cls = load_object(self.settings.get("DUPEFILTER_CLASS"))
-        if not (isinstance(cls, type) and issubclass(cls, RFPDupeFilter)):
-            raise ClusterSettingsError("DUPEFILTER_CLASS must be scrapy-redis's RFPDupeFilter "
-                                       "(or a subclass) for a shared queue")
-        return cls(self.redis, key=self.keys.dupefilter,
-                   debug=self.settings.getbool("DUPEFILTER_DEBUG"))
-
-    def open_queue(self, spider: Spider, worker: str | None) -> ReliablePriorityQueue:
-        cls = load_object(self.settings.get("SCHEDULER_QUEUE_CLASS"))
-        if not (isinstance(cls, type) and issubclass(cls, ReliablePriorityQueue)):
-            raise ClusterSettingsError(
-                "SCHEDULER_QUEUE_CLASS must be tmapi_crawler.distributed.queue."
-                "ReliablePriorityQueue (or a subclass): other queues lose popped requests"
-            )
-        serializer = load_object(self.settings.get("SCHEDULER_SERIALIZER"))
-        base_url = self.settings.get("TMAPI_BASE_URL") or api.DEFAULT_BASE_URL
-        return cls(self.redis, spider, self.keys.queue, serializer, keys=self.keys,
-                   api_prefix=page_url(base_url, Query(0), 1).split("?")[0] + "?",
-                   worker=worker, max_deliveries=self.max_deliveries)
-
-    # Crawl and workers.
+    # The crawl and its workers.
 
     def worker_info(self, state: str, **extra: Any) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "state": state, **extra}
 
-    def begin_crawl(self, *, renew: bool, worker_info: dict[str, Any] | None) -> tuple[str, bool]:
-        """The cluster crawl's id, and whether this call started it.
+    async def begin_crawl(self, *, renew: bool, worker_info: dict[str, Any] | None
+                          ) -> tuple[str, bool]:
+        """The cluster crawl's id, and whether this call started it (``begin.lua``).
 
-        ``renew``: start a new crawl if the previous one is over (``scrapy seed``, a seeding
-        worker); otherwise join it whatever its state (a pure worker). With ``worker_info``,
-        this worker is registered alive in the same step.
+        With ``worker_info``, this worker is registered alive in the same step. Raises
+        ``CrawlGone`` when a worker (not ``renew``) finds a crawl whose state Redis lost.
         """
-        keys = self.keys
-        crawl_id, fresh = self._script("begin", _BEGIN)(
+        keys, lkeys = self.keys, self.limiter_keys
+        crawl_id, fresh, state = await self.scripts["begin"](
             keys=[keys.crawl, keys.queue, keys.workers, keys.dupefilter, keys.done, keys.failed,
-                  keys.deliveries],
+                  keys.deliveries, keys.entries, keys.progress, lkeys.limit, lkeys.successes],
             args=[keys.base, int(renew), new_crawl_id(),
                   self.worker_id if worker_info else "", self._ttl_ms(),
                   json.dumps(worker_info or {})],
         )
+        if state == b"lost":
+            raise CrawlGone(crawl_id.decode())
         return crawl_id.decode(), bool(fresh)
 
     def _ttl_ms(self) -> int:
         return int(self.heartbeat_ttl * 1000)
 
-    def heartbeat(self, info: dict[str, Any], *, alive: bool = True) -> None:
-        """Say this worker is alive (or, with ``alive=False``, that it left cleanly)."""
-        self._script("heartbeat", _HEARTBEAT)(
-            keys=[self.keys.alive(self.worker_id), self.keys.workers],
-            args=[self.worker_id, self._ttl_ms() if alive else 0, json.dumps(info)],
+    async def heartbeat(self, crawl_id: str, info: dict[str, Any]) -> Census:
+        """Say this worker is alive, and see the cluster; ``CrawlGone`` if the crawl is."""
+        result = await self.scripts["heartbeat"](
+            keys=[self.keys.crawl, self.keys.queue, self.keys.workers],
+            args=[self.keys.base, crawl_id, self.worker_id, self._ttl_ms(), json.dumps(info)],
         )
+        if result[0] == b"lost":
+            raise CrawlGone(crawl_id)
+        _, queued, leased, live, complete, *dead = result
+        return Census(int(queued), int(leased), int(live), bool(complete),
+                      [w.decode() for w in dead])
 
-    def census(self) -> Census:
-        queued, leased, live, dead = self._script("census", _CENSUS)(
-            keys=[self.keys.queue, self.keys.workers], args=[self.keys.base]
-        )
-        return Census(int(queued), int(leased), int(live), [w.decode() for w in dead])
-
-    def reap(self, worker: str) -> tuple[int, int]:
-        """Return a dead worker's leases and permits; (requeued, failed as poison)."""
+    async def exit(self, crawl_id: str, info: dict[str, Any], snapshot: str) -> None:
+        """Say this worker left cleanly, with its last progress counters."""
         keys = self.keys
-        requeued, failed = self._script("reap", _REAP)(
+        await self.scripts["exit"](
+            keys=[keys.crawl, keys.alive(self.worker_id), keys.workers, keys.progress],
+            args=[crawl_id, self.worker_id, json.dumps(info), snapshot],
+        )
+
+    async def reap(self, worker: str) -> tuple[int, int]:
+        """Return a dead worker's leases and permits; (re-queued, failed as poison)."""
+        keys = self.keys
+        requeued, failed = await self.scripts["reap"](
             keys=[keys.alive(worker), keys.leases(worker), keys.deliveries, keys.failed,
-                  keys.queue, self.limiter_keys.permits],
+                  keys.queue, keys.entries, self.limiter_keys.permits],
             args=[self.max_deliveries, worker, self.limiter_keys.released_channel],
         )
         return int(requeued), int(failed)
 
-    def reap_dead(self, census: Census | None = None) -> tuple[int, int]:
-        """Reap every worker whose heartbeat expired while it held leases."""
-        requeued = failed = 0
-        for worker in (census or self.census()).dead_with_leases:
-            r, f = self.reap(worker)
-            requeued, failed = requeued + r, failed + f
-        return requeued, failed
+    async def complete(self, crawl_id: str) -> Completion | None:
+        """Complete the crawl if nothing is queued or leased anywhere; None while busy."""
+        keys, lkeys = self.keys, self.limiter_keys
+        result = await self.scripts["complete"](
+            keys=[keys.crawl, keys.queue, keys.workers, keys.dupefilter, keys.done, keys.failed,
+                  lkeys.limit, lkeys.successes],
+            args=[keys.base, crawl_id, self.worker_id],
+        )
+        state = result[0]
+        if state == b"busy":
+            return None
+        if state == b"gone":
+            raise CrawlGone(crawl_id)
+        return Completion(lost=state == b"lost", finaliser=bool(result[1]),
+                          missing=int(result[2]))
 
-    # What ``scrapy status`` shows.
+    async def mark_lost(self, crawl_id: str, reason: str) -> None:
+        """Leave a mark that the crawl's state was lost (``mark_lost.lua``)."""
+        await self.scripts["mark_lost"](keys=[self.keys.crawl], args=[crawl_id, reason])
 
-    def status(self) -> dict[str, Any]:
-        """A read-only snapshot of the crawl, the workers and the limiter."""
-        keys, lkeys, r = self.keys, self.limiter_keys, self.redis
-        seconds, micros = r.time()
-        now = seconds + micros / 1e6
-        with r.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.crawl).zcard(keys.queue).scard(keys.dupefilter).get(keys.done)
-            pipe.hlen(keys.failed).hgetall(keys.workers).hgetall(lkeys.stop).get(lkeys.limit)
-            pipe.zcount(lkeys.permits, now * 1000, "+inf")
-            crawl, queued, known, done, failed, workers, stop, limit, permits = pipe.execute()
-        names = sorted(w.decode() for w in workers)
-        with r.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.exists(keys.alive(name)).hlen(keys.leases(name))
-            found = pipe.execute()
-        rows, in_flight, lost = [], 0, 0
-        for index, name in enumerate(names):
-            alive, leased = bool(found[2 * index]), int(found[2 * index + 1])
-            info = json.loads(workers[name.encode()])
-            if alive:
-                in_flight += leased
-            else:
-                lost += leased
-            rows.append({
-                "id": name, "host": info.get("host"), "pid": info.get("pid"), "alive": alive,
-                "state": info.get("state") if alive or info.get("state") != "running" else "lost",
-                "finish_reason": info.get("finish_reason"),
-                "last_seen_age": round(now - float(info.get("last_seen", now)), 1),
-                "leased": leased,
-            })
-        done_count, failed_count, known_count = int(done or 0), int(failed), int(known)
-        stop_info = None
-        if stop:
-            at = int(stop[b"at"]) / 1000
-            stop_info = {"reason": stop[b"reason"].decode(), "age": round(now - at, 1)}
-        live = sum(1 for row in rows if row["alive"])
-        return {
-            "redis": redact_url(self.url),
-            "key": keys.base,
-            "crawl_id": crawl[b"id"].decode() if crawl else None,
-            "state": _state(crawl=crawl, live=live, left=queued + in_flight + lost,
-                            known=known_count, stop=stop_info, now=now),
-            "queued": int(queued),
-            "in_flight": in_flight,
-            "in_flight_lost": lost,
-            "done": done_count,
-            "failed": failed_count,
-            "known": known_count,
-            "progress": (round((done_count + failed_count) / known_count, 4)
-                         if known_count else None),
-            "workers": rows,
-            "stop": stop_info,
-            "limiter": {"limit": int(limit) if limit else None, "permits_in_use": int(permits)},
-        }
+    async def persistence(self) -> str | None:
+        """Why Redis would lose the crawl on a restart, or None when it keeps an append-only
+        file. Managed services may refuse CONFIG: ``INFO persistence`` tells too."""
+        client = self.client
+        try:
+            enabled = (await client.config_get("appendonly")).get("appendonly") == "yes"
+        except redis.ResponseError:
+            try:
+                enabled = bool(int((await client.info("persistence")).get("aof_enabled", 0)))
+            except redis.ResponseError as exc:
+                return f"its persistence could not be checked ({exc})"
+        return None if enabled else "it keeps no append-only file (appendonly no)"
 
-
-def _state(*, crawl: dict[bytes, bytes], live: int, left: int, known: int,
-           stop: dict[str, Any] | None, now: float) -> str:
-    if not crawl:
-        return "none"
-    if live:
-        return "running"
-    if not left:
-        return "finished" if known else "empty"
-    started = float(crawl.get(b"started_at", 0))
-    if stop is not None and now - stop["age"] >= started:
-        return f"stopped ({stop['reason']})"
-    return "waiting for workers"
+    async def warn_without_persistence(self) -> None:
+        problem = await self.persistence()
+        if problem is not None:
+            logger.warning(
+                "Redis at %s: %s. If it restarts, the crawl's queue and leases are lost and "
+                "the workers stop with redis_state_lost: run it with --appendonly yes",
+                redact_url(self.url), problem,
+            )

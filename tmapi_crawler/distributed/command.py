@@ -15,15 +15,15 @@ from tmapi_crawler.distributed.embedded import resolve_redis_url
 from tmapi_crawler.servers import EmbeddedServerError
 
 if TYPE_CHECKING:
+
     from scrapy.settings import BaseSettings
 
 
 def require_distributed(settings: BaseSettings, command: str) -> None:
     """Exit 2 with one line when the profile has no shared queue to work on."""
     if not settings.getbool("TMAPI_DISTRIBUTED"):
-        print(f"error: scrapy {command} needs the shared queue of the distributed profile "
-              "(run it with SCRAPY_PROJECT=distributed)", file=sys.stderr)
-        raise SystemExit(USAGE_ERROR)
+        fail(f"scrapy {command} needs the shared queue of the distributed profile "
+             "(run it with SCRAPY_PROJECT=distributed)")
 
 
 class ClusterCommand(ProjectCommand):
@@ -34,7 +34,8 @@ class ClusterCommand(ProjectCommand):
     default_settings: dict[str, Any] = {"LOG_ENABLED": False}
 
     def open_cluster(self, spider_name: str) -> Cluster:
-        """The cluster of ``spider_name``, or exit 2 with one line on bad settings."""
+        """The cluster of ``spider_name``, or exit 2 with one line on bad settings; the
+        command closes it (``Cluster.aclose``) inside the event loop it used."""
         assert self.settings is not None
         if not self.settings.get("REDIS_URL"):
             try:

@@ -29,6 +29,10 @@ class CrawlKeys:
         return f"{self.base}:workers"
 
     @property
+    def entries(self) -> str:
+        return f"{self.base}:entries"
+
+    @property
     def done(self) -> str:
         return f"{self.base}:done"
 
@@ -58,6 +62,10 @@ class LimiterKeys:
     base: str
 
     @property
+    def epoch(self) -> str:
+        return f"{self.base}:epoch"
+
+    @property
     def permits(self) -> str:
         return f"{self.base}:permits"
 
@@ -72,6 +80,10 @@ class LimiterKeys:
     @property
     def stop(self) -> str:
         return f"{self.base}:stop"
+
+    @property
+    def waiting(self) -> str:
+        return f"{self.base}:waiting"
 
     @property
     def released_channel(self) -> str:

@@ -1,18 +1,35 @@
 """One concurrency limit for every worker of a cluster: a lease-based semaphore in Redis.
 
-The account's limit is per token, not per process, so the workers share one count. A permit is
-a member of a sorted set scored by its expiry: a worker that dies holding permits loses them
-when the reaper sees its heartbeat expire, or at the latest after ``TMAPI_LEASE_SECONDS`` (longer
-than any request can take). Every change is one Lua script, so permits are never over-granted.
+The account's limit is per token, not per process, so the workers share one count: a permit is
+a member of a sorted set scored by its expiry (``lua/limiter_*.lua``), and no script ever
+grants more than the limit. :class:`RedisLimiter` implements ``transport.limiter.Limiter``.
 
-Waiting is cheap and prompt: each process has one pump that asks Redis for as many permits as it
-has waiters, and sleeps until a permit is released anywhere (pub/sub) or a short poll interval
-passes. The limit itself adapts like ``throttle.AdaptiveLimiter`` (one slot less per 503, one
-more after ``TMAPI_THROTTLE_RECOVERY`` successes), but cluster-wide.
+What keeps it at the account's full throughput (BENCHMARKS.md, B5):
 
-``close(reason)`` with a finish reason (the quota is gone) sets a stop flag and tells every
-worker, which then closes with the same reason. The flag applies to workers started before it:
-starting workers again is how a user resumes after topping up the balance.
+* **Permits change hands locally.** A request that ends gives its permit straight to a request
+  of the same worker waiting for one, without a Redis round trip — as long as no other worker
+  waits, or this one holds no more than its share (the limit split between the workers
+  waiting). Otherwise the permit goes back to Redis, where the workers waiting get it.
+* **Nothing waits on Redis that need not.** Releases to Redis are written by a task; one that
+  fails (Redis restarting) is retried until Redis answers, so permits come back within
+  seconds, not after a lease. Waiting workers are woken by a notification on every release.
+
+And what keeps it correct when Redis fails:
+
+* every call to acquire renews the permits the worker holds, and a task renews them every
+  ``TMAPI_HEARTBEAT_INTERVAL`` otherwise: a dead worker's permits expire after
+  ``TMAPI_LEASE_SECONDS``, or as soon as the others see its heartbeat expire;
+* when the limiter's state is new (the first worker on this Redis, or Redis lost it), no permit
+  is granted for two heartbeat intervals, while the live workers put back the permits of the
+  requests they have in flight: a restarted Redis never lets the cluster exceed its limit.
+  Only then are permits put back: a renewal that reaches Redis after the permit's release
+  (they travel on different connections) must not bring it back to life, or it would leak.
+
+The limit itself adapts like ``AdaptiveLimiter`` (one slot less per 503, one more after
+``TMAPI_THROTTLE_RECOVERY`` successes), but cluster-wide. ``close(reason)`` with a finish
+reason (the quota is gone) sets a stop flag and tells every worker, which then closes with the
+same reason; the flag applies to workers started before it, so starting workers again is how a
+user resumes after topping up the balance.
 """
 
 from __future__ import annotations
@@ -21,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +46,7 @@ import redis
 from scrapy import signals
 
 from tmapi_crawler.closing import close_spider
-from tmapi_crawler.distributed.cluster import Cluster
+from tmapi_crawler.distributed.cluster import Cluster, ClusterSettingsError
 from tmapi_crawler.transport.limiter import LimiterClosed
 
 if TYPE_CHECKING:
@@ -36,88 +54,25 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_LUA_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-_LUA_LIMIT = """
-local maximum = tonumber(ARGV[1])
-local limit = tonumber(redis.call('GET', KEYS[1]) or maximum)
-if limit > maximum then limit = maximum end
-"""
-
-# KEYS: limit, permits, stop. ARGV: maximum, wanted, lease ms, permit id prefix, started ms.
-# Returns {-1, reason} when stopped, else {limit, permits in use, {granted ids}}.
-_ACQUIRE = _LUA_NOW + _LUA_LIMIT + """
-local stop_at = redis.call('HGET', KEYS[3], 'at')
-if stop_at and tonumber(stop_at) >= tonumber(ARGV[5]) then
-  return {-1, redis.call('HGET', KEYS[3], 'reason')}
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local used = redis.call('ZCARD', KEYS[2])
-local ids = {}
-for i = 1, math.min(tonumber(ARGV[2]), limit - used) do
-  ids[i] = ARGV[4] .. ':' .. i
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ids[i])
-end
-return {limit, used + #ids, ids}
-"""
-
-# KEYS: permits. ARGV: channel, permit ids.
-_RELEASE = """
-local n = 0
-for i = 2, #ARGV do n = n + redis.call('ZREM', KEYS[1], ARGV[i]) end
-if n > 0 then redis.call('PUBLISH', ARGV[1], n) end
-return n
-"""
-
-# KEYS: limit, successes. ARGV: maximum. Returns {lowered (0/1), limit}.
-_THROTTLED = _LUA_LIMIT + """
-redis.call('DEL', KEYS[2])
-if limit > 1 then
-  redis.call('SET', KEYS[1], limit - 1)
-  return {1, limit - 1}
-end
-return {0, limit}
-"""
-
-# KEYS: limit, successes. ARGV: maximum, recovery, channel. Returns {raised (0/1), limit}.
-_SUCCEEDED = _LUA_LIMIT + """
-if limit >= maximum then return {0, limit} end
-if redis.call('INCR', KEYS[2]) < tonumber(ARGV[2]) then return {0, limit} end
-redis.call('DEL', KEYS[2])
-limit = limit + 1
-if limit >= maximum then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], limit) end
-redis.call('PUBLISH', ARGV[3], 'limit')
-return {1, limit}
-"""
-
-# KEYS: stop. ARGV: reason, channel.
-_STOP = _LUA_NOW + """
-redis.call('HSET', KEYS[1], 'reason', ARGV[1], 'at', now)
-redis.call('PUBLISH', ARGV[2], cjson.encode({reason = ARGV[1], at = now}))
-return now
-"""
-
-_NOW = _LUA_NOW + "return now"
+#: Delays between attempts while Redis does not answer.
+_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class RedisLimiter:
-    """``throttle.AdaptiveLimiter``'s interface, with the count and the limit kept in Redis."""
+    """The cluster-wide ``transport.limiter.Limiter``."""
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> RedisLimiter:
         settings = crawler.settings
+        cluster = Cluster.of(crawler)
         lease = settings.getfloat("TMAPI_LEASE_SECONDS")
-        if lease <= 0:
-            raise ValueError("TMAPI_LEASE_SECONDS must be positive")
-        if lease < settings.getfloat("DOWNLOAD_TIMEOUT"):
-            logger.warning("TMAPI_LEASE_SECONDS (%s) is shorter than DOWNLOAD_TIMEOUT: a slow "
-                           "request may outlive its permit and the cluster exceed its limit", lease)
+        if lease <= 2 * cluster.heartbeat_interval:
+            raise ClusterSettingsError(
+                "TMAPI_LEASE_SECONDS must be longer than two TMAPI_HEARTBEAT_INTERVALs, or "
+                "permits in use would expire between their renewals")
         limiter = cls(
             crawler,
-            Cluster.of(crawler),
+            cluster,
             maximum=settings.getint("TMAPI_CONCURRENCY"),
             recovery=settings.getint("TMAPI_THROTTLE_RECOVERY"),
             lease_seconds=lease,
@@ -140,24 +95,26 @@ class RedisLimiter:
         self.recovery = recovery
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_interval = poll_interval
+        #: No permit is granted this long after the limiter's state began (see the docstring).
+        self.grace_ms = int(2 * cluster.heartbeat_interval * 1000)
         #: The most permits the cluster had in use, as seen by this worker's acquisitions.
         self.peak = 0
-        self._held: deque[str] = deque()
+        #: Permits this worker owns: in use by a request, or handed to one that waited.
+        self._held: list[str] = []
+        self._releasing: list[str] = []
         self._waiters: deque[asyncio.Future[str]] = deque()
+        #: As of Redis's last answer: other workers waiting, permits in use in the cluster.
+        self._others = 0
+        self._used = 0
+        #: Whether Redis counts this worker as waiting (its last ask got less than it wanted).
+        self._short = False
         self._wakeup = asyncio.Event()
-        self._pump_task: asyncio.Task[None] | None = None
-        self._listener: asyncio.Task[None] | None = None
+        self._release_wanted = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._opening: asyncio.Future[None] | None = None
         self._started_ms = 0
         self._batches = 0
         self._closed = False
-        client = cluster.aio
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
-        self._throttled = client.register_script(_THROTTLED)
-        self._succeeded = client.register_script(_SUCCEEDED)
-        self._stop = client.register_script(_STOP)
-        self._now = client.register_script(_NOW)
 
     @property
     def closed(self) -> bool:
@@ -185,57 +142,72 @@ class RedisLimiter:
         await asyncio.shield(opening)
 
     async def _start(self) -> None:
-        self._started_ms = int(await self._now())
-        pubsub = self.cluster.aio.pubsub(ignore_subscribe_messages=True)
+        self._started_ms = int(await self.cluster.scripts["limiter_now"]())
+        pubsub = self.cluster.client.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self.keys.released_channel, self.keys.stopped_channel)
-        self._listener = asyncio.ensure_future(self._listen(pubsub))
+        self._tasks["listen"] = asyncio.ensure_future(self._listen(pubsub))
+        self._tasks["release"] = asyncio.ensure_future(self._release_loop())
+        self._tasks["renew"] = asyncio.ensure_future(self._renew_loop())
 
     async def acquire(self) -> None:
+        attempt = 0
         while True:
-            if self._closed:
+            if self._closed or self._stopping():
                 raise LimiterClosed
             try:
                 await self._open()
                 break
             except redis.RedisError as exc:
-                logger.warning("Redis limiter: %s; retrying", exc)
-                await asyncio.sleep(1.0)
+                if not attempt:
+                    logger.warning("Redis limiter: %s; retrying", exc)
+                await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                attempt += 1
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._kick()
         try:
-            permit = await waiter
+            await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._held.append(waiter.result())
                 await self.release()
             raise
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-        self._held.append(permit)
 
     async def release(self) -> None:
-        """Give back the oldest permit this worker holds (they are interchangeable).
-
-        If Redis does not answer, the permit returns when its lease expires: a page must not
-        fail for it.
-        """
+        """Give up one permit: to a request of this worker that waits for one, or to Redis."""
         if not self._held:
             return
-        permit = self._held.popleft()
-        try:
-            await self._release(keys=[self.keys.permits],
-                                args=[self.keys.released_channel, permit])
-        except redis.RedisError as exc:
-            logger.warning("Redis limiter: %s; the permit returns when its lease expires", exc)
-        self._kick()
+        waiter = self._next_waiter()
+        if waiter is not None and self._may_keep():
+            self._waiters.remove(waiter)
+            waiter.set_result(self._held[-1])
+            return
+        permit = self._held.pop()
+        self._used = max(self._used - 1, 0)
+        self._releasing.append(permit)
+        self._release_wanted.set()
+
+    def _may_keep(self) -> bool:
+        """Whether a permit may change hands here rather than go back to Redis."""
+        if self._closed or self._stopping() or self._used > self.limit:
+            return False
+        return not self._others or len(self._held) <= math.ceil(self.limit / (self._others + 1))
+
+    def _next_waiter(self) -> asyncio.Future[str] | None:
+        return next((w for w in self._waiters if not w.done()), None)
+
+    def _stopping(self) -> bool:
+        """This worker stops (its scheduler said so): no new permit, not even a local one."""
+        if self.cluster.stopping is not None and not self._closed:
+            self._shut()
+        return self._closed
 
     async def throttled(self) -> bool:
         try:
-            lowered, self.limit = await self._throttled(
-                keys=[self.keys.limit, self.keys.successes], args=[self.maximum]
-            )
+            lowered, self.limit = await self.cluster.scripts["limiter_throttled"](
+                keys=[self.keys.limit, self.keys.successes], args=[self.maximum])
         except redis.RedisError as exc:
             logger.warning("Redis limiter: %s; limit not lowered", exc)
             return False
@@ -245,10 +217,9 @@ class RedisLimiter:
         if self.limit >= self.maximum:  # the usual case costs no round trip
             return False
         try:
-            raised, self.limit = await self._succeeded(
+            raised, self.limit = await self.cluster.scripts["limiter_succeeded"](
                 keys=[self.keys.limit, self.keys.successes],
-                args=[self.maximum, self.recovery, self.keys.released_channel],
-            )
+                args=[self.maximum, self.recovery, self.keys.released_channel])
         except redis.RedisError as exc:
             logger.warning("Redis limiter: %s; success not counted", exc)
             return False
@@ -258,8 +229,8 @@ class RedisLimiter:
         """Refuse every waiting and future acquire; with a reason, stop the whole cluster."""
         if reason is not None and not self._closed:
             try:
-                await self._stop(keys=[self.keys.stop],
-                                 args=[reason, self.keys.stopped_channel])
+                await self.cluster.scripts["limiter_stop"](
+                    keys=[self.keys.stop], args=[reason, self.keys.stopped_channel])
             except redis.RedisError as exc:
                 logger.error("Could not tell the other workers to stop (%s): %s", reason, exc)
         self._shut()
@@ -274,62 +245,117 @@ class RedisLimiter:
                 waiter.set_exception(LimiterClosed())
 
     async def _shutdown(self) -> None:
-        """Local shutdown: stop listening and give back any permit still held."""
-        for task in (self._pump_task, self._listener):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, redis.RedisError):
-                    await task
-        if self._held:
-            permits, self._held = list(self._held), deque()
+        """Local shutdown: give back what is still held (once), stop the tasks."""
+        self._releasing += self._held
+        self._held = []
+        release = self._tasks.pop("release", None)
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if release is not None:
+            release.cancel()
+            await asyncio.gather(release, return_exceptions=True)
+        if self._releasing:
             with contextlib.suppress(redis.RedisError):
-                await self._release(keys=[self.keys.permits],
-                                    args=[self.keys.released_channel, *permits])
+                await self._release_now()
+
+    # Tasks.
 
     def _kick(self) -> None:
         """Wake the pump, or start it when there are waiters and none runs."""
         self._wakeup.set()
-        if self._waiters and (self._pump_task is None or self._pump_task.done()):
-            self._pump_task = asyncio.ensure_future(self._pump())
+        pump = self._tasks.get("pump")
+        if self._waiters and (pump is None or pump.done()):
+            self._tasks["pump"] = asyncio.ensure_future(self._pump())
 
     async def _pump(self) -> None:
-        """Ask for as many permits as there are waiters until none is left waiting."""
-        while not self._closed:
-            waiting = [w for w in self._waiters if not w.done()]
+        """Ask Redis for as many permits as there are waiters until none is left waiting."""
+        attempt = 0
+        while not self._stopping():
+            waiting = sum(1 for w in self._waiters if not w.done())
             if not waiting:
+                if self._short:  # withdraw: no other worker must keep to its share for us
+                    with contextlib.suppress(redis.RedisError):
+                        await self._ask(0)
                 return
             self._wakeup.clear()
             try:
-                granted = await self._ask(len(waiting))
+                granted = await self._ask(waiting)
             except redis.RedisError as exc:
-                logger.warning("Redis limiter: %s; retrying", exc)
-                granted = []
+                if not attempt:
+                    logger.warning("Redis limiter: %s; retrying", exc)
+                await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                attempt += 1
+                continue
+            attempt = 0
             for permit in granted:
-                waiter = next((w for w in self._waiters if not w.done()), None)
+                self._held.append(permit)
+                waiter = self._next_waiter()
                 if waiter is None:  # cancelled meanwhile: hand the permit straight back
-                    self._held.append(permit)
                     await self.release()
                 else:
                     self._waiters.remove(waiter)
                     waiter.set_result(permit)
-            if self._closed or not any(not w.done() for w in self._waiters):
+            if self._next_waiter() is None:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
 
     async def _ask(self, wanted: int) -> list[str]:
+        """One acquisition (``limiter_acquire.lua``), which also re-registers what is held."""
         self._batches += 1
-        result = await self._acquire(
-            keys=[self.keys.limit, self.keys.permits, self.keys.stop],
-            args=[self.maximum, wanted, self.lease_ms,
-                  f"{self.cluster.worker_id}:{self._batches}", self._started_ms],
+        keys = self.keys
+        result = await self.cluster.scripts["limiter_acquire"](
+            keys=[keys.epoch, keys.limit, keys.permits, keys.stop, keys.waiting],
+            args=[self.maximum, wanted, self.lease_ms, self.cluster.worker_id,
+                  f"{self.cluster.worker_id}:{self._batches}", self._started_ms, self.grace_ms,
+                  max(1000, int(self.poll_interval * 10_000)), *self._held],
         )
         if result[0] == -1:
             self._stopped_by_cluster(result[1].decode())
             return []
-        self.limit, in_use = int(result[0]), int(result[1])
-        self.peak = max(self.peak, in_use)
-        return [permit.decode() for permit in result[2]]
+        self.limit, self._used, self._others = int(result[0]), int(result[1]), int(result[2])
+        self.peak = max(self.peak, self._used)
+        granted = [permit.decode() for permit in result[3:]]
+        self._short = wanted > len(granted)
+        return granted
+
+    async def _release_loop(self) -> None:
+        """Give permits back to Redis; retried until Redis answers."""
+        attempt = 0
+        while True:
+            self._release_wanted.clear()
+            if not self._releasing:
+                await self._release_wanted.wait()
+                continue
+            try:
+                await self._release_now()
+            except redis.RedisError as exc:
+                if not attempt:
+                    logger.warning("Redis limiter: %s; %d permits will be given back when it "
+                                   "answers", exc, len(self._releasing))
+                await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                attempt += 1
+                continue
+            if attempt:
+                logger.info("Redis limiter: permits given back")
+            attempt = 0
+
+    async def _release_now(self) -> None:
+        permits = list(self._releasing)
+        await self.cluster.scripts["limiter_release"](
+            keys=[self.keys.permits], args=[self.keys.released_channel, *permits])
+        self._releasing = [p for p in self._releasing if p not in permits]
+        self._wakeup.set()
+
+    async def _renew_loop(self) -> None:
+        """Renew the permits held while no acquisition does it (``_ask`` with nothing wanted)."""
+        while True:
+            await asyncio.sleep(self.cluster.heartbeat_interval)
+            pump = self._tasks.get("pump")
+            if self._held and (pump is None or pump.done()):
+                with contextlib.suppress(redis.RedisError):
+                    await self._ask(0)
 
     async def _listen(self, pubsub: Any) -> None:
         """Wake the pump on every release anywhere; stop when another worker stopped the crawl."""
@@ -338,9 +364,11 @@ class RedisLimiter:
             while True:
                 try:
                     message = await pubsub.get_message(timeout=1.0)
-                except redis.RedisError as exc:
-                    logger.warning("Redis limiter notifications: %s; polling meanwhile", exc)
+                except redis.RedisError:
                     await asyncio.sleep(self.poll_interval)
+                    with contextlib.suppress(redis.RedisError):
+                        await pubsub.subscribe(self.keys.released_channel,
+                                               self.keys.stopped_channel)
                     continue
                 if message is None:
                     continue

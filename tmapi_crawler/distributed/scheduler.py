@@ -1,47 +1,63 @@
-"""scrapy-redis's scheduler, made fit for Scrapy 2.19 and for workers that may die at any time.
+"""The scheduler of a distributed worker: a Scrapy scheduler fed from the shared queue.
 
-What it changes in ``scrapy_redis.scheduler.Scheduler`` (0.9.1, tested upstream up to 2.11):
+Scrapy calls a scheduler synchronously, from its event loop: a blocking Redis call there
+stalls every request in flight (measured in BENCHMARKS.md). So this scheduler never calls
+Redis itself; three tasks do, with the asyncio client:
 
-* one Redis connection pool for the scheduler, queue and dupefilter (the ``Cluster``'s), keys
-  derived from ``TMAPI_REDIS_PREFIX``, stats without the ``spider`` argument Scrapy deprecated;
-* shared state is never wiped: ``SCHEDULER_PERSIST`` must be on, ``SCHEDULER_FLUSH_ON_START``
-  off, and ``SCHEDULER_IDLE_BEFORE_CLOSE`` (a blocking pop that stalls the event loop) unused;
-* queueing marks a request seen and queues it in one atomic step;
-* the acknowledgement ledger: a request popped from the shared queue stays leased to this
-  worker until its page is parsed and every product of it stored (``tmapi_crawler.signals``),
-  or until it failed for good; a clean stop gives the rest back, a dead worker's leases are
-  given back by the others (the reaper runs with every heartbeat and idle check);
-* the worker's lifetime: it stays while the cluster has queued or leased requests, and closes
-  after ``MAX_IDLE_TIME_BEFORE_CLOSE`` seconds without any.
+* the **fetcher** keeps a small local buffer of leased entries (``TMAPI_QUEUE_PREFETCH``),
+  rebuilds each request from its page spec with the spider's own ``page_request`` (nothing but
+  the page spec is taken from Redis) and hands it to the engine with ``engine.crawl``, which
+  wakes the engine at once — no polling of Scrapy's private parts;
+* the **writer** applies, in order, what the crawl produced: new entries, acknowledgements,
+  failures, give-backs. Order matters: a page's follow-up entries are queued before its lease
+  is acknowledged, so a worker dying at any point loses nothing;
+* the **keeper** sends heartbeats, takes back dead workers' leases, notices when Redis lost
+  the crawl, and ends the worker when the cluster crawl is complete.
+
+From scrapy-redis it keeps the dupefilter (fingerprints, its Redis set, its log) and the queue's
+layout (``queue.py``); its scheduler, which blocks on Redis and pickles requests, is not used.
+
+The acknowledgement ledger: an entry popped from the shared queue stays leased to this worker
+until its page is parsed and every product of it stored (``tmapi_crawler.signals``), or until it
+failed for good; a clean stop gives the rest back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import redis
 from scrapy import signals
+from scrapy.core.scheduler import BaseScheduler
 from scrapy.exceptions import DontCloseSpider
 from scrapy.utils.conf import build_component_list
+from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.misc import load_object
-from scrapy_redis.scheduler import Scheduler
 
 from tmapi_crawler import api
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.closing import (
-    FOREIGN_REQUEST,
+    FINISHED,
+    REDIS_STATE_LOST,
     REDIS_UNAVAILABLE,
     STOPPING_OUTCOMES,
     close_spider,
 )
-from tmapi_crawler.distributed.cluster import Census, Cluster, ClusterSettingsError
+from tmapi_crawler.distributed import entries
+from tmapi_crawler.distributed.cluster import Census, Cluster, ClusterSettingsError, Completion
 from tmapi_crawler.distributed.keys import redact_url
-from tmapi_crawler.distributed.queue import LEASE_META, ForeignRequest, ReliablePriorityQueue
+from tmapi_crawler.distributed.queue import CrawlGone, Leased, Push, page_push
+from tmapi_crawler.distributed.status import read_status
+from tmapi_crawler.frontier.context import META_KEY
+from tmapi_crawler.progress import Progress, Rate
 from tmapi_crawler.storage.writer import MongoPipeline
 
 if TYPE_CHECKING:
@@ -49,11 +65,17 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.http import Request, Response
     from scrapy.settings import BaseSettings
+    from twisted.internet.defer import Deferred
     from twisted.python.failure import Failure
 
+    from tmapi_crawler.distributed.queue import SharedQueue
     from tmapi_crawler.items import ProductPage
 
 logger = logging.getLogger(__name__)
+
+#: ``Request.meta`` key carrying the lease id of a request popped from the shared queue.
+#: Copies made for retries keep it, so any of them can acknowledge the page.
+LEASE_META = "tmapi_lease"
 
 #: Page failures that are not the page's fault: the crawl is stopping (quota, bad token,
 #: shutdown). Such pages stay leased and go back to the queue, for a later resume.
@@ -61,6 +83,10 @@ RESUMABLE_FAILURES = frozenset(
     {"not_sent"}
     | {str(code) for code, error in api.ERROR_CODES.items() if error.outcome in STOPPING_OUTCOMES}
 )
+#: Refusal reasons are cut to this length: they may quote what someone wrote into Redis.
+_REASON_CHARS = 200
+#: Retry delays while Redis does not answer.
+_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 def _stores_items(settings: BaseSettings) -> bool:
@@ -73,61 +99,88 @@ def _stores_items(settings: BaseSettings) -> bool:
 
 @dataclass(slots=True)
 class _Page:
-    """A leased request's progress: its page item still to be stored, None until parsed."""
+    """A leased entry's progress: its page item still to be stored, None until parsed."""
 
     items_left: int | None = None
     parsed_at: float = 0.0
 
 
-class DistributedScheduler(Scheduler):
+@dataclass(slots=True)
+class _Op:
+    """One write for the writer: ``kind`` is push, ack, fail or give_back."""
+
+    kind: str
+    push: Push | None = None
+    request: Request | None = None
+    ids: list[str] = field(default_factory=list)
+    reason: str = ""
+    counted: bool = False
+
+
+class _Outage:
+    """Logs a Redis outage once when it starts and once when it ends, and paces the retries."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failures = 0
+
+    async def failed(self, exc: Exception) -> None:
+        if not self.failures:
+            logger.warning("Redis: %s failed (%s); retrying until it answers", self.what, exc)
+        self.failures += 1
+        await asyncio.sleep(_BACKOFF[min(self.failures, len(_BACKOFF)) - 1])
+
+    def succeeded(self) -> None:
+        if self.failures:
+            logger.info("Redis answers again: %s resumed", self.what)
+        self.failures = 0
+
+
+class DistributedScheduler(BaseScheduler):
     def __init__(self, crawler: Crawler, cluster: Cluster) -> None:
         settings = crawler.settings
-        super().__init__(
-            server=cluster.redis,
-            persist=True,
-            queue_key=cluster.keys.queue,
-            queue_cls=settings.get("SCHEDULER_QUEUE_CLASS"),
-            dupefilter=cluster.dupefilter(),
-            dupefilter_key=cluster.keys.dupefilter,
-            serializer=load_object(settings.get("SCHEDULER_SERIALIZER")),
-        )
         self.crawler = crawler
         self.stats = crawler.stats
         self.cluster = cluster
         self.worker_id = cluster.worker_id
         #: The cluster crawl's id, which the storage pipeline records products under.
         self.crawl_id: str | None = None
-        self.queue: ReliablePriorityQueue | None = None  # type: ignore[assignment]
+        self.queue: SharedQueue | None = None
+        self.spider: Spider | None = None
         self.max_idle = settings.getfloat("MAX_IDLE_TIME_BEFORE_CLOSE")
         #: Past the storage pipeline's own patience, products still not stored are lost.
         self.storage_patience = settings.getfloat("MONGO_RETRY_TIMEOUT") + 60
         self.poll_interval = settings.getfloat("TMAPI_QUEUE_POLL_INTERVAL")
-        if self.poll_interval <= 0 or self.max_idle < 0:
-            raise ClusterSettingsError("TMAPI_QUEUE_POLL_INTERVAL must be positive and "
+        self.prefetch = settings.getint("TMAPI_QUEUE_PREFETCH")
+        if self.poll_interval <= 0 or self.max_idle < 0 or self.prefetch < 1:
+            raise ClusterSettingsError("TMAPI_QUEUE_POLL_INTERVAL must be positive, "
+                                       "TMAPI_QUEUE_PREFETCH at least 1 and "
                                        "MAX_IDLE_TIME_BEFORE_CLOSE not negative")
+        self._buffer: deque[Request] = deque()
+        self._injecting: Request | None = None
         self._pages: dict[str, _Page] = {}
         self._items: dict[int, tuple[ProductPage, str]] = {}
-        self._idle_since: float | None = None
+        self._ops: deque[_Op] = deque()
+        self._ops_added = asyncio.Event()
+        self._ops_done = asyncio.Event()
+        self._wanted = asyncio.Event()
+        self._popping = False
+        self._rate = Rate()
         self._started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
+        self._writer: asyncio.Task[None] | None = None
+        self._marking: asyncio.Task[None] | None = None
+        self._idle_since: float | None = None
+        #: Why this worker stops, once it decided to: no new work is taken after that.
+        self._stopping: str | None = None
+        self._open_error: str | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> DistributedScheduler:
-        settings = crawler.settings
-        if not settings.getbool("SCHEDULER_PERSIST"):
-            raise ClusterSettingsError("SCHEDULER_PERSIST must be True: with a shared queue, the "
-                                       "first worker to close would delete everyone's work")
-        if settings.getbool("SCHEDULER_FLUSH_ON_START"):
-            raise ClusterSettingsError("SCHEDULER_FLUSH_ON_START would delete the other workers' "
-                                       "work; `scrapy seed` starts a new crawl when one is over")
-        if settings.getint("SCHEDULER_IDLE_BEFORE_CLOSE"):
-            raise ClusterSettingsError("SCHEDULER_IDLE_BEFORE_CLOSE blocks the event loop; use "
-                                       "MAX_IDLE_TIME_BEFORE_CLOSE")
         scheduler = cls(crawler, Cluster.of(crawler))
         connect = crawler.signals.connect
         connect(scheduler.page_parsed, signal=tmapi_signals.page_parsed)
-        if _stores_items(settings):
+        if _stores_items(crawler.settings):
             connect(scheduler.items_stored, signal=tmapi_signals.items_stored)
         else:
             logger.warning("No MongoPipeline: pages are acknowledged once their items passed "
@@ -145,90 +198,252 @@ class DistributedScheduler(Scheduler):
         return self.cluster.worker_info(state, started_at=self._started_at,
                                         crawl_id=self.crawl_id, **extra)
 
-    def open(self, spider: Spider) -> None:
-        """Join the cluster crawl (a worker given arguments may start a new one) and register."""
-        self.spider = spider
-        self.queue = self.cluster.open_queue(spider, self.worker_id)
-        seeding = bool(getattr(spider, "arguments", None))
-        try:
-            self.crawl_id, fresh = self.cluster.begin_crawl(
-                renew=seeding, worker_info=self._info("running")
-            )
-            queued = len(self.queue)
-        except redis.RedisError as exc:
-            # Closed once open: Scrapy 2.19 skips opening the item pipelines when ``open``
-            # raises CloseSpider, and then fails closing them.
-            logger.error("Redis at %s unreachable (%s): nothing was sent to the API",
-                         redact_url(self.cluster.url), exc)
-            return
-        self.stats.set_value(stats_keys.WORKER_ID, self.worker_id)
-        logger.info("%s cluster crawl %s at %s as worker %s; %d requests queued",
-                    "Started" if fresh else "Joined", self.crawl_id,
-                    redact_url(self.cluster.url), self.worker_id, queued)
-        self._tasks = [asyncio.ensure_future(self._heartbeat()),
-                       asyncio.ensure_future(self._poll())]
+    # Opening and closing.
 
-    def close(self, reason: str) -> None:
-        """Give back what this worker did not finish, and say it left: nothing shared is wiped."""
-        for task in self._tasks:
-            task.cancel()
-        if self.queue is None or self.crawl_id is None:
-            return
-        leftover = list(self._pages)
-        self._pages.clear()
-        self._items.clear()
+    def open(self, spider: Spider) -> Deferred[None]:
+        return deferred_from_coro(self._open(spider))
+
+    async def _open(self, spider: Spider) -> None:
+        """Join the cluster crawl (a worker given arguments may start a new one) and register.
+
+        A failure is reported when the spider opened: Scrapy 2.19 skips opening the item
+        pipelines when ``open`` raises, and then fails closing them.
+        """
+        self.spider = spider
+        cluster = self.cluster
         try:
-            requeued, _ = self.queue.give_back(leftover, counted=False, reason="shutdown")
-            self.cluster.heartbeat(self._info("exited", finish_reason=reason), alive=False)
-        except redis.RedisError as exc:
-            logger.error("Redis: %s; the other workers will take back this worker's %d "
-                         "unfinished requests once its heartbeat expires", exc, len(leftover))
+            self.crawl_id, fresh = await cluster.begin_crawl(
+                renew=bool(getattr(spider, "arguments", None)),
+                worker_info=self._info("running"))
+            await cluster.warn_without_persistence()
+        except CrawlGone as exc:
+            logger.error("Redis lost the state of cluster crawl %s: this worker will not work "
+                         "on what is left of it; `scrapy seed` starts a new crawl", exc)
+            self._open_error = REDIS_STATE_LOST
             return
-        if requeued:
-            self.stats.inc_value(stats_keys.DISTRIBUTED_GIVEN_BACK, requeued)
-            logger.info("Gave %d unfinished requests back to the shared queue", requeued)
+        except redis.RedisError as exc:
+            logger.error("Redis at %s unreachable (%s): nothing was sent to the API",
+                         redact_url(cluster.url), exc)
+            self._open_error = REDIS_UNAVAILABLE
+            return
+        self.queue = cluster.queue(self.crawl_id, self.worker_id)
+        self.stats.set_value(stats_keys.WORKER_ID, self.worker_id)
+        logger.info("%s cluster crawl %s at %s as worker %s",
+                    "Started" if fresh else "Joined", self.crawl_id,
+                    redact_url(cluster.url), self.worker_id)
+        self._writer = asyncio.ensure_future(self._write())
 
     def spider_opened(self) -> None:
-        if self.crawl_id is None:
-            self._close_soon(REDIS_UNAVAILABLE)
+        """Take work only now: the item pipelines are open."""
+        if self._open_error is not None:
+            self._stop(self._open_error)
+            return
+        self._tasks = [asyncio.ensure_future(self._fetch()),
+                       asyncio.ensure_future(self._keep())]
 
-    def _close_soon(self, reason: str) -> None:
-        self._stopping = True
-        close_spider(self.crawler, reason)
+    def close(self, reason: str) -> Deferred[None]:
+        return deferred_from_coro(self._close(reason))
+
+    async def _close(self, reason: str) -> None:
+        """Finish the writes, give back what this worker did not finish, and say it left."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._marking is not None:
+            await self._marking
+        if self.queue is None or self._writer is None:
+            return
+        lost = self._stopping == REDIS_STATE_LOST
+        if not lost:
+            self._give_back(list(self._pages), counted=False, reason="shutdown")
+            self._pages.clear()
+            self._items.clear()
+            self._buffer.clear()
+            # The others take this worker's leases back once its heartbeat expired anyway.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained(), self.cluster.heartbeat_ttl)
+        self._writer.cancel()
+        await asyncio.gather(self._writer, return_exceptions=True)
+        if self._ops and not lost:
+            logger.error("Redis: %d writes did not reach it; the other workers will take back "
+                         "this worker's unfinished entries once its heartbeat expires",
+                         len(self._ops))
+        if not lost:
+            with contextlib.suppress(redis.RedisError, CrawlGone):
+                await self.cluster.exit(self.crawl_id or "",
+                                        self._info("exited", finish_reason=reason),
+                                        self._snapshot("exited"))
+
+    def _stop(self, reason: str) -> None:
+        """Stop taking work and close the crawl with ``reason``, once."""
+        if self._stopping is None:
+            self._stopping = reason
+            close_spider(self.crawler, reason)
+
+    # What Scrapy calls.
 
     def has_pending_requests(self) -> bool:
-        return self.crawl_id is not None and super().has_pending_requests()
+        return bool(self._buffer)
 
     def enqueue_request(self, request: Request) -> bool:
-        assert self.queue is not None
-        if self.crawl_id is None:  # not joined: closing
+        if request is self._injecting:  # leased by the fetcher, handed in by engine.crawl
+            self._buffer.append(request)
+            self._injecting = None
+            return True
+        if self.queue is None or self._stopping is not None:
             return False
-        if request.dont_filter:
-            self.queue.push(request)
-        elif not self.queue.push_unique(request, self.df):
-            self.df.log(request, self.spider)
-            self.stats.inc_value("dupefilter/filtered")
+        if META_KEY not in request.meta:
+            logger.error("Not an API page, so it cannot be queued for the cluster: %s", request)
             return False
-        self.stats.inc_value("scheduler/enqueued/redis")
+        self._write_op(_Op("push", push=page_push(request, self.cluster.dupefilter),
+                           request=request))
         return True
 
     def next_request(self) -> Request | None:
-        assert self.queue is not None
-        if self.crawl_id is None:  # not joined: closing
+        if len(self._buffer) <= self.prefetch // 2:
+            self._wanted.set()
+        if not self._buffer:
             return None
-        try:
-            request = self.queue.pop()
-        except ForeignRequest as exc:
-            if not self._stopping:
-                logger.error("%s; stopping this worker", exc)
-                self._close_soon(FOREIGN_REQUEST)
-            return None
-        if request is None:
-            return None
-        self._pages[request.meta[LEASE_META]] = _Page()
         self._idle_since = None
         self.stats.inc_value("scheduler/dequeued/redis")
-        return request
+        return self._buffer.popleft()
+
+    # The fetcher.
+
+    async def _fetch(self) -> None:
+        """Keep the local buffer filled from the shared queue."""
+        assert self.queue is not None
+        outage = _Outage("taking work from the shared queue")
+        while self._stopping is None:
+            self._wanted.clear()
+            room = self.prefetch - len(self._buffer)
+            if room <= 0:
+                await self._wanted.wait()
+                continue
+            self._popping = True
+            try:
+                leased = await self.queue.pop(room)
+            except CrawlGone:
+                self._state_lost()
+                return
+            except redis.RedisError as exc:
+                await outage.failed(exc)
+                continue
+            finally:
+                self._popping = False
+            outage.succeeded()
+            for entry in leased:
+                self._admit(entry)
+            if not leased:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wanted.wait(), self.poll_interval)
+
+    def _admit(self, leased: Leased) -> None:
+        """Rebuild a leased entry's request from its page spec and give it to the engine."""
+        lease = leased.id
+        try:
+            context, _ = entries.decode(leased.entry, known=leased.known)
+        except entries.RefusedEntry as exc:
+            reason = f"refused: {exc}"[:_REASON_CHARS]
+            logger.error("Refused entry %s of the shared queue (%s); kept in the failed list",
+                         lease[:_REASON_CHARS], reason)
+            self.stats.inc_value(stats_keys.DISTRIBUTED_REFUSED)
+            self._write_op(_Op("fail", ids=[lease], reason=reason))
+            return
+        assert self.spider is not None
+        request = self.spider.page_request(context)
+        request.meta[LEASE_META] = lease
+        self._pages[lease] = _Page()
+        self._injecting = request
+        self.crawler.engine.crawl(request)
+        if self._injecting is request:  # a request_scheduled handler dropped it
+            self._injecting = None
+            self._forget([lease])
+            self._give_back([lease], counted=True, reason="dropped")
+
+    # The writer.
+
+    def _write_op(self, op: _Op) -> None:
+        self._ops.append(op)
+        self._ops_done.clear()
+        self._ops_added.set()
+
+    async def _drained(self) -> None:
+        await self._ops_done.wait()
+
+    async def _write(self) -> None:
+        """Apply the writes in order; retried as they are until Redis answers (each is
+        idempotent: an entry seen is not queued again, a lease is released once)."""
+        outage = _Outage("writing the crawl's progress")
+        while True:
+            if not self._ops:
+                self._ops_done.set()
+                self._ops_added.clear()
+                await self._ops_added.wait()
+                continue
+            kind = self._ops[0].kind
+            batch = [self._ops[0]]
+            if kind in ("push", "ack"):
+                batch = []
+                for op in self._ops:
+                    if op.kind != kind or len(batch) == 500:
+                        break
+                    batch.append(op)
+            try:
+                await self._apply(kind, batch)
+            except CrawlGone:
+                self._ops.clear()
+                self._ops_done.set()
+                self._state_lost()
+                return
+            except redis.RedisError as exc:
+                await outage.failed(exc)
+                continue
+            outage.succeeded()
+            for _ in batch:
+                self._ops.popleft()
+
+    async def _apply(self, kind: str, batch: list[_Op]) -> None:
+        queue = self.queue
+        assert queue is not None
+        if kind == "push":
+            added = await queue.push([op.push for op in batch if op.push is not None])
+            for op, queued in zip(batch, added, strict=True):
+                if queued:
+                    self.stats.inc_value("scheduler/enqueued/redis")
+                else:
+                    self._dropped(op.request)
+            self._wanted.set()
+        elif kind == "ack":
+            ids = [i for op in batch for i in op.ids]
+            acked = await queue.ack(ids, self._snapshot("running"))
+            self.stats.inc_value(stats_keys.DISTRIBUTED_ACKED, acked)
+            if acked < len(ids):
+                self.stats.inc_value(stats_keys.DISTRIBUTED_RECLAIMED, len(ids) - acked)
+        elif kind == "fail":
+            await queue.fail(batch[0].ids[0], batch[0].reason)
+        else:
+            op = batch[0]
+            requeued, _ = await queue.give_back(op.ids, counted=op.counted, reason=op.reason)
+            if op.reason == "shutdown" and requeued:
+                self.stats.inc_value(stats_keys.DISTRIBUTED_GIVEN_BACK, requeued)
+                logger.info("Gave %d unfinished requests back to the shared queue", requeued)
+
+    def _dropped(self, request: Request | None) -> None:
+        """A duplicate: what Scrapy's engine does when a scheduler refuses a request."""
+        if request is None:
+            return
+        self.cluster.dupefilter.log(request, self.spider)
+        self.stats.inc_value("dupefilter/filtered")
+        self.crawler.signals.send_catch_log(signals.request_dropped, request=request,
+                                            spider=self.spider)
+
+    def _snapshot(self, state: str) -> str:
+        """This worker's progress counters, as ``scrapy status`` adds them up."""
+        progress = Progress.from_stats(self.stats.get_stats())
+        self._rate.add(time.monotonic(), progress.pages_done)
+        return json.dumps({**asdict(progress), "rate": self._rate.per_second(),
+                           "state": state, "crawl_id": self.crawl_id})
 
     # The acknowledgement ledger.
 
@@ -283,107 +498,152 @@ class DistributedScheduler(Scheduler):
         return lease if page.items_left == 0 else None
 
     def _ack(self, leases: list[str]) -> None:
-        if not leases:
-            return
-        for lease in leases:
-            self._pages.pop(lease, None)
-        assert self.queue is not None
-        acked = self.queue.ack(leases)
-        self.stats.inc_value(stats_keys.DISTRIBUTED_ACKED, acked)
-        if acked < len(leases):
-            self.stats.inc_value(stats_keys.DISTRIBUTED_RECLAIMED, len(leases) - acked)
+        if leases:
+            self._forget(leases)
+            self._write_op(_Op("ack", ids=leases))
 
     def _fail(self, lease: str, reason: str) -> None:
-        self._pages.pop(lease, None)
-        for key in [k for k, (_, owner) in self._items.items() if owner == lease]:
-            del self._items[key]
-        assert self.queue is not None
-        self.queue.fail(lease, reason)
+        self._forget([lease])
+        self._write_op(_Op("fail", ids=[lease], reason=reason))
         self.stats.inc_value(stats_keys.DISTRIBUTED_FAILED)
 
-    # Lifetime.
+    def _give_back(self, leases: list[str], *, counted: bool, reason: str) -> None:
+        if leases:
+            self._write_op(_Op("give_back", ids=leases, counted=counted, reason=reason))
+
+    def _forget(self, leases: list[str]) -> None:
+        gone = set(leases)
+        for lease in gone:
+            self._pages.pop(lease, None)
+        for key in [k for k, (_, lease) in self._items.items() if lease in gone]:
+            del self._items[key]
+
+    # The keeper: heartbeats, dead workers, lost state, the end of the crawl.
 
     def spider_idle(self) -> None:
-        """Keep the worker while the cluster has work; close after ``MAX_IDLE_TIME_BEFORE_CLOSE``.
+        """The keeper decides when this worker closes: until then it stays."""
+        if self._stopping is None:
+            raise DontCloseSpider
 
-        Called when this worker has nothing in progress: its own leases then wait for their
-        products to be stored (the pipeline flushes on a timer), or are lost to it.
-        """
-        assert self.queue is not None
-        if self.crawl_id is None:  # not joined: closing with its own reason
-            raise DontCloseSpider
-        now = time.monotonic()
-        try:
-            self._give_back_lost(now)
-            if self._pages:
-                raise DontCloseSpider
-            census = self.cluster.census()
-            self._reap(census)
-        except redis.RedisError as exc:
-            logger.warning("Redis: %s; staying up", exc)
-            raise DontCloseSpider from None
-        if census.busy:
+    async def _keep(self) -> None:
+        assert self.crawl_id is not None
+        outage = _Outage("heartbeat")
+        while self._stopping is None:
+            try:
+                census = await self.cluster.heartbeat(self.crawl_id, self._info("running"))
+                await self._reap(census)
+                completion = await self._idle_check(census)
+            except CrawlGone:
+                self._state_lost()
+                return
+            except redis.RedisError as exc:
+                await outage.failed(exc)
+                continue
+            outage.succeeded()
+            if completion is not None:
+                self._end(completion)
+                return
+            await asyncio.sleep(self.cluster.heartbeat_interval)
+
+    async def _reap(self, census: Census) -> None:
+        requeued = failed = 0
+        for worker in census.dead_with_leases:
+            r, f = await self.cluster.reap(worker)
+            requeued, failed = requeued + r, failed + f
+        if requeued or failed:
+            self.stats.inc_value(stats_keys.DISTRIBUTED_REAPED, requeued)
+            logger.warning("Workers %s stopped heartbeating: %d of their requests re-queued, %d "
+                           "failed as poison", ", ".join(census.dead_with_leases), requeued, failed)
+            self._wanted.set()
+
+    def _locally_idle(self) -> bool:
+        engine = self.crawler.engine
+        return (not self._buffer and not self._ops and not self._popping and engine is not None
+                and engine.scheduler is not None and engine.spider_is_idle())
+
+    async def _idle_check(self, census: Census) -> Completion | None:
+        """Complete the crawl after ``MAX_IDLE_TIME_BEFORE_CLOSE`` seconds without work here or
+        anywhere in the cluster (late seeds are still taken); None while it is not over."""
+        if not self._locally_idle():
             self._idle_since = None
-            raise DontCloseSpider
+            return None
+        await self._give_back_lost()
+        if census.complete:
+            return await self.cluster.complete(self.crawl_id or "")
+        if self._pages or census.busy:
+            self._idle_since = None
+            return None
+        now = time.monotonic()
         if self._idle_since is None:
             self._idle_since = now
         if now - self._idle_since < self.max_idle:
-            raise DontCloseSpider
+            return None
+        return await self.cluster.complete(self.crawl_id or "")
 
-    def _give_back_lost(self, now: float) -> None:
+    async def _give_back_lost(self) -> None:
         """Return leases whose page can no longer complete in this worker.
 
         Called while nothing is in progress here: a page never parsed nor failed vanished (a
         component dropped its request), and one whose products are not stored long after the
-        storage pipeline would have given up lost them. Both count as a delivery, so a request
+        storage pipeline would have given up lost them. Both count as a delivery, so an entry
         that always ends that way is failed as poison instead of looping.
         """
+        now = time.monotonic()
         lost = {lease for lease, page in self._pages.items()
                 if page.items_left is None or now - page.parsed_at > self.storage_patience}
         if not self._pages:
             # Leases Redis holds for this worker that it no longer tracks (an acknowledgement
             # that did not reach Redis): the cluster would wait for them forever.
             assert self.queue is not None
-            lost.update(self.queue.leased_ids())
-        if not lost:
+            lost.update(await self.queue.leased_ids())
+        if lost:
+            self._forget(list(lost))
+            self._give_back(list(lost), counted=True, reason="lost_in_worker")
+            logger.warning("%d requests ended without their products stored; gave them back",
+                           len(lost))
+
+    def _end(self, completion: Completion) -> None:
+        if completion.lost:
+            self.stats.set_value(stats_keys.DISTRIBUTED_MISSING, completion.missing)
+            logger.error("Cluster crawl %s cannot be complete: %d of its queued entries were "
+                         "never done nor failed, so Redis lost them (it keeps no append-only "
+                         "file?); run `scrapy seed` again to crawl what is missing",
+                         self.crawl_id, completion.missing)
+            self._stop(REDIS_STATE_LOST)
             return
-        for lease in lost:
-            del self._pages[lease]
-        for key in [k for k, (_, lease) in self._items.items() if lease in lost]:
-            del self._items[key]
-        assert self.queue is not None
-        self.queue.give_back(lost, counted=True, reason="lost_in_worker")
-        logger.warning("%d requests ended without their products stored; gave them back",
-                       len(lost))
+        logger.info("Cluster crawl %s is complete%s", self.crawl_id,
+                    "; this worker finalises it" if completion.finaliser else "")
+        self.crawler.signals.send_catch_log(tmapi_signals.crawl_complete,
+                                            crawl_id=self.crawl_id,
+                                            finaliser=completion.finaliser)
+        self._stop(FINISHED)
 
-    def _reap(self, census: Census) -> None:
-        if not census.dead_with_leases:
+    def _state_lost(self) -> None:
+        """Redis lost the crawl: stop, and leave a mark saying so (never report it finished)."""
+        if self._stopping is not None:
             return
-        requeued, failed = self.cluster.reap_dead(census)
-        if requeued or failed:
-            self.stats.inc_value(stats_keys.DISTRIBUTED_REAPED, requeued)
-            logger.warning("Workers %s stopped heartbeating: %d of their requests re-queued, %d "
-                           "failed as poison", ", ".join(census.dead_with_leases), requeued, failed)
+        self.cluster.stopping = REDIS_STATE_LOST
+        logger.error("Redis lost the state of cluster crawl %s (restarted without persistence, "
+                     "or flushed): its queue and leases are gone, so the crawl cannot be "
+                     "completed. Stopping; products stored so far stay in MongoDB, and "
+                     "`scrapy seed` starts a new crawl", self.crawl_id)
+        self._marking = asyncio.ensure_future(self._mark_lost())
+        self._stop(REDIS_STATE_LOST)
 
-    async def _heartbeat(self) -> None:
-        while True:
-            try:
-                self.cluster.heartbeat(self._info("running"))
-                self._reap(self.cluster.census())
-            except redis.RedisError as exc:
-                logger.warning("Redis heartbeat failed: %s", exc)
-            await asyncio.sleep(self.cluster.heartbeat_interval)
+    async def _mark_lost(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            await self.cluster.mark_lost(self.crawl_id or "", "restart")
 
-    async def _poll(self) -> None:
-        """Make the engine look at the shared queue every ``TMAPI_QUEUE_POLL_INTERVAL``.
+    # Progress.
 
-        Scrapy asks the scheduler for requests when something happens in this process, or
-        every 5 s; work queued by other workers must be picked up sooner than that. Scrapy has
-        no public call for it: if its engine changes, this falls back to the 5-s heartbeat.
-        """
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            slot = getattr(self.crawler.engine, "_slot", None)
-            nextcall = getattr(slot, "nextcall", None)
-            if nextcall is not None:
-                nextcall.schedule()
+    async def progress_line(self, *, final: bool = False) -> str | None:
+        """The cluster's progress line, as ``scrapy status`` shows it (``progress.py``)."""
+        if self.crawl_id is None:
+            return None
+        try:
+            status = await read_status(self.cluster, final=final)
+        except redis.RedisError:
+            return None
+        if status["crawl_id"] != self.crawl_id:
+            return None
+        return str(status["cluster_progress"]["line"])

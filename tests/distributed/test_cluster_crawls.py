@@ -1,0 +1,247 @@
+"""Distributed crawling end to end: real workers, Redis, MongoDB and sandbox (``tests/cluster.py``).
+
+What a cluster promises: every page fetched once, never more than the limit in flight, nothing
+lost when a worker dies, a quota that stops every worker, nothing secret or executable in
+Redis, and one truth about progress in ``scrapy status`` and in the workers' logs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections import Counter
+from collections.abc import Callable
+
+import pymongo
+import redis
+
+from tests.cluster import (
+    LIMIT,
+    Env,
+    Worker,
+    assert_no_secret_or_pickle,
+    finish,
+    leases_of,
+    served,
+    stored_products,
+    truth,
+    wait_until,
+)
+from tests.crawling import records
+
+#: A worker's progress line: the cluster's, as `scrapy status` shows it (no per-worker queries).
+PROGRESS = re.compile(r"Progress: (pages \d+/\d+.*)$", re.MULTILINE)
+
+
+def test_seed_validates_like_crawl_and_sends_nothing(
+    start_env: Callable[..., Env], redis_client: redis.Redis
+) -> None:
+    env = start_env()
+    for arguments, message in [
+        ((), "error: cat_id: missing"),
+        (("cat_id=1", "sort=cheapest"), "error: sort: 'cheapest' is not one of"),
+    ]:
+        result = env.seed(*arguments)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+        assert result.stderr.startswith(message)
+    local = env.seed("cat_id=1", profile="default")
+    assert local.returncode == 2
+    assert "SCRAPY_PROJECT=distributed" in local.stderr
+    assert redis_client.dbsize() == 0
+
+    result = env.seed("cat_id=1,2,3", env={"TMAPI_TOKEN": ""})
+    assert result.returncode == 0, result.stderr
+    crawl_id = env.status()["crawl_id"]
+    assert result.stdout.startswith(f"queued 3 of 3 queries into new crawl {crawl_id} ")
+    again = env.seed("cat_id=3,4", env={"TMAPI_TOKEN": ""})
+    assert again.stdout.startswith(f"queued 1 of 2 queries (1 already in the crawl) "
+                                   f"into running crawl {crawl_id} ")
+    status = env.status()
+    assert (status["queued"], status["known"], status["state"]) == (4, 4, "waiting for workers")
+    assert env.sandbox.stats()["requests"] == 0
+
+
+def test_three_workers_crawl_everything_once_within_the_limit(
+    start_env: Callable[..., Env], workers: Callable[..., list[Worker]],
+    mongo_client: pymongo.MongoClient, redis_client: redis.Redis,
+) -> None:
+    env = start_env(latency=0.05, default_size=400)
+    assert env.seed("cat_id=1,2,3").returncode == 0
+    crawl_id = env.status()["crawl_id"]
+    cluster = workers(env, 3, TMAPI_PROGRESS_INTERVAL=0.2)
+    # While they crawl, `scrapy status` never shows pages done without the products that go
+    # with them (a page is done once its 20 products are stored).
+    seen = []
+    while any(w.process.poll() is None for w in cluster):
+        status = env.status()
+        progress = status["cluster_progress"]
+        assert progress["pages_done"] == status["done"] + status["failed"]
+        assert progress["pages_known"] == status["known"]
+        assert progress["items"] >= 20 * status["done"], status
+        seen.append(status["done"])
+    assert finish(cluster) == ["finished"] * 3
+    assert seen == sorted(seen)
+
+    products, pages = truth(env)
+    stored = stored_products(env, mongo_client)
+    assert sorted(stored) == sorted(products)
+    stats = env.sandbox.stats()
+    assert sorted(records(stats)) == sorted(pages)  # each page fetched exactly once
+    assert stats["peak_in_flight"] == LIMIT  # reached, and never over
+    assert stats["throttled"] == 0
+    assert all(w.stats["scheduler/dequeued/redis"] > 0 for w in cluster)  # all took part
+    db = mongo_client[env.database]
+    assert db.products.distinct("first_crawl_id") == [crawl_id]
+    (run,) = db.crawl_runs.find()
+    assert run["_id"] == crawl_id
+    assert len(run["workers"]) == 3
+    assert run["counts"]["pages"] == len(pages)
+    status = env.status()
+    assert status["state"] == "finished"
+    assert (status["queued"], status["in_flight"], status["failed"]) == (0, 0, 0)
+    assert status["done"] == status["known"] == len(pages)
+    assert {w["state"] for w in status["workers"]} == {"exited"}
+    assert b"tmapi:category_items:dupefilter" in assert_no_secret_or_pickle(redis_client)
+    shown = env.scrapy("status", "category_items", "--json")
+    assert shown.returncode == 0, shown.stderr
+    summed = json.loads(shown.stdout)
+    assert summed["crawl_id"] == crawl_id
+    assert summed["cluster_progress"]["pages_done"] == len(pages)
+    assert summed["cluster_progress"]["items"] == sum(w.stats["tmapi/items"] for w in cluster)
+    assert summed["cluster_progress"]["eta"] is None
+    text = env.scrapy("status", "category_items").stdout
+    assert f"crawl {crawl_id}: finished" in text
+    assert f"pages {len(pages)}/{len(pages)} (100.0%)" in text
+    assert "ETA" not in text
+    # Each worker logged the cluster's line, and its last one, written when all was done,
+    # says so, with no ETA.
+    for worker in cluster:
+        lines = PROGRESS.findall(worker.log)
+        assert lines, worker.log[-2000:]
+        assert lines[-1].startswith(f"pages {len(pages)}/{len(pages)} (100.0%)")
+        assert "ETA" not in lines[-1]
+
+
+def test_a_killed_worker_loses_nothing(
+    start_env: Callable[..., Env], workers: Callable[..., list[Worker]],
+    mongo_client: pymongo.MongoClient, redis_client: redis.Redis,
+) -> None:
+    env = start_env(latency=0.1, default_size=600)
+    assert env.seed("cat_id=1,2,3").returncode == 0
+    victim, *survivors = workers(env, 3)
+    wait_until(lambda: served(env) >= 10 and leases_of(env, victim) > 0,
+               "the victim is working on leased pages")
+    assert_no_secret_or_pickle(redis_client)  # mid-crawl: leases and permits are there too
+    victim.signal(signal.SIGKILL)
+    victim.wait()
+    held = leases_of(env, victim)
+    assert held > 0
+    assert finish(survivors) == ["finished"] * 2
+
+    products, pages = truth(env)
+    assert sorted(stored_products(env, mongo_client)) == sorted(products)
+    assert set(records(env.sandbox.stats())) == pages
+    assert sum(w.stats.get("tmapi/distributed/reaped", 0) for w in survivors) == held
+    status = env.status()
+    assert (status["queued"], status["in_flight"], status["in_flight_lost"]) == (0, 0, 0)
+    assert (status["failed"], status["done"]) == (0, len(pages))
+    assert [w["state"] for w in status["workers"] if w["pid"] == victim.pid] == ["lost"]
+    # What it acknowledged before it died is counted, and nothing twice.
+    assert status["cluster_progress"]["pages_done"] == len(pages)
+    assert status["cluster_progress"]["items"] >= 20 * len(pages)
+
+
+def test_stopped_workers_resume_without_fetching_a_page_twice(
+    start_env: Callable[..., Env], workers: Callable[..., list[Worker]],
+    mongo_client: pymongo.MongoClient,
+) -> None:
+    env = start_env(latency=0.1, default_size=600)
+    assert env.seed("cat_id=1,2,3").returncode == 0
+    first = workers(env, 3)
+    wait_until(lambda: served(env) >= 20, "the crawl is under way")
+    for worker in first:
+        worker.signal(signal.SIGINT)
+    assert finish(first) == ["shutdown"] * 3
+    stopped = env.status()
+    assert stopped["queued"] > 0
+    assert (stopped["in_flight"], stopped["in_flight_lost"], stopped["failed"]) == (0, 0, 0)
+    fetched_before = served(env)
+
+    second = workers(env, 3, prefix="again")
+    assert finish(second) == ["finished"] * 3
+    products, pages = truth(env)
+    assert sorted(stored_products(env, mongo_client)) == sorted(products)
+    billed = Counter(records(env.sandbox.stats()))
+    assert set(billed) == pages
+    assert max(billed.values()) == 1  # nothing the first run fetched was fetched again
+    assert fetched_before < len(pages)
+    assert env.status()["done"] == len(pages)
+
+
+def test_quota_stops_every_worker_and_keeps_the_queue(
+    start_env: Callable[..., Env], workers: Callable[..., list[Worker]],
+    mongo_client: pymongo.MongoClient, redis_client: redis.Redis,
+) -> None:
+    env = start_env(latency=0.05, default_size=600, quota=25)
+    assert env.seed("cat_id=1,2,3").returncode == 0
+    cluster = workers(env, 3)
+    assert finish(cluster) == ["tmapi_quota_exhausted"] * 3
+    assert sum(1 for w in cluster if w.stats.get("tmapi/answers/439")) >= 1
+    status = env.status()
+    assert status["state"] == "stopped (tmapi_quota_exhausted)"
+    assert status["queued"] > 0
+    assert (status["in_flight"], status["in_flight_lost"], status["failed"]) == (0, 0, 0)
+    assert status["stop"]["reason"] == "tmapi_quota_exhausted"
+    assert status["done"] == served(env)
+    assert_no_secret_or_pickle(redis_client)
+
+    env.sandbox.configure(quota=0)  # the balance was topped up: starting workers resumes
+    assert finish(workers(env, 2, prefix="resumed")) == ["finished"] * 2
+    products, pages = truth(env)
+    assert sorted(stored_products(env, mongo_client)) == sorted(products)
+    billed = Counter(records(env.sandbox.stats()))
+    assert set(billed) == pages
+    assert max(billed.values()) == 1
+
+
+def test_redis_holds_no_token_and_no_pickle(
+    start_env: Callable[..., Env], workers: Callable[..., list[Worker]],
+    redis_client: redis.Redis,
+) -> None:
+    env = start_env(latency=0.1, default_size=300)
+    assert env.seed("cat_id=1,2,3").returncode == 0
+    cluster = workers(env, 2)
+    wait_until(lambda: env.status()["in_flight"] and env.status()["limiter"]["permits_in_use"],
+               "requests are leased and permits held")
+    during = assert_no_secret_or_pickle(redis_client)
+    assert {b"tmapi:category_items:dupefilter", b"tmapi:limiter:permits"} <= during
+    assert any(key.startswith(b"tmapi:category_items:leases:") for key in during)
+    assert finish(cluster) == ["finished"] * 2
+    assert b"tmapi:category_items:crawl" in assert_no_secret_or_pickle(redis_client)
+
+
+def test_503s_lower_the_limit_of_the_whole_cluster_until_the_crawl_ends(
+    start_env: Callable[..., Env], workers: Callable[..., list[Worker]],
+    mongo_client: pymongo.MongoClient, redis_client: redis.Redis,
+) -> None:
+    env = start_env(latency=0.05, default_size=300, concurrency_limit=2)  # below TMAPI_CONCURRENCY
+    assert env.seed("cat_id=1,2,3").returncode == 0
+    cluster = workers(env, 2)
+    # Shared: how far it goes depends on how many 503s arrive together (each takes one slot
+    # off), so any value below the maximum is right.
+    wait_until(lambda: 1 <= (env.status()["limiter"]["limit"] or LIMIT) < LIMIT,
+               "503s lowered the shared limit")
+    assert finish(cluster) == ["finished"] * 2
+    assert sum(w.stats.get("tmapi/throttle/decreases", 0) for w in cluster) >= LIMIT - 2
+    # Reset once the crawl completed: the next crawl starts at the account's full limit.
+    assert env.status()["limiter"]["limit"] is None
+    products, pages = truth(env)
+    assert sorted(stored_products(env, mongo_client)) == sorted(products)
+    assert set(records(env.sandbox.stats())) == pages
+
+    # A limit some other run left lowered is reset when a new crawl is seeded too.
+    redis_client.set("tmapi:limiter:limit", 1)
+    assert "into new crawl" in env.seed("cat_id=1").stdout
+    assert env.status()["limiter"]["limit"] is None

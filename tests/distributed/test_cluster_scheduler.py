@@ -1,0 +1,83 @@
+"""The distributed scheduler in-process, on its own asyncio loop and a real redis-server: what
+it queues, and what it refuses to take from the queue. Handing requests to the engine and
+the rest of its life are tested with real workers (``test_cluster_crawls.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from scrapy import Request, signals
+from scrapy.utils.defer import maybe_deferred_to_future
+from scrapy.utils.test import get_crawler
+
+from tests.cluster import cluster_settings
+from tests.servers import RedisProcess
+from tmapi_crawler.distributed.scheduler import DistributedScheduler
+from tmapi_crawler.frontier.context import PageContext
+from tmapi_crawler.plan import Query
+from tmapi_crawler.spiders.category_items import CategoryItemsSpider
+
+KEY = "tmapi:category_items"
+
+
+async def until(condition: Callable[[], Any], timeout: float = 30) -> None:
+    """Wait for an event; the timeout only keeps a broken build from hanging."""
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def test_the_queue_gets_page_specs_and_the_worker_refuses_anything_else(
+    redis_server: RedisProcess, redis_client: redis.Redis,
+) -> None:
+    # No reactor: the test drives the scheduler on its own asyncio loop.
+    crawler = get_crawler(CategoryItemsSpider, dict(cluster_settings(
+        redis_server.uri, TWISTED_REACTOR_ENABLED=False, ITEM_PIPELINES={})))
+    spider = CategoryItemsSpider.from_crawler(crawler)
+    scheduler = DistributedScheduler.from_crawler(crawler)
+    dropped: list[Request] = []
+
+    def request_dropped(request: Request) -> None:
+        dropped.append(request)
+
+    crawler.signals.connect(request_dropped, signal=signals.request_dropped)
+    context = PageContext(Query(cat_id=1), page=2, last=3)
+
+    async def scenario() -> None:
+        await maybe_deferred_to_future(scheduler.open(spider))
+        request = spider.page_request(context)
+        request.meta["proxy"] = "http://127.0.0.1:9"  # what a component added in this worker
+        request.headers["X-Extra"] = "1"
+        assert scheduler.enqueue_request(request)
+        await until(lambda: redis_client.hlen(f"{KEY}:entries") == 1)
+        assert scheduler.enqueue_request(spider.page_request(context))  # a duplicate...
+        await until(lambda: dropped)  # ...dropped once Redis said so, as Scrapy would
+        # Someone else's entry, alone in line (a legitimate one needs an engine to go to).
+        redis_client.delete(f"{KEY}:requests")
+        redis_client.sadd(f"{KEY}:dupefilter", "forged")
+        redis_client.zadd(f"{KEY}:requests", {"forged": -100})
+        redis_client.hset(f"{KEY}:entries", "forged", json.dumps(
+            {"url": "http://127.0.0.1:9/", "meta": {"proxy": "http://127.0.0.1:9"}}))
+        scheduler.spider_opened()
+        await until(lambda: redis_client.hexists(f"{KEY}:failed", "forged"))
+        await maybe_deferred_to_future(scheduler.close("shutdown"))
+
+    asyncio.run(scenario())
+    entries = [json.loads(v) for k, v in redis_client.hgetall(f"{KEY}:entries").items()
+               if k != b"forged"]
+    assert entries == [{"page": context.to_dict(), "priority": 0}]
+    assert [r.url for r in dropped] == [spider.page_request(context).url]
+    stats = crawler.stats.get_stats()
+    assert stats["scheduler/enqueued/redis"] == 1
+    assert stats["dupefilter/filtered"] == 1
+    assert stats["tmapi/distributed/refused"] == 1
+    failure = json.loads(redis_client.hget(f"{KEY}:failed", "forged"))
+    assert failure["reason"].startswith("refused: expected exactly the keys page and priority")
+    assert "proxy" in failure["entry"]  # kept for inspection, never used
+    assert not scheduler.has_pending_requests()

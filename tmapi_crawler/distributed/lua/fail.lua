@@ -1,0 +1,10 @@
+-- A page given up on for good, or an entry refused: out of the worker's leases, into the failed
+-- list with its entry, for `scrapy status` and for people to inspect.
+-- KEYS: crawl, leases, deliveries, entries, failed. ARGV: crawl id, lease id, reason, worker.
+-- Returns 1 when it was leased to this worker, 0 if not, -1 when the crawl is gone.
+if not same_crawl(KEYS[1], ARGV[1]) then return -1 end
+if redis.call('HDEL', KEYS[2], ARGV[2]) == 0 then return 0 end
+local n = tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')
+redis.call('HDEL', KEYS[3], ARGV[2])
+record_failed(KEYS[5], KEYS[4], ARGV[2], ARGV[3], ARGV[4], n)
+return 1

@@ -1,0 +1,2 @@
+-- Redis's clock in milliseconds: when this worker started, in the clock stop flags use.
+return now_ms()
