@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,7 +106,9 @@ def test_a_reader_that_went_away_ends_a_command_quietly(
 
 
 def test_status_piped_into_head(redis_server: RedisProcess) -> None:
-    env = clean_env(SCRAPY_PROJECT="distributed", REDIS_URL=redis_server.uri)
+    # A prefix of its own: other tests' crawls in the shared redis-server would change the line.
+    env = clean_env(SCRAPY_PROJECT="distributed", REDIS_URL=redis_server.uri,
+                    TMAPI_REDIS_PREFIX=f"pipe{uuid.uuid4().hex[:8]}")
     done = subprocess.run(f"{sys.executable} -m scrapy status category_items | head -c 1",
                           shell=True, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                           timeout=60, check=False)

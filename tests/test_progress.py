@@ -57,8 +57,8 @@ def test_the_line_shows_every_counter() -> None:
     )
     # A cluster's line (no per-worker queries) and a closing line (nothing left to wait for).
     assert format_line(progress, 12.5, None, queries=False, final=True) == (
-        "pages 120/340 (35.3%), 2 failed | items 2400: 1100 new, 1290 updated, 10 rejected | "
-        "answers 200:125 417:3 | 12.5 pages/s"
+        "pages 120/340 (35.3%), 2 failed | sightings 2400: 1100 new products, 1290 repeats, "
+        "10 rejected | answers 200:125 417:3 | 12.5 pages/s"
     )
 
 

@@ -43,7 +43,7 @@ def spider(settings: Settings) -> CategoryItemsSpider:
 
 def test_an_entry_is_the_page_spec_and_its_priority() -> None:
     cell = PageContext(Query(cat_id=5, price_start="9.9", price_end="9.9"), by_price=False,
-                       cell=CellRef("cat_id=5", 3), refetch=True, parent_total=2000)
+                       cell=CellRef("cat_id=5", 3), ahead=100, depth=2)
     for context, priority in [(PAGE, 0), (cell, 1), (PageContext(Query(cat_id=1)), -2)]:
         text = entries.encode(context, priority)
         assert set(json.loads(text)) == {"page", "priority"}
@@ -116,18 +116,19 @@ def test_entries_are_queued_once_leased_and_acknowledged_with_the_progress_count
     cluster: Cluster, redis_client: redis.Redis,
 ) -> None:
     first, second = PageContext(Query(cat_id=1)), PageContext(Query(cat_id=2))
-    refetch = PageContext(Query(cat_id=1), refetch=True)
+    third, fourth = PageContext(Query(cat_id=3)), PageContext(Query(cat_id=4))
 
     async def scenario() -> dict[str, Any]:
         crawl_id, fresh = await cluster.begin_crawl(renew=True, worker_info=None)
         assert fresh
         queue = cluster.queue(crawl_id, "w1")
-        items = pushes(cluster.settings, first, second, first, refetch, refetch)
+        items = pushes(cluster.settings, first, second, first, third, fourth)
         assert await queue.push(items) == [True, True, False, True, True]
         leased = await queue.pop(10)
         assert len(leased) == 4
         assert all(entry.known for entry in leased)
-        assert {entries.decode(entry.entry)[0] for entry in leased} == {first, second, refetch}
+        decoded = {entries.decode(entry.entry)[0] for entry in leased}
+        assert decoded == {first, second, third, fourth}
         assert await queue.pop(10) == []
         assert await queue.ack([leased[0].id, leased[1].id], '{"items": 40}') == 2
         assert await queue.ack([leased[0].id], "{}") == 0  # acknowledged already
@@ -142,7 +143,7 @@ def test_entries_are_queued_once_leased_and_acknowledged_with_the_progress_count
     (failure,) = [json.loads(v) for v in redis_client.hgetall("tmapi:category_items:failed")
                   .values()]
     assert failure["reason"] == "422"
-    assert entries.decode(failure["entry"])[0] in (first, second, refetch)
+    assert entries.decode(failure["entry"])[0] in (first, second, third, fourth)
 
 
 def test_an_entry_whose_workers_keep_dying_is_failed_as_poison(cluster: Cluster) -> None:

@@ -18,6 +18,7 @@ from tests.cluster import cluster_settings
 from tests.servers import RedisProcess
 from tmapi_crawler.distributed.scheduler import DistributedScheduler
 from tmapi_crawler.frontier.context import PageContext
+from tmapi_crawler.frontier.decisions import priority
 from tmapi_crawler.plan import Query
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
 
@@ -71,7 +72,7 @@ def test_the_queue_gets_page_specs_and_the_worker_refuses_anything_else(
     asyncio.run(scenario())
     entries = [json.loads(v) for k, v in redis_client.hgetall(f"{KEY}:entries").items()
                if k != b"forged"]
-    assert entries == [{"page": context.to_dict(), "priority": 0}]
+    assert entries == [{"page": context.to_dict(), "priority": priority(context)}]
     assert [r.url for r in dropped] == [spider.page_request(context).url]
     stats = crawler.stats.get_stats()
     assert stats["scheduler/enqueued/redis"] == 1
