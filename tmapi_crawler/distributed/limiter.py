@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from scrapy import signals
 
+from tmapi_crawler.aio import wait_set
 from tmapi_crawler.closing import close_spider
 from tmapi_crawler.distributed.cluster import Cluster, ClusterSettingsError
 from tmapi_crawler.transport.limiter import LimiterClosed
@@ -298,8 +299,7 @@ class RedisLimiter:
                     waiter.set_result(permit)
             if self._next_waiter() is None:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+            await wait_set(self._wakeup, self.poll_interval)
 
     async def _ask(self, wanted: int) -> list[str]:
         """One acquisition (``limiter_acquire.lua``), which also re-registers what is held."""

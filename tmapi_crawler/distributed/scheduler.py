@@ -44,6 +44,7 @@ from scrapy.utils.misc import load_object
 from tmapi_crawler import api
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.aio import wait_set
 from tmapi_crawler.closing import (
     FINISHED,
     REDIS_STATE_LOST,
@@ -260,8 +261,7 @@ class DistributedScheduler(BaseScheduler):
             self._items.clear()
             self._buffer.clear()
             # The others take this worker's leases back once its heartbeat expired anyway.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drained(), self.cluster.heartbeat_ttl)
+            await wait_set(self._ops_done, self.cluster.heartbeat_ttl)
         self._writer.cancel()
         await asyncio.gather(self._writer, return_exceptions=True)
         if self._ops and not lost:
@@ -321,8 +321,12 @@ class DistributedScheduler(BaseScheduler):
                 await self._wanted.wait()
                 continue
             self._popping = True
+            popping = asyncio.ensure_future(self.queue.pop(room))
             try:
-                leased = await self.queue.pop(room)
+                leased = await asyncio.shield(popping)
+            except asyncio.CancelledError:
+                await self._return_popped(popping)
+                raise
             except CrawlGone:
                 self._state_lost()
                 return
@@ -335,8 +339,16 @@ class DistributedScheduler(BaseScheduler):
             for entry in leased:
                 self._admit(entry)
             if not leased:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wanted.wait(), self.poll_interval)
+                await wait_set(self._wanted, self.poll_interval)
+
+    async def _return_popped(self, popping: asyncio.Future[list[Leased]]) -> None:
+        """Closing while Redis leased entries to this worker: give them back, not strand them
+        as leases of a worker that left (``in_flight_lost`` until its heartbeat expires)."""
+        try:
+            leased = await popping
+        except (CrawlGone, redis.RedisError):
+            return
+        self._give_back([entry.id for entry in leased], counted=False, reason="shutdown")
 
     def _admit(self, leased: Leased) -> None:
         """Rebuild a leased entry's request from its page spec and give it to the engine."""
@@ -367,9 +379,6 @@ class DistributedScheduler(BaseScheduler):
         self._ops.append(op)
         self._ops_done.clear()
         self._ops_added.set()
-
-    async def _drained(self) -> None:
-        await self._ops_done.wait()
 
     async def _write(self) -> None:
         """Apply the writes in order; retried as they are until Redis answers (each is

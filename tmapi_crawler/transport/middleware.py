@@ -27,7 +27,6 @@ Every other middleware's ``process_response`` still runs on the response returne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from typing import TYPE_CHECKING, Any, Final
@@ -44,6 +43,7 @@ from scrapy.utils.misc import build_from_crawler, load_object
 from tmapi_crawler import api, closing
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.aio import wait_set
 from tmapi_crawler.frontier.context import META_KEY
 from tmapi_crawler.transport import credentials
 from tmapi_crawler.transport.answers import (
@@ -307,8 +307,7 @@ class TmapiTransportMiddleware:
     async def _sleep(self, delay: float) -> None:
         """Back off, but give up at once when the crawl is stopping: the retry is not sent."""
         if not self._stopping_now():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            await wait_set(self._stopping, delay)
             if not self._stopping_now():
                 return
         self._count(stats_keys.REQUESTS_NOT_SENT)
