@@ -80,6 +80,12 @@ COVERAGE_INCOMPLETE: Final = f"{PREFIX}/coverage/incomplete/"
 #: 1 when a second Ctrl-C forced the stop (what was parsed was still saved).
 FORCED_STOP: Final = f"{PREFIX}/stop/forced"
 
+# Spend control (tmapi_crawler/spend/): resuming without paying twice.
+#: Pages a resumed crawl already held from its interrupted runs: replayed, not fetched.
+RESUME_PAGES_HELD: Final = f"{PREFIX}/resume/pages_held"
+#: Paid calls those pages had cost: what the resume saved.
+RESUME_CALLS_SAVED: Final = f"{PREFIX}/resume/calls_saved"
+
 # Distributed workers.
 DISTRIBUTED: Final = f"{PREFIX}/distributed"
 WORKER_ID: Final = f"{DISTRIBUTED}/worker_id"
