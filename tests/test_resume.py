@@ -94,6 +94,14 @@ def test_a_stopped_crawl_resumes_without_paying_twice(  # noqa: PLR0917
     assert runs[0]["finish_reason"] == "finished"
     assert len(runs[0]["resumes"]) == 1
     assert runs[0]["resumes"][0]["pages_held"] == held
+    # What it cost, over both runs: every call the server saw, by what it bought.
+    cost = runs[0]["cost"]
+    assert cost["calls"] == fresh.stats()["requests"]
+    assert cost["calls"] == sum(cost.get(k, 0) for k in ("pages", "retries", "splits",
+                                                         "failures"))
+    assert sum(cost["by_category"].values()) == cost["calls"]
+    assert second.stat(stats_keys.RESUME_CALLS_SAVED) == held
+    assert f"a resume saved {held}" in second.log
     # Finished now: the same command starts a new crawl, which pays for everything again.
     third = run(tmp_path / "3", fresh, mongod, mongo_db_name, "fresh=false")
     assert third.stat(stats_keys.CRAWL_ID) != first.stat(stats_keys.CRAWL_ID)

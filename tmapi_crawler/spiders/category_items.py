@@ -29,6 +29,7 @@ from tmapi_crawler.frontier.paging import page_url
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.items import ProductItem, ProductPage, QueryContext
 from tmapi_crawler.plan import Plan, plan_from_arguments
+from tmapi_crawler.spend.cost import count_page
 from tmapi_crawler.spend.ledger import (
     FRESH_ARGUMENT,
     LOST,
@@ -149,6 +150,7 @@ class CategoryItemsSpider(scrapy.Spider):
         stats.inc_value(stats_keys.ITEMS, len(items))
         if not items:
             stats.inc_value(stats_keys.PAGES_EMPTY)
+        count_page(self.crawler.stats, context, response.meta.get(CALLS_META, 1), ok=True)
         summary = PageSummary.read(response.json()["data"], items)
         decision = await self.frontier.on_page(context, summary)
         product_page = ProductPage(items)
@@ -178,6 +180,7 @@ class CategoryItemsSpider(scrapy.Spider):
         mark_incomplete(self.crawler.stats, context.query.cat_id)
         store = ProductStore.of(self.crawler)
         calls = failure.request.meta.get(CALLS_META, 0)
+        count_page(self.crawler.stats, context, calls, ok=False)
         if store.opened and reason != NOT_SENT and calls:
             await self._record(store, ledger_document(
                 runs.crawl_id(self.crawler), context, PageSummary(0), calls, ledger_now(),

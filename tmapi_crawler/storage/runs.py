@@ -24,6 +24,7 @@ from scrapy.exceptions import CloseSpider
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.closing import FINISHED, MONGODB_UNAVAILABLE
+from tmapi_crawler.spend.cost import cost_of
 from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
 from tmapi_crawler.storage.coverage import complete_categories
 from tmapi_crawler.storage.documents import batch_now
@@ -150,6 +151,21 @@ class CrawlRunRecorder:
                     self.crawl_id)
         return True
 
+    async def _record_cost(self, products: int | None) -> None:
+        """``crawl_runs.cost``: added up over the crawl's runs (resumes) and workers."""
+        cost = cost_of(self.stats.get_stats())
+        increments = {f"cost.{name}": value for name, value in cost.items()
+                      if isinstance(value, int) and value}
+        increments |= {f"cost.by_category.{cat}": n for cat, n in cost["by_category"].items()}
+        if increments:
+            await self.store.db[CRAWL_RUNS].update_one({"_id": self.crawl_id},
+                                                       {"$inc": increments})
+        run = await self.store.db[CRAWL_RUNS].find_one({"_id": self.crawl_id}, {"cost": 1})
+        calls = ((run or {}).get("cost") or {}).get("calls", 0)
+        if products and calls:
+            await self.store.db[CRAWL_RUNS].update_one(
+                {"_id": self.crawl_id}, {"$set": {"cost.per_product": round(calls / products, 4)}})
+
     async def spider_closed(self, reason: str) -> None:
         """Record how the run ended; the writer's last flush is done by now."""
         if not self.store.opened:
@@ -191,6 +207,7 @@ class CrawlRunRecorder:
             },
             "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
         }, worker_id=self.worker_id)
+        await self._record_cost(counts.get("products_seen"))
         self._finished = True
         for name, value in counts.items():
             self.stats.set_value(stats_keys.product_count(name), value)

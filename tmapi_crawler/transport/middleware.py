@@ -152,6 +152,8 @@ class TmapiTransportMiddleware:
         for handler in logging.getLogger().handlers:
             handler.addFilter(self._log_filter)
         self.stats.set_value(stats_keys.THROTTLE_LIMIT, self.limiter.limit)
+        if self.budget.maximum:
+            self.stats.set_value(stats_keys.BUDGET, self.budget.maximum)
 
     def crawl_stopping(self) -> None:
         """Wake every request waiting for a permit or backing off: none of them is sent."""
