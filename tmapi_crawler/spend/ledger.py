@@ -20,15 +20,17 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 from weakref import WeakKeyDictionary
 
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 
+from tmapi_crawler import api
 from tmapi_crawler.closing import FINISHED
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.summary import PageSummary
-from tmapi_crawler.plan import Plan, PlanError
+from tmapi_crawler.plan import Plan, PlanError, Query
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -66,6 +68,30 @@ def page_key(context: PageContext) -> str:
     return f"{context.sent_query.key()}#{context.page}"
 
 
+def _within(query: Query, planned: Query) -> bool:
+    """Whether ``query`` (a page's, maybe split by price or read under another sort) can
+    descend from ``planned``."""
+    if (query.cat_id, query.language, query.page_size) != (
+            planned.cat_id, planned.language, planned.page_size):
+        return False
+    if any(getattr(query, name) != getattr(planned, name) for name in api.FLAG_FILTERS):
+        return False
+    low, high = planned.price_start, planned.price_end
+    start, end = query.price_start, query.price_end
+    if low is not None and (start is None or Decimal(start) < Decimal(low)):
+        return False
+    return high is None or (end is not None and Decimal(end) <= Decimal(high))
+
+
+def planned_key(context: PageContext, planned: Iterable[Query]) -> str:
+    """The key of the planned query a page descends from (its own sort first): what the
+    estimate sums calls by."""
+    candidates = [q for q in planned if _within(context.query, q)]
+    same_sort = [q for q in candidates if q.sort == context.query.sort]
+    chosen = (same_sort or candidates or [context.query])[0]
+    return chosen.key()
+
+
 def plan_fingerprint(plan: Plan, settings: BaseSettings) -> str:
     """The planned queries, ``max_pages`` and the settings that change what is fetched."""
     data = {
@@ -94,9 +120,10 @@ class Resume:
 
 
 def ledger_document(crawl_id: str, context: PageContext, summary: PageSummary, calls: int,
-                    now: datetime, *, state: str = STORED) -> dict[str, Any]:
+                    now: datetime, *, planned: str, state: str = STORED) -> dict[str, Any]:
     return {
         "crawl_id": crawl_id,
+        "planned": planned,
         "key": page_key(context),
         "cat_id": context.query.cat_id,
         "state": state,
@@ -130,6 +157,8 @@ class Ledger:
         await pages.create_index([("crawl_id", ASCENDING), ("key", ASCENDING)], name="page",
                                  unique=True)
         await pages.create_index([("cat_id", ASCENDING), ("at", DESCENDING)], name="category")
+        await pages.create_index([("planned", ASCENDING), ("crawl_id", ASCENDING)],
+                                 name="estimate")
         if fresh:
             return None
         last = await store.db["crawl_runs"].find_one(

@@ -37,6 +37,7 @@ from tmapi_crawler.spend.ledger import (
     fresh_requested,
     ledger_document,
     page_key,
+    planned_key,
 )
 from tmapi_crawler.spend.ledger import now as ledger_now
 from tmapi_crawler.storage import runs
@@ -157,7 +158,8 @@ class CategoryItemsSpider(scrapy.Spider):
         store = ProductStore.of(self.crawler)
         if store.opened:
             document = ledger_document(runs.crawl_id(self.crawler), context, summary,
-                                       response.meta.get(CALLS_META, 1), ledger_now())
+                                       response.meta.get(CALLS_META, 1), ledger_now(),
+                                       planned=planned_key(context, self.plan.queries))
             if items:
                 product_page.ledger = document  # written with the page's products
             else:
@@ -184,7 +186,7 @@ class CategoryItemsSpider(scrapy.Spider):
         if store.opened and reason != NOT_SENT and calls:
             await self._record(store, ledger_document(
                 runs.crawl_id(self.crawler), context, PageSummary(0), calls, ledger_now(),
-                state=LOST))
+                planned=planned_key(context, self.plan.queries), state=LOST))
         self.crawler.signals.send_catch_log(
             tmapi_signals.page_failed, request=failure.request, reason=reason
         )
