@@ -36,8 +36,8 @@ from tmapi_crawler.spend.ledger import (
     Ledger,
     fresh_requested,
     ledger_document,
-    page_key,
     planned_key,
+    replay,
 )
 from tmapi_crawler.spend.ledger import now as ledger_now
 from tmapi_crawler.storage import runs
@@ -99,31 +99,20 @@ class CategoryItemsSpider(scrapy.Spider):
             yield request
 
     async def _replay(self, decision: Decision) -> list[scrapy.Request]:
-        """Resume: replay the frontier over the pages the ledger holds (free), in the order
-        they were stored, each once its own decision asks for it; fetch the rest."""
+        """Resume: replay the frontier over the pages the ledger holds; fetch the rest."""
         resume = Ledger.of(self.crawler).resume
         assert resume is not None
-        stats = self.crawler.stats
         self._apply(decision)
-        asked = {page_key(c): c for c in decision.follow}
-        held = dict(resume.pages)
-        saved = 0
-        progress = True
-        while progress:
-            progress = False
-            for key in [k for k in held if k in asked]:
-                page = held.pop(key)
-                replayed = await self.frontier.on_page(asked.pop(key), page.summary)
-                self._apply(replayed)
-                stats.inc_value(stats_keys.RESUME_PAGES_HELD)
-                saved += page.calls
-                asked.update((page_key(c), c) for c in replayed.follow)
-                progress = True
-        stats.inc_value(stats_keys.RESUME_CALLS_SAVED, saved)
+        replayed = await replay(self.frontier, decision, resume.pages)
+        for step in replayed.decisions:
+            self._apply(step)
+        stats = self.crawler.stats
+        stats.inc_value(stats_keys.RESUME_PAGES_HELD, replayed.held)
+        stats.inc_value(stats_keys.RESUME_CALLS_SAVED, replayed.saved)
         logger.info("Resuming crawl %s: %d pages already held (replayed free, %d calls "
-                    "saved), %d pages left to fetch now", resume.crawl_id,
-                    stats.get_value(stats_keys.RESUME_PAGES_HELD, 0), saved, len(asked))
-        return [self.page_request(context) for context in asked.values()]
+                    "saved), %d pages left to fetch now", resume.crawl_id, replayed.held,
+                    replayed.saved, len(replayed.left))
+        return [self.page_request(context) for context in replayed.left]
 
     def page_request(self, context: PageContext) -> scrapy.Request:
         """A page's request, built from its context alone, so it can be queued anywhere."""
