@@ -38,6 +38,7 @@ TMAPI_REDIS_PREFIX = os.environ.get("TMAPI_REDIS_PREFIX", "tmapi")
 SCHEDULER = "tmapi_crawler.distributed.scheduler.DistributedScheduler"
 DUPEFILTER_CLASS = "scrapy_redis.dupefilter.RFPDupeFilter"
 TMAPI_LIMITER = "tmapi_crawler.distributed.limiter.RedisLimiter"
+TMAPI_BUDGET = "tmapi_crawler.distributed.budget.RedisBudget"
 
 #: Seconds a worker waits with nothing queued or leased anywhere before it exits.
 MAX_IDLE_TIME_BEFORE_CLOSE = 30

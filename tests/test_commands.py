@@ -137,7 +137,8 @@ def test_with_nolog_a_crawl_prints_one_summary_line(
     products = mongo_client[mongo_db_name].products.count_documents({})
     line = done.stderr.strip()
     assert re.fullmatch(
-        rf"crawl \S+ finished in [\d.]+ s: (\d+) API calls, 10 pages, 160 sightings of "
+        rf"crawl \S+ finished in [\d.]+ s: (\d+) API calls \(10 pages, \d+ retries, 0 splits, "
+        rf"0 failures, 0 probes; [\d.]+ per product\), 10 pages, 160 sightings of "
         rf"{products} products \({products} new, 0 seen before\), 0 rejected", line), line
     assert int(line.split(": ")[1].split()[0]) == sandbox.stats()["requests"]
 
@@ -159,6 +160,8 @@ def test_report_shows_cost_and_changes_and_never_starts_mongodb(
     assert f"MongoDB {mongod.uri}, database '{mongo_db_name}'" in out
     assert "50 products in 1 categories" in out
     assert re.search(r"cost +\d+ API calls \(answers by code: 200: 3\)", out), out
+    assert re.search(r"spent +3 API calls \(3 pages, 0 retries, 0 splits, 0 failures, 0 probes; "
+                     r"[\d.]+ per product\); by category 701: 3", out), out
     assert calls == 6
     assert re.search(r"found +45 sightings of 45 products: 0 new, 45 seen before", out), out
     assert re.search(r"changed +\d+ products since the crawl before: price \d+ \(\d+ down, "

@@ -34,7 +34,8 @@ LINE = re.compile(
     r"Progress: queries (?P<queries_done>\d+)/(?P<queries>\d+|\?) \| "
     r"pages (?P<pages_done>\d+)/(?P<pages_known>\d+|\?)(?: \([\d.]+%\))?(?:, (?P<failed>\d+) "
     r"failed)? \| sightings (?P<items>\d+): (?P<new>\d+) new products, (?P<updated>\d+) repeats, "
-    r"(?P<rejected>\d+) rejected \| answers (?P<answers>[^|]*) \| (?P<rate>[\d.]+) pages/s"
+    r"(?P<rejected>\d+) rejected \| answers (?P<answers>[^|]*) \| calls (?P<calls>\d+)"
+    r"(?:, budget (?P<budget>\d+), (?P<left>\d+) left)? \| (?P<rate>[\d.]+) pages/s"
     r"(?: \| ETA (?P<eta>[\d:]+|\?))?$"
 )
 BAR = re.compile(r"\[[#?-]{20}\]")
@@ -46,19 +47,24 @@ BAR = re.compile(r"\[[#?-]{20}\]")
 def test_the_line_shows_every_counter() -> None:
     progress = Progress(queries=10, queries_done=3, pages=118, pages_failed=2, pages_known=340,
                         items=2400, stored=2390, new=1100, rejected=10,
-                        answers={"417": 3, "200": 125})
+                        calls=130, answers={"417": 3, "200": 125})
     assert format_line(progress, 12.5, 17.4) == (
         "queries 3/10 | pages 120/340 (35.3%), 2 failed | sightings 2400: 1100 new products, "
-        "1290 repeats, 10 rejected | answers 200:125 417:3 | 12.5 pages/s | ETA 0:00:17"
+        "1290 repeats, 10 rejected | answers 200:125 417:3 | calls 130 | 12.5 pages/s | "
+        "ETA 0:00:17"
     )
     assert format_line(Progress(), 0.0, None) == (
         "queries 0/? | pages 0/? | sightings 0: 0 new products, 0 repeats, 0 rejected | "
-        "answers none | 0.0 pages/s | ETA ?"
+        "answers none | calls 0 | 0.0 pages/s | ETA ?"
     )
+    budgeted = Progress(calls=130, budget=500)
+    assert "| calls 130, budget 500, 370 left |" in format_line(budgeted, 1.0, None)
+    # A cluster's workers share one budget: their calls add up, the budget does not.
+    assert Progress.total([budgeted, budgeted]).budget == 500
     # A cluster's line (no per-worker queries) and a closing line (nothing left to wait for).
     assert format_line(progress, 12.5, None, queries=False, final=True) == (
         "pages 120/340 (35.3%), 2 failed | sightings 2400: 1100 new products, 1290 repeats, "
-        "10 rejected | answers 200:125 417:3 | 12.5 pages/s"
+        "10 rejected | answers 200:125 417:3 | calls 130 | 12.5 pages/s"
     )
 
 

@@ -1,10 +1,11 @@
 """How a crawl stops: the finish reasons this project adds, one helper to close, and the guard
 that tells every component the moment the crawl starts stopping.
 
-Components that must end the crawl (the transport on a 439, storage when MongoDB is gone, a
-distributed worker that lost Redis) call :func:`close_spider` with a reason from here instead
-of each keeping its own future: the first reason wins, later calls are no-ops, and the finish
-reasons are public contracts (``crawl_runs.finish_reason``, exit status, the docs) spelled once.
+Components that must end the crawl (the transport on a 439 or a spent budget, storage when
+MongoDB is gone, a distributed worker that lost Redis) call :func:`close_spider` with a reason
+from here instead of each keeping its own future: the first reason wins, later calls are no-ops,
+and the finish reasons are public contracts (``crawl_runs.finish_reason``, exit status, the
+docs) spelled once.
 
 Scrapy says nothing when a crawl *starts* stopping: a Ctrl-C only clears ``crawler.crawling``,
 and then waits for every request in progress — including those still waiting for a permit or
@@ -45,6 +46,8 @@ FINISHED: Final = "finished"
 SHUTDOWN: Final = "shutdown"
 QUOTA_EXHAUSTED: Final = "tmapi_quota_exhausted"
 UNAUTHORIZED: Final = "tmapi_unauthorized"
+#: ``TMAPI_MAX_REQUESTS`` paid calls were spent; the crawl is resumable.
+BUDGET_EXHAUSTED: Final = "tmapi_budget_exhausted"
 MONGODB_UNAVAILABLE: Final = "mongodb_unavailable"
 FOREIGN_REQUEST: Final = "tmapi_foreign_request"
 REDIS_UNAVAILABLE: Final = "redis_unavailable"

@@ -94,3 +94,5 @@ class ProductPage:
     """
 
     products: list[ProductItem]
+    #: The page's resume-ledger document (``spend.ledger``), written once its products are.
+    ledger: dict[str, Any] | None = None

@@ -62,6 +62,9 @@ class Progress:
     stored: int = 0
     new: int = 0
     rejected: int = 0
+    #: Paid calls, and the budget (``TMAPI_MAX_REQUESTS``; 0: none).
+    calls: int = 0
+    budget: int = 0
     answers: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -76,6 +79,8 @@ class Progress:
             stored=stats.get(stats_keys.DB_SIGHTINGS, 0),
             new=stats.get(stats_keys.DB_CREATED, 0),
             rejected=stats.get(stats_keys.ITEMS_REJECTED, 0),
+            calls=stats.get(stats_keys.REQUESTS, 0),
+            budget=stats.get(stats_keys.BUDGET, 0),
             answers=stats_keys.with_prefix(stats, stats_keys.ANSWERS),
         )
 
@@ -89,11 +94,14 @@ class Progress:
         """The sum of several workers' counters."""
         sums: dict[str, Any] = {f.name: 0 for f in fields(cls) if f.name != "answers"}
         answers: dict[str, int] = {}
+        budgets = [0]
         for part in parts:
+            budgets.append(part.budget)
             for name in sums:
                 sums[name] += getattr(part, name)
             for code, count in part.answers.items():
                 answers[code] = answers.get(code, 0) + count
+        sums["budget"] = max(budgets)  # one budget for the cluster crawl, not one each
         return cls(**sums, answers=answers)
 
     @property
@@ -152,6 +160,14 @@ def _of(done: int, total: int) -> str:
     return f"{done}/{total or '?'}"
 
 
+def _calls(progress: Progress) -> str:
+    """Calls spent, and the budget left (a cluster's: as its workers' counts add up)."""
+    if not progress.budget:
+        return f"calls {progress.calls}"
+    return (f"calls {progress.calls}, budget {progress.budget}, "
+            f"{max(progress.budget - progress.calls, 0)} left")
+
+
 def format_line(progress: Progress, rate: float, eta: float | None, *, queries: bool = True,
                 final: bool = False) -> str:
     """The log's progress line, e.g.
@@ -176,6 +192,7 @@ def format_line(progress: Progress, rate: float, eta: float | None, *, queries: 
         f"sightings {progress.items}: {progress.new} new products, {progress.updated} repeats, "
         f"{progress.rejected} rejected",
         f"answers {answers}",
+        _calls(progress),
         f"{rate:.1f} pages/s",
         f"ETA {format_duration(eta)}",
     ]

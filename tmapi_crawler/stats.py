@@ -80,6 +80,24 @@ COVERAGE_INCOMPLETE: Final = f"{PREFIX}/coverage/incomplete/"
 #: 1 when a second Ctrl-C forced the stop (what was parsed was still saved).
 FORCED_STOP: Final = f"{PREFIX}/stop/forced"
 
+# Spend control (tmapi_crawler/spend/): resuming without paying twice.
+#: Pages a resumed crawl already held from its interrupted runs: replayed, not fetched.
+RESUME_PAGES_HELD: Final = f"{PREFIX}/resume/pages_held"
+#: Paid calls those pages had cost: what the resume saved.
+RESUME_CALLS_SAVED: Final = f"{PREFIX}/resume/calls_saved"
+#: ``TMAPI_MAX_REQUESTS`` (absent without a budget).
+BUDGET: Final = f"{PREFIX}/budget/max"
+#: Paid calls by what they bought (they add up to ``tmapi/requests``): a page stored (its
+#: last, successful call), a retry of a page stored, a page of a split query (all its calls),
+#: a page given up on (all its calls), a probe (``scrapy estimate --probe``).
+COST: Final = f"{PREFIX}/cost/"
+COST_PAGES: Final = f"{COST}pages"
+COST_RETRIES: Final = f"{COST}retries"
+COST_SPLITS: Final = f"{COST}splits"
+COST_FAILURES: Final = f"{COST}failures"
+COST_PROBES: Final = f"{COST}probes"
+COST_BY_CATEGORY: Final = f"{PREFIX}/cost_by_category/"
+
 # Distributed workers.
 DISTRIBUTED: Final = f"{PREFIX}/distributed"
 WORKER_ID: Final = f"{DISTRIBUTED}/worker_id"
@@ -115,6 +133,11 @@ def product_count(name: str) -> str:
 def incomplete(cat_id: int) -> str:
     """Losses noticed in one category (see ``storage.coverage``)."""
     return f"{COVERAGE_INCOMPLETE}{cat_id}"
+
+
+def cost_by_category(cat_id: int) -> str:
+    """Paid calls spent on one category's pages."""
+    return f"{COST_BY_CATEGORY}{cat_id}"
 
 
 def with_prefix(stats: dict[str, Any], prefix: str) -> dict[str, Any]:

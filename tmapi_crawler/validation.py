@@ -204,6 +204,8 @@ SETTINGS: Final[dict[str, Rule]] = {
     "TMAPI_RETRY_BASE_DELAY": seconds(zero=True),
     "TMAPI_RETRY_MAX_DELAY": seconds(zero=True),
     "TMAPI_RESULT_CAP": integer(0),
+    "TMAPI_MAX_REQUESTS": integer(0),
+    "TMAPI_BUDGET": object_path(),
     # What to fetch next.
     "TMAPI_QUERY_WINDOW": integer(0),
     "TMAPI_FRONTIER_STATE": object_path(),

@@ -11,6 +11,7 @@ summary line on stderr says how the crawl ended.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -26,8 +27,10 @@ from tmapi_crawler.cli import USAGE_ERROR, ProjectCommand, fail
 from tmapi_crawler.distributed.embedded import resolve_redis_url
 from tmapi_crawler.plan import PlanError
 from tmapi_crawler.servers import EmbeddedServerError, ServerNotFound, find_mongod
+from tmapi_crawler.spend.cost import cost_of, format_cost
 from tmapi_crawler.transport.credentials import MissingToken, token_from_settings
 
+logger = logging.getLogger(__name__)
 __all__ = ["USAGE_ERROR", "Command", "check_before_start", "summary_line"]
 #: Exit status of a crawl that could not start for want of a server (not a usage error).
 ENVIRONMENT_ERROR = 1
@@ -80,7 +83,7 @@ def summary_line(stats: dict[str, Any], log_file: str | None) -> str:
     pages = stats.get(stats_keys.PAGES, 0)
     failed = stats.get(stats_keys.PAGES_FAILED, 0)
     parts = [
-        f"{stats.get(stats_keys.REQUESTS, 0)} API calls",
+        format_cost(cost_of(stats, stats.get(stats_keys.product_count("products_seen")))),
         f"{pages} pages" + (f" ({failed} given up)" if failed else ""),
     ]
     sightings = stats.get(stats_keys.ITEMS, 0)
@@ -121,6 +124,8 @@ class Command(ProjectCommand, ScrapyCrawlCommand):
             self.exitcode = 1
         settings = crawler.settings
         log_file = settings.get("LOG_FILE")
+        assert crawler.stats is not None
         if not settings.getbool("LOG_ENABLED") or log_file:
-            assert crawler.stats is not None
             print(summary_line(crawler.stats.get_stats(), log_file), file=sys.stderr)
+        if settings.getbool("LOG_ENABLED"):
+            logger.info("%s", summary_line(crawler.stats.get_stats(), None))

@@ -16,6 +16,7 @@ from pymongo.errors import PyMongoError
 
 from tmapi_crawler.cli import ProjectCommand, command_line, note
 from tmapi_crawler.server_command import redact
+from tmapi_crawler.spend.cost import format_cost
 from tmapi_crawler.storage import embedded as embedded_mongo
 from tmapi_crawler.storage.history import HISTORY
 from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, REJECTED
@@ -114,6 +115,22 @@ def _changed_line(changes: Mapping[str, Any]) -> str:
     return f"{changes['products']} products since the crawl before: {', '.join(parts)}"
 
 
+def _spent(run: Mapping[str, Any]) -> str:
+    """The crawl's paid calls by what they bought, per category, and what resumes saved."""
+    cost = run.get("cost")
+    if not cost:
+        return "not recorded (a crawl before cost was recorded, or still running)"
+    line = format_cost(cost)
+    by_category = cost.get("by_category") or {}
+    if by_category:
+        top = sorted(by_category.items(), key=lambda kv: -kv[1])[:TOP]
+        line += "; by category " + ", ".join(f"{cat}: {n}" for cat, n in top)
+    resumes = run.get("resumes") or []
+    if resumes:
+        line += f"; resumed {len(resumes)} times"
+    return line
+
+
 def summary(db: Any, where: str) -> str:
     """The report: the database, the last crawl's cost, finds and changes, the categories."""
     products = db[PRODUCTS]
@@ -141,6 +158,7 @@ def summary(db: Any, where: str) -> str:
         f"{run.get('finish_reason', 'still running')}",
         f"  cost      {sum(answers.values())} API calls (answers by code: "
         f"{_codes(answers) or 'none'})",
+        f"  spent     {_spent(run)}",
         f"  found     {counts.get('items', 0)} sightings of {seen} products: {new} new, "
         f"{seen - new} seen before; {counts.get('rejected', 0)} rejected; "
         f"{counts.get('pages', 0)} pages, {failed} given up",

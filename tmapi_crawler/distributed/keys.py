@@ -48,6 +48,11 @@ class CrawlKeys:
     def progress(self) -> str:
         return f"{self.base}:progress"
 
+    @property
+    def budget(self) -> str:
+        """The cluster crawl's count of paid calls against ``TMAPI_MAX_REQUESTS``."""
+        return f"{self.base}:budget"
+
     def alive(self, worker: str) -> str:
         return f"{self.base}:alive:{worker}"
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import scrapy
+from pymongo.errors import PyMongoError
 from scrapy import signals
 from scrapy.exceptions import DontCloseSpider
 from scrapy.http import TextResponse
@@ -28,9 +29,22 @@ from tmapi_crawler.frontier.paging import page_url
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.items import ProductItem, ProductPage, QueryContext
 from tmapi_crawler.plan import Plan, plan_from_arguments
+from tmapi_crawler.spend.cost import count_page
+from tmapi_crawler.spend.ledger import (
+    FRESH_ARGUMENT,
+    LOST,
+    Ledger,
+    fresh_requested,
+    ledger_document,
+    planned_key,
+    replay,
+)
+from tmapi_crawler.spend.ledger import now as ledger_now
+from tmapi_crawler.storage import runs
 from tmapi_crawler.storage.coverage import mark_incomplete
+from tmapi_crawler.storage.store import ProductStore
 from tmapi_crawler.transport.answers import read_page
-from tmapi_crawler.transport.middleware import ApiError
+from tmapi_crawler.transport.middleware import CALLS_META, NOT_SENT, ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +53,10 @@ class CategoryItemsSpider(scrapy.Spider):
     name = "category_items"
 
     def __init__(self, **kwargs: Any) -> None:
-        arguments = {k: v for k, v in kwargs.items() if k != "name"}
+        arguments = {k: v for k, v in kwargs.items() if k not in ("name", FRESH_ARGUMENT)}
         self.arguments = arguments
+        #: ``-a fresh=true``: a new crawl of the plan even if the last one was interrupted.
+        self.fresh = fresh_requested(kwargs)
         # None at all: a distributed worker that only crawls what was seeded (commands/crawl.py).
         self.plan: Plan = plan_from_arguments(arguments) if arguments else Plan(queries=())
         self._dropped: set[asyncio.Future[Decision]] = set()
@@ -49,7 +65,8 @@ class CategoryItemsSpider(scrapy.Spider):
     @staticmethod
     def check_arguments(arguments: dict[str, Any]) -> None:
         """Refuse bad arguments before the crawl opens (see ``commands/crawl.py``)."""
-        plan_from_arguments(arguments)
+        fresh_requested(arguments)
+        plan_from_arguments({k: v for k, v in arguments.items() if k != FRESH_ARGUMENT})
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> CategoryItemsSpider:
@@ -73,8 +90,29 @@ class CategoryItemsSpider(scrapy.Spider):
         connect(self._request_dropped, signal=signals.request_dropped)
         connect(self._keep_open, signal=signals.spider_idle)
         connect(self._report_at_close, signal=signals.spider_closed)
-        for request in self._apply(await self.frontier.plan(self.plan.queries)):
+        decision = await self.frontier.plan(self.plan.queries)
+        if Ledger.of(self.crawler).resume is None:
+            for request in self._apply(decision):
+                yield request
+            return
+        for request in await self._replay(decision):
             yield request
+
+    async def _replay(self, decision: Decision) -> list[scrapy.Request]:
+        """Resume: replay the frontier over the pages the ledger holds; fetch the rest."""
+        resume = Ledger.of(self.crawler).resume
+        assert resume is not None
+        self._apply(decision)
+        replayed = await replay(self.frontier, decision, resume.pages)
+        for step in replayed.decisions:
+            self._apply(step)
+        stats = self.crawler.stats
+        stats.inc_value(stats_keys.RESUME_PAGES_HELD, replayed.held)
+        stats.inc_value(stats_keys.RESUME_CALLS_SAVED, replayed.saved)
+        logger.info("Resuming crawl %s: %d pages already held (replayed free, %d calls "
+                    "saved), %d pages left to fetch now", resume.crawl_id, replayed.held,
+                    replayed.saved, len(replayed.left))
+        return [self.page_request(context) for context in replayed.left]
 
     def page_request(self, context: PageContext) -> scrapy.Request:
         """A page's request, built from its context alone, so it can be queued anywhere."""
@@ -102,9 +140,19 @@ class CategoryItemsSpider(scrapy.Spider):
         stats.inc_value(stats_keys.ITEMS, len(items))
         if not items:
             stats.inc_value(stats_keys.PAGES_EMPTY)
-        decision = await self.frontier.on_page(
-            context, PageSummary.read(response.json()["data"], items))
+        count_page(self.crawler.stats, context, response.meta.get(CALLS_META, 1), ok=True)
+        summary = PageSummary.read(response.json()["data"], items)
+        decision = await self.frontier.on_page(context, summary)
         product_page = ProductPage(items)
+        store = ProductStore.of(self.crawler)
+        if store.opened:
+            document = ledger_document(runs.crawl_id(self.crawler), context, summary,
+                                       response.meta.get(CALLS_META, 1), ledger_now(),
+                                       planned=planned_key(context, self.plan.queries))
+            if items:
+                product_page.ledger = document  # written with the page's products
+            else:
+                await self._record(store, document)
         self.crawler.signals.send_catch_log(
             tmapi_signals.page_parsed, request=response.request,
             items=[product_page] if items else [],
@@ -121,11 +169,26 @@ class CategoryItemsSpider(scrapy.Spider):
         self.crawler.stats.inc_value(stats_keys.failed_by_reason(reason))
         context = PageContext.from_dict(failure.request.meta[META_KEY])
         mark_incomplete(self.crawler.stats, context.query.cat_id)
+        store = ProductStore.of(self.crawler)
+        calls = failure.request.meta.get(CALLS_META, 0)
+        count_page(self.crawler.stats, context, calls, ok=False)
+        if store.opened and reason != NOT_SENT and calls:
+            await self._record(store, ledger_document(
+                runs.crawl_id(self.crawler), context, PageSummary(0), calls, ledger_now(),
+                planned=planned_key(context, self.plan.queries), state=LOST))
         self.crawler.signals.send_catch_log(
             tmapi_signals.page_failed, request=failure.request, reason=reason
         )
         for request in self._apply(await self.frontier.on_lost(context)):
             yield request
+
+    async def _record(self, store: ProductStore, document: dict[str, Any]) -> None:
+        """A page with no products to wait for goes to the ledger at once."""
+        try:
+            await Ledger.of(self.crawler).record(store, [document])
+        except PyMongoError as exc:  # the page is fetched again by a resume: nothing lost
+            logger.warning("Could not record page %s in the resume ledger: %s",
+                           document["key"], exc)
 
     def _apply(self, decision: Decision) -> list[scrapy.Request]:
         """Count and log what the frontier learned; the requests it asks for."""

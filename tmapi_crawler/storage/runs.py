@@ -24,9 +24,11 @@ from scrapy.exceptions import CloseSpider
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.closing import FINISHED, MONGODB_UNAVAILABLE
+from tmapi_crawler.spend.cost import cost_of
+from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
 from tmapi_crawler.storage.coverage import complete_categories
 from tmapi_crawler.storage.documents import batch_now
-from tmapi_crawler.storage.store import ProductStore, StorageUnavailable
+from tmapi_crawler.storage.store import CRAWL_RUNS, ProductStore, StorageUnavailable
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -56,6 +58,15 @@ def crawl_id(crawler: Crawler) -> str:
         known = _CRAWL_IDS[crawler] = getattr(scheduler, "crawl_id", None) or new_crawl_id()
         crawler.stats.set_value(stats_keys.CRAWL_ID, known)
     return known
+
+
+# Resuming (tmapi_crawler/spend/ledger.py).
+
+
+def resume_crawl(crawler: Crawler, crawl_id_: str) -> None:
+    """This run continues the interrupted crawl ``crawl_id_``: its id is the crawl's."""
+    _CRAWL_IDS[crawler] = crawl_id_
+    crawler.stats.set_value(stats_keys.CRAWL_ID, crawl_id_)
 
 
 class CrawlRunRecorder:
@@ -89,6 +100,9 @@ class CrawlRunRecorder:
         spider = crawler.spider
         settings = crawler.settings
         try:
+            if await self._resumed():
+                self._started = True
+                return
             await self.store.start_run({
                 "_id": self.crawl_id,
                 "spider": spider.name if spider else None,
@@ -100,6 +114,7 @@ class CrawlRunRecorder:
                     "TMAPI_CONCURRENCY": settings.getint("TMAPI_CONCURRENCY"),
                     "TMAPI_RESULT_CAP": settings.getint("TMAPI_RESULT_CAP"),
                 },
+                "plan_fingerprint": self._fingerprint(),
                 "host": socket.gethostname(),
                 "database": self.store.database,
                 "started_at": datetime.now(UTC),
@@ -112,6 +127,44 @@ class CrawlRunRecorder:
         self._started = True
         logger.info("Storing into MongoDB database %r as crawl %s", self.store.database,
                     self.crawl_id)
+
+    # Resumes and cost (tmapi_crawler/spend/).
+
+    def _fingerprint(self) -> str | None:
+        plan = getattr(self.crawler.spider, "plan", None)
+        return plan_fingerprint(plan, self.crawler.settings) if plan and plan.queries else None
+
+    async def _resumed(self) -> bool:
+        """A resumed crawl keeps its one document: this run is listed under ``resumes``."""
+        resume = Ledger.of(self.crawler).resume
+        if resume is None:
+            return False
+        await self.store.db[CRAWL_RUNS].update_one({"_id": resume.crawl_id}, {
+            "$set": {"status": RUNNING},
+            "$unset": {"finish_reason": "", "finished_at": ""},
+            "$push": {"resumes": {"started_at": datetime.now(UTC),
+                                  "host": socket.gethostname(),
+                                  "pages_held": len(resume.pages),
+                                  "calls_before": resume.calls}},
+        })
+        logger.info("Storing into MongoDB database %r, resuming crawl %s", self.store.database,
+                    self.crawl_id)
+        return True
+
+    async def _record_cost(self, products: int | None) -> None:
+        """``crawl_runs.cost``: added up over the crawl's runs (resumes) and workers."""
+        cost = cost_of(self.stats.get_stats())
+        increments = {f"cost.{name}": value for name, value in cost.items()
+                      if isinstance(value, int) and value}
+        increments |= {f"cost.by_category.{cat}": n for cat, n in cost["by_category"].items()}
+        if increments:
+            await self.store.db[CRAWL_RUNS].update_one({"_id": self.crawl_id},
+                                                       {"$inc": increments})
+        run = await self.store.db[CRAWL_RUNS].find_one({"_id": self.crawl_id}, {"cost": 1})
+        calls = ((run or {}).get("cost") or {}).get("calls", 0)
+        if products and calls:
+            await self.store.db[CRAWL_RUNS].update_one(
+                {"_id": self.crawl_id}, {"$set": {"cost.per_product": round(calls / products, 4)}})
 
     async def spider_closed(self, reason: str) -> None:
         """Record how the run ended; the writer's last flush is done by now."""
@@ -154,6 +207,7 @@ class CrawlRunRecorder:
             },
             "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
         }, worker_id=self.worker_id)
+        await self._record_cost(counts.get("products_seen"))
         self._finished = True
         for name, value in counts.items():
             self.stats.set_value(stats_keys.product_count(name), value)

@@ -35,6 +35,7 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.closing import MONGODB_UNAVAILABLE, close_spider
 from tmapi_crawler.items import ProductItem, ProductPage
 from tmapi_crawler.normalize import rendered
+from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
 from tmapi_crawler.storage import runs
 from tmapi_crawler.storage.coverage import mark_incomplete
 from tmapi_crawler.storage.documents import batch_now, rejected_document, updates_by_id
@@ -80,6 +81,7 @@ class MongoPipeline:
         self.crawler = crawler
         self.stats = crawler.stats
         self.store = ProductStore.of(crawler)
+        self.ledger = Ledger.of(crawler)
         self.spill_dir = Path(settings["MONGO_SPILL_DIR"])
         self.batch_size = settings.getint("MONGO_BATCH_SIZE")
         self.flush_interval = settings.getfloat("MONGO_FLUSH_INTERVAL")
@@ -105,9 +107,29 @@ class MongoPipeline:
         except StorageUnavailable as exc:
             logger.error("%s; nothing was sent to the API", exc)
             raise CloseSpider(MONGODB_UNAVAILABLE) from None
+        await self._resume()
         # Known (and in the stats) before the spider opens: progress snapshots carry it.
         runs.crawl_id(self.crawler)
         self._ticker = asyncio.ensure_future(self._tick())
+
+    async def _resume(self) -> None:
+        """Find the interrupted crawl of the same plan (``spend.ledger``) and continue it.
+
+        A distributed crawl's id is the cluster's; ``scrapy seed`` decides its resumes.
+        """
+        spider = self.crawler.spider
+        plan = getattr(spider, "plan", None)
+        distributed = self.crawler.settings.getbool("TMAPI_DISTRIBUTED")
+        fresh = distributed or plan is None or not plan.queries or getattr(spider, "fresh", True)
+        try:
+            resume = await self.ledger.open(
+                self.store, plan_fingerprint(plan, self.crawler.settings) if plan else "",
+                spider.name if spider else "", fresh=fresh)
+        except PyMongoError as exc:
+            logger.error("%s; nothing was sent to the API", shown(str(exc)))
+            raise CloseSpider(MONGODB_UNAVAILABLE) from None
+        if resume is not None:
+            runs.resume_crawl(self.crawler, resume.crawl_id)
 
     async def process_item(self, item: Any) -> Any:
         if not isinstance(item, ProductPage):
@@ -204,7 +226,19 @@ class MongoPipeline:
         lost_ids = {id(item) for item in lost.rejected}
         settled = [page for page in batch.pages
                    if not any(id(product) in lost_ids for product in page.products)]
+        await self._record_pages(settled)
         self.crawler.signals.send_catch_log(tmapi_signals.items_stored, items=settled)
+
+    async def _record_pages(self, pages: list[ProductPage]) -> None:
+        """The resume ledger: these pages' products are stored, so they need no call again."""
+        documents = [page.ledger for page in pages if page.ledger is not None]
+        if not documents:
+            return
+        try:
+            await self.ledger.record(self.store, documents)
+        except PyMongoError as exc:  # the products are stored; a resume pays for them again
+            logger.warning("Could not record %d pages in the resume ledger: %s",
+                           len(documents), exc)
 
     async def close_spider(self) -> None:
         if self._ticker is not None:

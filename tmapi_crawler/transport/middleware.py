@@ -11,7 +11,10 @@ It sits closest to the downloader and downloads API requests itself, so that:
 * a request waits for a concurrency permit while it already holds a ``CONCURRENT_REQUESTS``
   slot, and keeps both through its retries and backoff — a retry is not re-queued behind
   thousands of other requests, and never exceeds the account's limit;
-* once the crawl stops (a 439, Ctrl-C), no new paid call starts: requests waiting for a
+* the budget (``TMAPI_MAX_REQUESTS``, ``spend.budget``) is asked right before each call,
+  after its permit: a call it refuses is not sent, and the crawl closes with
+  ``tmapi_budget_exhausted``;
+* once the crawl stops (a 439, the budget, Ctrl-C), no new paid call starts: requests waiting for a
   permit or backing off give up at once (``closing.StopGuard`` says when);
 * the body is decompressed (gzip, deflate, br, zstd: Scrapy's ``HttpCompressionMiddleware``,
   bounded by ``DOWNLOAD_MAXSIZE``) before its code is read — also when the server compressed
@@ -45,6 +48,7 @@ from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.aio import wait_set
 from tmapi_crawler.frontier.context import META_KEY
+from tmapi_crawler.spend.budget import Budget
 from tmapi_crawler.transport import credentials
 from tmapi_crawler.transport.answers import (
     BAD_ENCODING,
@@ -63,6 +67,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: ``Request.meta`` key: the paid calls this page took, retries included (set by the transport).
+CALLS_META: Final = "tmapi_calls"
 #: A page the crawl's stop kept from being sent; a cluster queues it again for a resume.
 NOT_SENT: Final = "not_sent"
 #: A request that is not to ``TMAPI_BASE_URL``'s API path: refused, never signed.
@@ -93,12 +99,13 @@ def _target(url: str) -> tuple[str, str | None, int | None, str] | None:
 
 
 class TmapiTransportMiddleware:
-    def __init__(self, crawler: Crawler, token: str, limiter: Limiter) -> None:
+    def __init__(self, crawler: Crawler, token: str, limiter: Limiter, budget: Budget) -> None:
         settings = crawler.settings
         self.crawler = crawler
         self.stats = crawler.stats
         self.token = token
         self.limiter = limiter
+        self.budget = budget
         self.base_url: str = settings["TMAPI_BASE_URL"]
         self.max_retry_times = settings.getint("TMAPI_RETRY_TIMES")
         self.base_delay = settings.getfloat("TMAPI_RETRY_BASE_DELAY")
@@ -133,7 +140,8 @@ class TmapiTransportMiddleware:
                 "TMAPI_BASE_URL %s is plain http: the API token travels unencrypted", base_url
             )
         limiter = build_from_crawler(load_object(settings["TMAPI_LIMITER"]), crawler)
-        mw = cls(crawler, token, limiter)
+        budget = build_from_crawler(load_object(settings["TMAPI_BUDGET"]), crawler)
+        mw = cls(crawler, token, limiter, budget)
         crawler.signals.connect(mw.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(mw.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(mw.crawl_stopping, signal=tmapi_signals.crawl_stopping)
@@ -144,6 +152,8 @@ class TmapiTransportMiddleware:
         for handler in logging.getLogger().handlers:
             handler.addFilter(self._log_filter)
         self.stats.set_value(stats_keys.THROTTLE_LIMIT, self.limiter.limit)
+        if self.budget.maximum:
+            self.stats.set_value(stats_keys.BUDGET, self.budget.maximum)
 
     def crawl_stopping(self) -> None:
         """Wake every request waiting for a permit or backing off: none of them is sent."""
@@ -160,8 +170,9 @@ class TmapiTransportMiddleware:
             return None
         self._check_target(request)
         attempt = request
+        request.meta[CALLS_META] = 0
         while True:
-            answer, response = await self._attempt(attempt)
+            answer, response = await self._attempt(attempt, request)
             outcome = api.outcome_of(answer.code)
             if outcome is api.Outcome.OK:
                 if await self.limiter.succeeded():
@@ -220,7 +231,8 @@ class TmapiTransportMiddleware:
         self._count(stats_keys.REQUESTS_NOT_SENT)
         raise ApiError("crawl stopping; not sent", NOT_SENT)
 
-    async def _attempt(self, request: Request) -> tuple[Answer, JsonResponse | None]:
+    async def _attempt(self, request: Request, page: Request
+                       ) -> tuple[Answer, JsonResponse | None]:
         """One paid call: wait for a permit, download, classify.
 
         The permit is held until the answer is classified, so that after a 439 no waiting
@@ -228,7 +240,9 @@ class TmapiTransportMiddleware:
         """
         await self._permit()
         try:
+            await self._spend()
             self._count(stats_keys.REQUESTS)
+            page.meta[CALLS_META] += 1
             answer, response = await self._download(request)
             reason = closing.STOPPING_OUTCOMES.get(api.outcome_of(answer.code))
             if reason is not None:
@@ -236,6 +250,23 @@ class TmapiTransportMiddleware:
         finally:
             await self.limiter.release()
         return answer, response
+
+    async def _spend(self) -> None:
+        """Take the call from the budget, or stop the crawl (resumable) without sending it."""
+        try:
+            allowed = await self.budget.spend()
+        except LimiterClosed:
+            allowed = None
+        if not allowed:
+            self._count(stats_keys.REQUESTS_NOT_SENT)
+            if allowed is False and not self._stopped:
+                self._stopped = closing.BUDGET_EXHAUSTED
+                await self.limiter.close(closing.BUDGET_EXHAUSTED)
+                logger.error("Budget of %d paid calls (TMAPI_MAX_REQUESTS) spent: stopping the "
+                             "crawl; run the same command again to resume it",
+                             self.budget.maximum)
+                closing.close_spider(self.crawler, closing.BUDGET_EXHAUSTED)
+            raise ApiError("budget spent; not sent", NOT_SENT)
 
     def _signed(self, request: Request) -> Request:
         """The token-bearing copy: the URL, harmless headers, the environment's proxy."""

@@ -1,0 +1,230 @@
+"""The resume ledger: which pages of a crawl are paid for and stored, kept in MongoDB.
+
+One document per page in ``crawl_pages`` (``docs/reference/collections.md``), written right
+after the page's products landed, in the writer's same flush (an empty page, which has no
+products, as soon as it is parsed) — never at close — so the ledger survives a SIGKILL or a
+power loss as well as the products do. A page given up on is recorded too (``lost``), for the
+cost and the losses; a resume fetches it again.
+
+Running the same command again (same plan fingerprint, same database) after any interruption
+continues the interrupted crawl under the same crawl id: the spider replays the frontier over
+the pages held here (free) and fetches only what the replay asks for that is not held. A new
+crawl of the plan starts only once the last one finished, or with ``-a fresh=true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+from weakref import WeakKeyDictionary
+
+from pymongo import ASCENDING, DESCENDING, UpdateOne
+
+from tmapi_crawler import api
+from tmapi_crawler.closing import FINISHED
+from tmapi_crawler.frontier.context import PageContext
+from tmapi_crawler.frontier.decisions import Decision, Frontier
+from tmapi_crawler.frontier.summary import PageSummary
+from tmapi_crawler.plan import Plan, PlanError, Query
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+
+    from tmapi_crawler.storage.store import ProductStore
+
+logger = logging.getLogger(__name__)
+
+COLLECTION: Final = "crawl_pages"
+#: ``crawl_pages.state``: the page's products are stored; the page was given up on.
+STORED, LOST = "stored", "lost"
+#: The spider argument that starts a new crawl even when the last one was interrupted.
+FRESH_ARGUMENT: Final = "fresh"
+#: Settings that change what a plan fetches, so they are part of its fingerprint.
+FINGERPRINT_SETTINGS: Final = ("TMAPI_BASE_URL", "TMAPI_RESULT_CAP")
+INDEXES: Final = (
+    # The resume's and the estimate's reads: a crawl's pages in the order they were stored.
+    ("crawl_id", ASCENDING), ("seq", ASCENDING),
+)
+
+_LEDGERS: WeakKeyDictionary[Crawler, Ledger] = WeakKeyDictionary()
+
+
+def fresh_requested(arguments: Mapping[str, Any]) -> bool:
+    """``-a fresh=true|false``; anything else is refused like any bad argument."""
+    value = str(arguments.get(FRESH_ARGUMENT, "false")).strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise PlanError(f"{FRESH_ARGUMENT}: {arguments[FRESH_ARGUMENT]!r} is not true or false")
+    return value in ("true", "1", "yes")
+
+
+def page_key(context: PageContext) -> str:
+    """A page as sent: its query at the served page size, and its number."""
+    return f"{context.sent_query.key()}#{context.page}"
+
+
+def _within(query: Query, planned: Query) -> bool:
+    """Whether ``query`` (a page's, maybe split by price or read under another sort) can
+    descend from ``planned``."""
+    if (query.cat_id, query.language, query.page_size) != (
+            planned.cat_id, planned.language, planned.page_size):
+        return False
+    if any(getattr(query, name) != getattr(planned, name) for name in api.FLAG_FILTERS):
+        return False
+    low, high = planned.price_start, planned.price_end
+    start, end = query.price_start, query.price_end
+    if low is not None and (start is None or Decimal(start) < Decimal(low)):
+        return False
+    return high is None or (end is not None and Decimal(end) <= Decimal(high))
+
+
+def planned_key(context: PageContext, planned: Iterable[Query]) -> str:
+    """The key of the planned query a page descends from (its own sort first): what the
+    estimate sums calls by."""
+    candidates = [q for q in planned if _within(context.query, q)]
+    same_sort = [q for q in candidates if q.sort == context.query.sort]
+    chosen = (same_sort or candidates or [context.query])[0]
+    return chosen.key()
+
+
+def plan_fingerprint(plan: Plan, settings: BaseSettings) -> str:
+    """The planned queries, ``max_pages`` and the settings that change what is fetched."""
+    data = {
+        "queries": [q.to_dict() for q in plan.queries],
+        "max_pages": plan.max_pages,
+        "settings": {name: str(settings.get(name)) for name in FINGERPRINT_SETTINGS},
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass(slots=True)
+class HeldPage:
+    context: PageContext
+    summary: PageSummary
+    calls: int
+
+
+@dataclass(slots=True)
+class Resume:
+    """What a resumed crawl holds already: pages by key, in the order they were stored."""
+
+    crawl_id: str
+    pages: dict[str, HeldPage] = field(default_factory=dict)
+    #: Paid calls the interrupted runs spent (stored pages and pages given up on).
+    calls: int = 0
+
+
+@dataclass(slots=True)
+class Replay:
+    """What replaying the held pages decided: the decisions (to count and log), the pages
+    left to fetch, and the pages and calls the replay saved."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    left: list[PageContext] = field(default_factory=list)
+    held: int = 0
+    saved: int = 0
+
+
+async def replay(frontier: Frontier, planned: Decision, held: Mapping[str, HeldPage]) -> Replay:
+    """Replay the frontier over the pages held (free), in the order they were stored, each
+    once a decision of the replay asks for it; the pages asked for that are not held are left.
+
+    A page is replayed with the context the replay asked for it with (not the stored one), so
+    the frontier's state evolves as it did; the stored order keeps it on the original path.
+    """
+    result = Replay()
+    asked = {page_key(c): c for c in planned.follow}
+    waiting = dict(held)
+    progress = True
+    while progress:
+        progress = False
+        for key in [k for k in waiting if k in asked]:
+            page = waiting.pop(key)
+            decision = await frontier.on_page(asked.pop(key), page.summary)
+            result.decisions.append(decision)
+            result.held += 1
+            result.saved += page.calls
+            asked.update((page_key(c), c) for c in decision.follow)
+            progress = True
+    result.left = list(asked.values())
+    return result
+
+
+def ledger_document(crawl_id: str, context: PageContext, summary: PageSummary, calls: int,
+                    now: datetime, *, planned: str, state: str = STORED) -> dict[str, Any]:
+    return {
+        "crawl_id": crawl_id,
+        "planned": planned,
+        "key": page_key(context),
+        "cat_id": context.query.cat_id,
+        "state": state,
+        "context": context.to_dict(),
+        "summary": summary.to_dict(),
+        "calls": calls,
+        "at": now,
+    }
+
+
+class Ledger:
+    """One crawl's ledger, shared by the writer (records) and the spider (replays)."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+        self.resume: Resume | None = None
+        self._seq = 0
+
+    @classmethod
+    def of(cls, crawler: Crawler) -> Ledger:
+        ledger = _LEDGERS.get(crawler)
+        if ledger is None:
+            ledger = _LEDGERS[crawler] = cls(crawler)
+        return ledger
+
+    async def open(self, store: ProductStore, fingerprint: str, spider: str, *,
+                   fresh: bool) -> Resume | None:
+        """Make the indexes; find the interrupted crawl of this plan to resume, if any."""
+        pages = store.db[COLLECTION]
+        await pages.create_index(list(INDEXES), name="crawl_seq")
+        await pages.create_index([("crawl_id", ASCENDING), ("key", ASCENDING)], name="page",
+                                 unique=True)
+        await pages.create_index([("cat_id", ASCENDING), ("at", DESCENDING)], name="category")
+        await pages.create_index([("planned", ASCENDING), ("crawl_id", ASCENDING)],
+                                 name="estimate")
+        if fresh:
+            return None
+        last = await store.db["crawl_runs"].find_one(
+            {"plan_fingerprint": fingerprint, "spider": spider},
+            sort=[("started_at", DESCENDING)])
+        if last is None or last.get("finish_reason") == FINISHED:
+            return None
+        resume = Resume(last["_id"])
+        async for doc in pages.find({"crawl_id": resume.crawl_id}).sort("seq", ASCENDING):
+            resume.calls += int(doc.get("calls", 0))
+            self._seq = max(self._seq, int(doc.get("seq", 0)))
+            if doc["state"] == STORED:
+                resume.pages[doc["key"]] = HeldPage(
+                    PageContext.from_dict(doc["context"]),
+                    PageSummary.from_dict(doc["summary"]), int(doc.get("calls", 0)))
+        self.resume = resume
+        return resume
+
+    async def record(self, store: ProductStore, documents: Iterable[dict[str, Any]]) -> None:
+        """Upsert pages (a page fetched again replaces its document); ``seq`` orders them."""
+        operations = []
+        for document in documents:
+            self._seq += 1
+            operations.append(UpdateOne(
+                {"crawl_id": document["crawl_id"], "key": document["key"]},
+                {"$set": {**document, "seq": self._seq}}, upsert=True))
+        if operations:
+            await store.db[COLLECTION].bulk_write(operations, ordered=False)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
