@@ -33,6 +33,9 @@ Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W
     P:S:failed          hash    entry id -> JSON {reason, at, worker, deliveries, entry}: pages
                                 given up on, and entries refused ("refused: ...")
     P:S:progress        hash    W -> JSON progress counters, written with its acknowledgements
+                                and failures, with the losses it noticed and the categories of
+                                its unfiltered queries (for the crawl's end)
+    P:S:sightings       string  products of the acknowledged pages (each page counted once)
     P:limiter:epoch     string  when the limiter's state began (ms, Redis clock)
     P:limiter:permits   zset    permit id (W:n:i) -> lease expiry (ms, Redis clock)
     P:limiter:waiting   zset    W -> when it last asked for permits it did not get (ms)

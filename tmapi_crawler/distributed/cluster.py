@@ -163,7 +163,8 @@ class Cluster:
         keys, lkeys = self.keys, self.limiter_keys
         crawl_id, fresh, state = await self.scripts["begin"](
             keys=[keys.crawl, keys.queue, keys.workers, keys.dupefilter, keys.done, keys.failed,
-                  keys.deliveries, keys.entries, keys.progress, lkeys.limit, lkeys.successes],
+                  keys.deliveries, keys.entries, keys.progress, lkeys.limit, lkeys.successes,
+                  keys.sightings],
             args=[keys.base, int(renew), new_crawl_id(),
                   self.worker_id if worker_info else "", self._ttl_ms(),
                   json.dumps(worker_info or {})],

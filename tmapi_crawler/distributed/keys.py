@@ -48,6 +48,10 @@ class CrawlKeys:
     def progress(self) -> str:
         return f"{self.base}:progress"
 
+    @property
+    def sightings(self) -> str:
+        return f"{self.base}:sightings"
+
     def alive(self, worker: str) -> str:
         return f"{self.base}:alive:{worker}"
 

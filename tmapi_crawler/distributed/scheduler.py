@@ -55,9 +55,10 @@ from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.cluster import Census, Cluster, ClusterSettingsError, Completion
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.queue import CrawlGone, Leased, Push, page_push
-from tmapi_crawler.distributed.status import read_status
+from tmapi_crawler.distributed.status import CrawlTotals, read_status, read_totals
 from tmapi_crawler.frontier.context import META_KEY
 from tmapi_crawler.progress import Progress, Rate
+from tmapi_crawler.storage.coverage import losses
 from tmapi_crawler.storage.writer import MongoPipeline
 
 if TYPE_CHECKING:
@@ -103,6 +104,8 @@ class _Page:
 
     items_left: int | None = None
     parsed_at: float = 0.0
+    #: Products the page carried: added to the crawl's sightings when it is acknowledged.
+    products: int = 0
 
 
 @dataclass(slots=True)
@@ -113,6 +116,7 @@ class _Op:
     push: Push | None = None
     request: Request | None = None
     ids: list[str] = field(default_factory=list)
+    products: list[int] = field(default_factory=list)
     reason: str = ""
     counted: bool = False
 
@@ -166,6 +170,9 @@ class DistributedScheduler(BaseScheduler):
         self._wanted = asyncio.Event()
         self._popping = False
         self._rate = Rate()
+        #: Categories of the unfiltered queries this worker took pages of: the crawl's end
+        #: tells the complete ones among all workers' (``status.read_totals``).
+        self._categories: set[int] = set()
         self._started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -351,6 +358,8 @@ class DistributedScheduler(BaseScheduler):
             self._write_op(_Op("fail", ids=[lease], reason=reason))
             return
         assert self.spider is not None
+        if not context.query.filters():
+            self._categories.add(context.query.cat_id)
         request = self.spider.page_request(context)
         request.meta[LEASE_META] = lease
         self._pages[lease] = _Page()
@@ -416,12 +425,13 @@ class DistributedScheduler(BaseScheduler):
             self._wanted.set()
         elif kind == "ack":
             ids = [i for op in batch for i in op.ids]
-            acked = await queue.ack(ids, self._snapshot("running"))
+            products = [n for op in batch for n in op.products]
+            acked = await queue.ack(ids, self._snapshot("running"), products)
             self.stats.inc_value(stats_keys.DISTRIBUTED_ACKED, acked)
             if acked < len(ids):
                 self.stats.inc_value(stats_keys.DISTRIBUTED_RECLAIMED, len(ids) - acked)
         elif kind == "fail":
-            await queue.fail(batch[0].ids[0], batch[0].reason)
+            await queue.fail(batch[0].ids[0], batch[0].reason, self._snapshot("running"))
         else:
             op = batch[0]
             requeued, _ = await queue.give_back(op.ids, counted=op.counted, reason=op.reason)
@@ -439,11 +449,14 @@ class DistributedScheduler(BaseScheduler):
                                             spider=self.spider)
 
     def _snapshot(self, state: str) -> str:
-        """This worker's progress counters, as ``scrapy status`` adds them up."""
-        progress = Progress.from_stats(self.stats.get_stats())
+        """This worker's progress counters, as ``scrapy status`` adds them up, with the losses
+        it noticed, which the crawl's end reads to tell the categories seen whole."""
+        stats = self.stats.get_stats()
+        progress = Progress.from_stats(stats)
         self._rate.add(time.monotonic(), progress.pages_done)
         return json.dumps({**asdict(progress), "rate": self._rate.per_second(),
-                           "state": state, "crawl_id": self.crawl_id})
+                           "state": state, "crawl_id": self.crawl_id, **losses(stats),
+                           "categories": sorted(self._categories)})
 
     # The acknowledgement ledger.
 
@@ -456,6 +469,7 @@ class DistributedScheduler(BaseScheduler):
             self._ack([lease])
             return
         page.items_left, page.parsed_at = len(items), time.monotonic()
+        page.products = sum(len(item.products) for item in items)
         for item in items:
             self._items[id(item)] = (item, lease)
 
@@ -499,8 +513,10 @@ class DistributedScheduler(BaseScheduler):
 
     def _ack(self, leases: list[str]) -> None:
         if leases:
+            products = [page.products if (page := self._pages.get(lease)) else 0
+                        for lease in leases]
             self._forget(leases)
-            self._write_op(_Op("ack", ids=leases))
+            self._write_op(_Op("ack", ids=leases, products=products))
 
     def _fail(self, lease: str, reason: str) -> None:
         self._forget([lease])
@@ -634,7 +650,11 @@ class DistributedScheduler(BaseScheduler):
         with contextlib.suppress(redis.RedisError):
             await self.cluster.mark_lost(self.crawl_id or "", "restart")
 
-    # Progress.
+    # Progress and totals.
+
+    async def cluster_totals(self) -> CrawlTotals:
+        """The cluster crawl's counts, as ``scrapy status`` shows them, for its run record."""
+        return await read_totals(self.cluster)
 
     async def progress_line(self, *, final: bool = False) -> str | None:
         """The cluster's progress line, as ``scrapy status`` shows it (``progress.py``)."""
