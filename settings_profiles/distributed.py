@@ -38,6 +38,9 @@ TMAPI_REDIS_PREFIX = os.environ.get("TMAPI_REDIS_PREFIX", "tmapi")
 SCHEDULER = "tmapi_crawler.distributed.scheduler.DistributedScheduler"
 DUPEFILTER_CLASS = "scrapy_redis.dupefilter.RFPDupeFilter"
 TMAPI_LIMITER = "tmapi_crawler.distributed.limiter.RedisLimiter"
+#: The frontier's decisions (queries begun, splits, walks, the detected cap) are shared, so the
+#: workers decide each once and pay what one process would.
+TMAPI_FRONTIER_STATE = "tmapi_crawler.distributed.state.RedisState"
 
 #: Seconds a worker waits with nothing queued or leased anywhere before it exits.
 MAX_IDLE_TIME_BEFORE_CLOSE = 30

@@ -164,7 +164,7 @@ class Cluster:
         crawl_id, fresh, state = await self.scripts["begin"](
             keys=[keys.crawl, keys.queue, keys.workers, keys.dupefilter, keys.done, keys.failed,
                   keys.deliveries, keys.entries, keys.progress, lkeys.limit, lkeys.successes,
-                  keys.sightings],
+                  keys.sightings, keys.frontier, keys.frontier_sets],
             args=[keys.base, int(renew), new_crawl_id(),
                   self.worker_id if worker_info else "", self._ttl_ms(),
                   json.dumps(worker_info or {})],

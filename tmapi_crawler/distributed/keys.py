@@ -52,6 +52,17 @@ class CrawlKeys:
     def sightings(self) -> str:
         return f"{self.base}:sightings"
 
+    @property
+    def frontier(self) -> str:
+        return f"{self.base}:frontier"
+
+    @property
+    def frontier_sets(self) -> str:
+        return f"{self.base}:frontier:sets"
+
+    def frontier_ids(self, key: str) -> str:
+        return f"{self.base}:frontier:ids:{key}"
+
     def alive(self, worker: str) -> str:
         return f"{self.base}:alive:{worker}"
 
