@@ -52,8 +52,11 @@ def test_three_workers_pay_what_one_process_pays(
     billed = env.sandbox.stats()
     calls = billed["pages_served"]
     # The same calls, give or take the pages in flight when a query turned out to end sooner
-    # than its window said (at most the limit); each page of each query fetched once.
-    assert abs(calls - solo_calls) <= LIMIT, (calls, solo_calls)
+    # than its window said (at most the limit); and, while the cap is not yet known, the pages
+    # each planned query asked for past it (at most its window, twice the limit, for each of the
+    # two). Each page of each query is fetched once.
+    slack = LIMIT if cap else 2 * 2 * LIMIT
+    assert abs(calls - solo_calls) <= slack, (calls, solo_calls)
     pages = Counter((*(r.get(f) for f in QUERY_FIELDS), r["page"])
                     for r in billed["records"] if r.get("ok"))
     assert max(pages.values()) == 1

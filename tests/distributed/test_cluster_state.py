@@ -61,6 +61,35 @@ def test_the_redis_state_answers_as_the_memory_state(cluster: Cluster, seed: int
     assert run_with(cluster, scenario) == expected
 
 
+def state_keys(client: redis.Redis, cluster: Cluster) -> list[bytes]:
+    """The state's keys, but the memos of steps (they expire by themselves)."""
+    return sorted(k for k in client.keys(f"{cluster.keys.base}:frontier*") if b":step:" not in k)
+
+
+def test_a_step_sent_again_is_applied_once(cluster: Cluster) -> None:
+    """A step whose answer a lost connection swallowed is sent again: it answers as the first
+    time, and changes nothing more (a claim stays the caller's, a counter moves once)."""
+
+    async def scenario() -> list[Any]:
+        crawl_id, _ = await cluster.begin_crawl(renew=True, worker_info=None)
+        keys = cluster.keys
+        script = cluster.scripts["frontier"]
+
+        async def send(step: str, *args: Any) -> list[Any]:
+            return list(await script(keys=[keys.crawl, keys.frontier, keys.frontier_sets,
+                                           keys.frontier_step(step)],
+                                     args=[crawl_id, step, *args]))
+
+        answers = [await send("s1", "claim", "q|decided"), await send("s1", "claim", "q|decided"),
+                   await send("s2", "add", "q|open", 3), await send("s2", "add", "q|open", 3),
+                   await send("s3", "claim", "q|decided")]
+        return [answers, await RedisState(cluster, lambda: crawl_id).get("q|open")]
+
+    answers, count = run_with(cluster, scenario)
+    assert answers == [[1, 1], [1, 1], [1, 3], [1, 3], [1, 0]]
+    assert count == 3
+
+
 def test_workers_decide_each_thing_once_and_a_new_crawl_starts_clean(
     cluster: Cluster, redis_client: redis.Redis,
 ) -> None:
@@ -73,15 +102,14 @@ def test_workers_decide_each_thing_once_and_a_new_crawl_starts_clean(
         new = [await one.add_ids("q|ids1", [1, 2, 3]), await two.add_ids("q|ids1", [3, 4])]
         await one.add_ids("q|ids2", [5])
         await two.forget("q|ids1")
-        left = sorted(redis_client.keys(f"{cluster.keys.base}:frontier*"))
+        left = state_keys(redis_client, cluster)
         renewed, fresh = await cluster.begin_crawl(renew=True, worker_info=None)
         assert fresh
         after = RedisState(cluster, lambda: renewed)
         again = [await after.claim("q|decided"), await after.get("cap|bound")]
         with pytest.raises(CrawlGone):  # a worker of the earlier crawl
             await one.claim("q|other")
-        return [claims, cap, new, left, again,
-                sorted(redis_client.keys(f"{cluster.keys.base}:frontier*"))]
+        return [claims, cap, new, left, again, state_keys(redis_client, cluster)]
 
     claims, cap, new, left, again, after = run_with(cluster, scenario)
     assert claims == [True, False]

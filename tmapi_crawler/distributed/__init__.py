@@ -42,6 +42,8 @@ Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W
     P:S:frontier:ids:K  set     ids of a query's last pages (K: the frontier's key), dropped
                                 when the query is done
     P:S:frontier:sets   set     names of the id sets, so a new crawl drops them all
+    P:S:frontier:step:I string  what a change to the frontier's state answered, for 10 min, so
+                                one sent again after a lost connection is not applied twice
     P:limiter:epoch     string  when the limiter's state began (ms, Redis clock)
     P:limiter:permits   zset    permit id (W:n:i) -> lease expiry (ms, Redis clock)
     P:limiter:waiting   zset    W -> when it last asked for permits it did not get (ms)

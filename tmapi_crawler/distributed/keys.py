@@ -63,6 +63,9 @@ class CrawlKeys:
     def frontier_ids(self, key: str) -> str:
         return f"{self.base}:frontier:ids:{key}"
 
+    def frontier_step(self, step: str) -> str:
+        return f"{self.base}:frontier:step:{step}"
+
     def alive(self, worker: str) -> str:
         return f"{self.base}:alive:{worker}"
 

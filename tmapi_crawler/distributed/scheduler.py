@@ -52,7 +52,13 @@ from tmapi_crawler.closing import (
     close_spider,
 )
 from tmapi_crawler.distributed import entries
-from tmapi_crawler.distributed.cluster import Census, Cluster, ClusterSettingsError, Completion
+from tmapi_crawler.distributed.cluster import (
+    Census,
+    Cluster,
+    ClusterSettingsError,
+    Completion,
+    Outage,
+)
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.queue import CrawlGone, Leased, Push, page_push
 from tmapi_crawler.distributed.status import CrawlTotals, read_status, read_totals
@@ -86,8 +92,6 @@ RESUMABLE_FAILURES = frozenset(
 )
 #: Refusal reasons are cut to this length: they may quote what someone wrote into Redis.
 _REASON_CHARS = 200
-#: Retry delays while Redis does not answer.
-_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 def _stores_items(settings: BaseSettings) -> bool:
@@ -119,25 +123,6 @@ class _Op:
     products: list[int] = field(default_factory=list)
     reason: str = ""
     counted: bool = False
-
-
-class _Outage:
-    """Logs a Redis outage once when it starts and once when it ends, and paces the retries."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.failures = 0
-
-    async def failed(self, exc: Exception) -> None:
-        if not self.failures:
-            logger.warning("Redis: %s failed (%s); retrying until it answers", self.what, exc)
-        self.failures += 1
-        await asyncio.sleep(_BACKOFF[min(self.failures, len(_BACKOFF)) - 1])
-
-    def succeeded(self) -> None:
-        if self.failures:
-            logger.info("Redis answers again: %s resumed", self.what)
-        self.failures = 0
 
 
 class DistributedScheduler(BaseScheduler):
@@ -320,7 +305,7 @@ class DistributedScheduler(BaseScheduler):
     async def _fetch(self) -> None:
         """Keep the local buffer filled from the shared queue."""
         assert self.queue is not None
-        outage = _Outage("taking work from the shared queue")
+        outage = Outage("taking work from the shared queue")
         while self._stopping is None:
             self._wanted.clear()
             room = self.prefetch - len(self._buffer)
@@ -383,7 +368,7 @@ class DistributedScheduler(BaseScheduler):
     async def _write(self) -> None:
         """Apply the writes in order; retried as they are until Redis answers (each is
         idempotent: an entry seen is not queued again, a lease is released once)."""
-        outage = _Outage("writing the crawl's progress")
+        outage = Outage("writing the crawl's progress")
         while True:
             if not self._ops:
                 self._ops_done.set()
@@ -543,7 +528,7 @@ class DistributedScheduler(BaseScheduler):
 
     async def _keep(self) -> None:
         assert self.crawl_id is not None
-        outage = _Outage("heartbeat")
+        outage = Outage("heartbeat")
         while self._stopping is None:
             try:
                 census = await self.cluster.heartbeat(self.crawl_id, self._info("running"))

@@ -5,15 +5,19 @@ or walked by the first worker that claims it, the detected result cap and the pr
 one value for all, and the ids of a query's last pages are one set. So N workers pay what one
 process pays. Each operation is one step of ``lua/frontier.lua``, checked against the crawl
 id: a worker left from an earlier crawl cannot touch a new crawl's decisions, and a new crawl
-starts with none (``begin.lua`` drops them).
+starts with none (``begin.lua`` drops them). While Redis does not answer, the decisions wait
+for it (a restart with an append-only file loses nothing).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from tmapi_crawler.distributed.cluster import Cluster
+import redis
+
+from tmapi_crawler.distributed.cluster import Cluster, Outage
 from tmapi_crawler.distributed.queue import CrawlGone
 
 if TYPE_CHECKING:
@@ -35,17 +39,31 @@ class RedisState:
 
     async def _call(self, operation: str, keys: list[str], values: Iterable[Any] = ()
                     ) -> int | None:
+        """One step, sent again while Redis does not answer (a restart): the frontier's
+        decisions wait for it, as the queue's writes do. A step sent again answers as it did
+        when it was applied (``frontier.lua`` remembers it under its step id)."""
         crawl_id = self._crawl_id()
         if crawl_id is None:
             raise RuntimeError("the Redis frontier state needs the distributed scheduler "
                                "(SCRAPY_PROJECT=distributed)")
         base = self.cluster.keys
+        step = secrets.token_hex(8)
         id_sets = [base.frontier_ids(key) for key in keys] if operation in (
             "add_ids", "forget") else []
-        result = await self.cluster.scripts["frontier"](
-            keys=[base.crawl, base.frontier, base.frontier_sets, *id_sets],
-            args=[crawl_id, operation, *keys, *values],
-        )
+        call = {
+            "keys": [base.crawl, base.frontier, base.frontier_sets, base.frontier_step(step),
+                     *id_sets],
+            "args": [crawl_id, step, operation, *keys, *values],
+        }
+        outage = Outage("the frontier's shared state")
+        while True:
+            try:
+                result = await self.cluster.scripts["frontier"](**call)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                await outage.failed(exc)
+                continue
+            outage.succeeded()
+            break
         if not result[0]:
             raise CrawlGone(crawl_id)
         return int(result[1]) if len(result) > 1 else None
