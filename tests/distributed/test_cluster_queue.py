@@ -24,10 +24,11 @@ from tests.servers import RedisProcess
 from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.cluster import Cluster
 from tmapi_crawler.distributed.queue import CrawlGone, Push, page_push
-from tmapi_crawler.distributed.status import read_status
+from tmapi_crawler.distributed.status import read_status, read_totals
 from tmapi_crawler.frontier.context import CellRef, PageContext
 from tmapi_crawler.plan import Query
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
+from tmapi_crawler.storage.coverage import whole_categories
 
 PAGE = PageContext(Query(cat_id=1031922, sort="sales", price_start="1.5", new_arrival=True),
                    page=3, last=7)
@@ -219,6 +220,62 @@ def test_a_complete_crawl_has_one_finaliser(cluster: Cluster) -> None:
     first, *others = run_with(cluster, scenario)
     assert (first.lost, first.finaliser) == (False, True)
     assert [(c.lost, c.finaliser) for c in others] == [(False, False)] * 2
+
+
+def test_a_page_counts_its_products_once_however_many_workers_fetched_it(
+    cluster: Cluster,
+) -> None:
+    """Issue 13, point 3: a page taken back from a worker thought dead and done again counts
+    once, so the sightings equal the products of the pages (they were summed from every
+    worker's counters, the dead one's included)."""
+
+    async def scenario() -> dict[str, Any]:
+        crawl_id, _ = await cluster.begin_crawl(renew=True, worker_info=None)
+        slow, other = cluster.queue(crawl_id, "slow"), cluster.queue(crawl_id, "other")
+        await slow.push(pushes(cluster.settings, PageContext(Query(cat_id=1)),
+                               PageContext(Query(cat_id=2))))
+        first, second = await slow.pop(2)
+        await cluster.reap("slow")  # its heartbeat expired: both go back
+        retaken = await other.pop(2)
+        assert await other.ack([lease.id for lease in retaken], "{}", [20, 7]) == 2
+        assert await slow.ack([first.id, second.id], "{}", [20, 7]) == 0  # too late
+        return await read_status(cluster)
+
+    status = run_with(cluster, scenario)
+    assert (status["done"], status["cluster_progress"]["items"]) == (2, 27)
+
+
+def test_the_totals_count_every_workers_losses(
+    cluster: Cluster, redis_client: redis.Redis,
+) -> None:
+    """Issue 13, point 3: the crawl's end sees the losses of every worker (a page one of them
+    failed, an item without an id another noticed) and the categories all of them took."""
+
+    async def scenario() -> list[Any]:
+        crawl_id, _ = await cluster.begin_crawl(renew=True, worker_info=None)
+        for worker in ("one", "two"):  # registered, as their heartbeats do
+            redis_client.hset(cluster.keys.workers, worker, json.dumps({"state": "running"}))
+        one, two = cluster.queue(crawl_id, "one"), cluster.queue(crawl_id, "two")
+        await one.push(pushes(cluster.settings, *(PageContext(Query(cat_id=c)) for c in (1, 2, 3))))
+        (a,) = await one.pop(1)
+        (b, c) = await two.pop(2)
+        await one.ack([a.id], json.dumps({"categories": [1], "incomplete": []}), [20])
+        await two.ack([b.id], json.dumps({"categories": [2, 3], "incomplete": [2]}), [20])
+        await two.fail(c.id, "422", json.dumps({"categories": [2, 3], "incomplete": [2, 3],
+                                                "answers": {"200": 2, "422": 1}}))
+        whole = await read_totals(cluster)
+        await one.ack([], json.dumps({"categories": [1], "spilled": 3}))
+        return [whole, await read_totals(cluster)]
+
+    whole, spilled = run_with(cluster, scenario)
+    assert (whole.categories, whole.incomplete) == ({1, 2, 3}, {2, 3})
+    assert whole_categories(whole.categories, whole.incomplete) == [1]
+    assert whole.counts() == {"pages": 2, "items": 40, "rejected": 0, "spilled": 0,
+                              "failed_pages": 1}
+    assert whole.progress["answers"] == {"200": 2, "422": 1}
+    assert whole.crawl_wide_losses == ()
+    assert spilled.crawl_wide_losses == ("items kept in spill files",)
+    assert spilled.counts()["spilled"] == 3
 
 
 class _RedisWithoutConfig(RedisProcess):

@@ -1,10 +1,11 @@
 """``scrapy seed``: queue a crawl's queries for distributed workers, without calling the API.
 
 Takes the same arguments and plan files as ``scrapy crawl``, checked by the same code (a bad one
-exits 2 with one line, before Redis is touched). The page-1 requests are built by the spider's
-own ``page_request`` and queued as the workers queue theirs (page specs, through the shared
-dupefilter), so workers see exactly what a seeding worker would have queued. No token is needed:
-nothing is sent. Starting a new crawl also resets a concurrency limit the last one lowered.
+exits 2 with one line, before Redis is touched). The queries are begun in the cluster's
+frontier state and their page-1 requests built by the spider's own ``page_request`` and queued
+as the workers queue theirs (page specs, through the shared dupefilter), so workers see exactly
+what a seeding worker would have queued. No token is needed: nothing is sent. Starting a new
+crawl also resets a concurrency limit the last one lowered.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tmapi_crawler.commands.crawl import check_before_start
 from tmapi_crawler.distributed.command import ClusterCommand, require_distributed
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.queue import page_push
+from tmapi_crawler.distributed.state import RedisState
 from tmapi_crawler.frontier.context import PageContext
 
 if TYPE_CHECKING:
@@ -68,7 +70,10 @@ class Command(ClusterCommand):
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.settings is not None
         spidercls = get_spider_loader(self.settings).load(args[0])
-        spider = spidercls.from_crawler(Crawler(spidercls, self.settings), **opts.spargs)
+        crawler = Crawler(spidercls, self.settings)
+        # The settings the add-ons derive (the query window) are the workers' too.
+        crawler.addons.load_settings(crawler.settings)
+        spider = spidercls.from_crawler(crawler, **opts.spargs)
         cluster = self.open_cluster(spider.name)
         try:
             crawl_id, fresh, added, total, problem = asyncio.run(_seed(cluster, spider))
@@ -93,6 +98,10 @@ async def _seed(cluster: Cluster, spider: Spider) -> tuple[str, bool, int, int, 
         crawl_id, fresh = await cluster.begin_crawl(renew=True, worker_info=None)
         problem = await cluster.persistence()
         queries = spider.plan.queries
+        # The queries are begun in the cluster's frontier state, as a seeding worker begins
+        # them, so the workers that answer their pages know they were; all are pushed (the
+        # dupefilter keeps those already queued out), so a seed cut short can be run again.
+        await spider.build_frontier(RedisState(cluster, lambda: crawl_id)).plan(queries)
         added = await cluster.queue(crawl_id, None).push([
             page_push(spider.page_request(PageContext(query)), cluster.dupefilter)
             for query in queries

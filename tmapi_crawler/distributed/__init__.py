@@ -14,6 +14,7 @@ what a paid API needs on top of it:
   change hands locally), with the cluster-wide stop on an exhausted quota;
 * ``cluster``, ``status`` — one process's handle on the shared crawl; what ``scrapy status`` and
   the progress lines show, read at one moment;
+* ``state`` — the frontier's state, shared: the cluster decides each query once;
 * ``scripts`` and ``lua/`` — every change to shared state is one Lua script.
 
 Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W`` = a worker id)::
@@ -33,6 +34,16 @@ Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W
     P:S:failed          hash    entry id -> JSON {reason, at, worker, deliveries, entry}: pages
                                 given up on, and entries refused ("refused: ...")
     P:S:progress        hash    W -> JSON progress counters, written with its acknowledgements
+                                and failures, with the losses it noticed and the categories of
+                                its unfiltered queries (for the crawl's end)
+    P:S:sightings       string  products of the acknowledged pages (each page counted once)
+    P:S:frontier        hash    the frontier's numbers and claims (``frontier.state``): queries
+                                begun, decided, split; windows, edges, the detected cap
+    P:S:frontier:ids:K  set     ids of a query's last pages (K: the frontier's key), dropped
+                                when the query is done
+    P:S:frontier:sets   set     names of the id sets, so a new crawl drops them all
+    P:S:frontier:step:I string  what a change to the frontier's state answered, for 10 min, so
+                                one sent again after a lost connection is not applied twice
     P:limiter:epoch     string  when the limiter's state began (ms, Redis clock)
     P:limiter:permits   zset    permit id (W:n:i) -> lease expiry (ms, Redis clock)
     P:limiter:waiting   zset    W -> when it last asked for permits it did not get (ms)

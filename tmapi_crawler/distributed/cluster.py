@@ -7,6 +7,7 @@ and every step on shared state one Lua script (``scripts.py``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _CLUSTERS: WeakKeyDictionary[Crawler, Cluster] = WeakKeyDictionary()
+#: Retry delays while Redis does not answer.
+BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 class ClusterSettingsError(ValueError):
@@ -64,6 +67,25 @@ class Completion:
     lost: bool
     finaliser: bool
     missing: int
+
+
+class Outage:
+    """Logs a Redis outage once when it starts and once when it ends, and paces the retries."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failures = 0
+
+    async def failed(self, exc: Exception) -> None:
+        if not self.failures:
+            logger.warning("Redis: %s failed (%s); retrying until it answers", self.what, exc)
+        self.failures += 1
+        await asyncio.sleep(BACKOFF[min(self.failures, len(BACKOFF)) - 1])
+
+    def succeeded(self) -> None:
+        if self.failures:
+            logger.info("Redis answers again: %s resumed", self.what)
+        self.failures = 0
 
 
 def new_worker_id() -> str:
@@ -163,7 +185,8 @@ class Cluster:
         keys, lkeys = self.keys, self.limiter_keys
         crawl_id, fresh, state = await self.scripts["begin"](
             keys=[keys.crawl, keys.queue, keys.workers, keys.dupefilter, keys.done, keys.failed,
-                  keys.deliveries, keys.entries, keys.progress, lkeys.limit, lkeys.successes],
+                  keys.deliveries, keys.entries, keys.progress, lkeys.limit, lkeys.successes,
+                  keys.sightings, keys.frontier, keys.frontier_sets],
             args=[keys.base, int(renew), new_crawl_id(),
                   self.worker_id if worker_info else "", self._ttl_ms(),
                   json.dumps(worker_info or {})],

@@ -53,6 +53,24 @@ class CrawlKeys:
         """The cluster crawl's count of paid calls against ``TMAPI_MAX_REQUESTS``."""
         return f"{self.base}:budget"
 
+    @property
+    def sightings(self) -> str:
+        return f"{self.base}:sightings"
+
+    @property
+    def frontier(self) -> str:
+        return f"{self.base}:frontier"
+
+    @property
+    def frontier_sets(self) -> str:
+        return f"{self.base}:frontier:sets"
+
+    def frontier_ids(self, key: str) -> str:
+        return f"{self.base}:frontier:ids:{key}"
+
+    def frontier_step(self, step: str) -> str:
+        return f"{self.base}:frontier:step:{step}"
+
     def alive(self, worker: str) -> str:
         return f"{self.base}:alive:{worker}"
 

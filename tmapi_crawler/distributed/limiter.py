@@ -250,6 +250,9 @@ class RedisLimiter:
         self._releasing += self._held
         self._held = []
         release = self._tasks.pop("release", None)
+        # The loops also end on ``_closed``: a cancellation can be swallowed inside a redis-py
+        # call on the way, and the loop would then wait forever (a test hung so under load).
+        self._release_wanted.set()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -323,7 +326,7 @@ class RedisLimiter:
     async def _release_loop(self) -> None:
         """Give permits back to Redis; retried until Redis answers."""
         attempt = 0
-        while True:
+        while not self._closed:
             self._release_wanted.clear()
             if not self._releasing:
                 await self._release_wanted.wait()
@@ -350,7 +353,7 @@ class RedisLimiter:
 
     async def _renew_loop(self) -> None:
         """Renew the permits held while no acquisition does it (``_ask`` with nothing wanted)."""
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.cluster.heartbeat_interval)
             pump = self._tasks.get("pump")
             if self._held and (pump is None or pump.done()):
@@ -361,7 +364,7 @@ class RedisLimiter:
         """Wake the pump on every release anywhere; stop when another worker stopped the crawl."""
         stopped = self.keys.stopped_channel.encode()
         try:
-            while True:
+            while not self._closed:
                 try:
                     message = await pubsub.get_message(timeout=1.0)
                 except redis.RedisError:

@@ -112,27 +112,35 @@ class SharedQueue:
         return [Leased(result[i].decode(), result[i + 1], bool(result[i + 2]))
                 for i in range(1, len(result), 3)]
 
-    async def ack(self, ids: Iterable[str], snapshot: str) -> int:
+    async def ack(self, ids: Sequence[str], snapshot: str, products: Sequence[int] = ()) -> int:
         """Pages done, with this worker's progress counters; how many were still leased here.
 
-        A lease the others took back (this worker was thought dead) is not counted: another
-        worker may fetch that page again, and storing it again changes nothing.
+        ``products``: how many products each page carried (none given: 0), added to the crawl's
+        sightings for the pages still leased here. A lease the others took back (this worker
+        was thought dead) is not counted: another worker may fetch that page again, and
+        storing it again changes nothing.
         """
         keys = self.keys
+        counts = list(products) or [0] * len(ids)
+        if len(counts) != len(ids):
+            raise ValueError("one product count per acknowledged page")
         done = await self.scripts["ack"](
             keys=[keys.crawl, self.leases_key, keys.deliveries, keys.entries, keys.done,
-                  keys.progress],
-            args=[self.crawl_id, self.worker, snapshot, *ids])
+                  keys.progress, keys.sightings],
+            args=[self.crawl_id, self.worker, snapshot,
+                  *(part for pair in zip(ids, counts, strict=True) for part in pair)])
         if done < 0:
             raise CrawlGone(self.crawl_id)
         return int(done)
 
-    async def fail(self, lease: str, reason: str) -> bool:
-        """Record a page given up on for good (or an entry refused), with its entry."""
+    async def fail(self, lease: str, reason: str, snapshot: str = "") -> bool:
+        """Record a page given up on for good (or an entry refused), with its entry, and this
+        worker's progress counters when given."""
         keys = self.keys
         failed = await self.scripts["fail"](
-            keys=[keys.crawl, self.leases_key, keys.deliveries, keys.entries, keys.failed],
-            args=[self.crawl_id, lease, reason, self.worker])
+            keys=[keys.crawl, self.leases_key, keys.deliveries, keys.entries, keys.failed,
+                  keys.progress],
+            args=[self.crawl_id, lease, reason, self.worker, snapshot])
         if failed < 0:
             raise CrawlGone(self.crawl_id)
         return bool(failed)

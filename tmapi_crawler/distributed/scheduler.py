@@ -53,12 +53,19 @@ from tmapi_crawler.closing import (
     close_spider,
 )
 from tmapi_crawler.distributed import entries
-from tmapi_crawler.distributed.cluster import Census, Cluster, ClusterSettingsError, Completion
+from tmapi_crawler.distributed.cluster import (
+    Census,
+    Cluster,
+    ClusterSettingsError,
+    Completion,
+    Outage,
+)
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.queue import CrawlGone, Leased, Push, page_push
-from tmapi_crawler.distributed.status import read_status
+from tmapi_crawler.distributed.status import CrawlTotals, read_status, read_totals
 from tmapi_crawler.frontier.context import META_KEY
 from tmapi_crawler.progress import Progress, Rate
+from tmapi_crawler.storage.coverage import losses
 from tmapi_crawler.storage.writer import MongoPipeline
 
 if TYPE_CHECKING:
@@ -86,8 +93,6 @@ RESUMABLE_FAILURES = frozenset(
 )
 #: Refusal reasons are cut to this length: they may quote what someone wrote into Redis.
 _REASON_CHARS = 200
-#: Retry delays while Redis does not answer.
-_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 def _stores_items(settings: BaseSettings) -> bool:
@@ -104,6 +109,8 @@ class _Page:
 
     items_left: int | None = None
     parsed_at: float = 0.0
+    #: Products the page carried: added to the crawl's sightings when it is acknowledged.
+    products: int = 0
 
 
 @dataclass(slots=True)
@@ -114,27 +121,9 @@ class _Op:
     push: Push | None = None
     request: Request | None = None
     ids: list[str] = field(default_factory=list)
+    products: list[int] = field(default_factory=list)
     reason: str = ""
     counted: bool = False
-
-
-class _Outage:
-    """Logs a Redis outage once when it starts and once when it ends, and paces the retries."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.failures = 0
-
-    async def failed(self, exc: Exception) -> None:
-        if not self.failures:
-            logger.warning("Redis: %s failed (%s); retrying until it answers", self.what, exc)
-        self.failures += 1
-        await asyncio.sleep(_BACKOFF[min(self.failures, len(_BACKOFF)) - 1])
-
-    def succeeded(self) -> None:
-        if self.failures:
-            logger.info("Redis answers again: %s resumed", self.what)
-        self.failures = 0
 
 
 class DistributedScheduler(BaseScheduler):
@@ -166,7 +155,14 @@ class DistributedScheduler(BaseScheduler):
         self._ops_done = asyncio.Event()
         self._wanted = asyncio.Event()
         self._popping = False
+        #: Set at close: the tasks' loops end by it too, since a cancellation can be swallowed
+        #: inside a library call on the way (seen as a worker that never exited).
+        self._closing = False
+        self._writer_closing = False
         self._rate = Rate()
+        #: Categories of the unfiltered queries this worker took pages of: the crawl's end
+        #: tells the complete ones among all workers' (``status.read_totals``).
+        self._categories: set[int] = set()
         self._started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -247,6 +243,8 @@ class DistributedScheduler(BaseScheduler):
 
     async def _close(self, reason: str) -> None:
         """Finish the writes, give back what this worker did not finish, and say it left."""
+        self._closing = True
+        self._wanted.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -262,6 +260,8 @@ class DistributedScheduler(BaseScheduler):
             self._buffer.clear()
             # The others take this worker's leases back once its heartbeat expired anyway.
             await wait_set(self._ops_done, self.cluster.heartbeat_ttl)
+        self._writer_closing = True
+        self._ops_added.set()
         self._writer.cancel()
         await asyncio.gather(self._writer, return_exceptions=True)
         if self._ops and not lost:
@@ -313,8 +313,8 @@ class DistributedScheduler(BaseScheduler):
     async def _fetch(self) -> None:
         """Keep the local buffer filled from the shared queue."""
         assert self.queue is not None
-        outage = _Outage("taking work from the shared queue")
-        while self._stopping is None:
+        outage = Outage("taking work from the shared queue")
+        while self._stopping is None and not self._closing:
             self._wanted.clear()
             room = self.prefetch - len(self._buffer)
             if room <= 0:
@@ -363,6 +363,8 @@ class DistributedScheduler(BaseScheduler):
             self._write_op(_Op("fail", ids=[lease], reason=reason))
             return
         assert self.spider is not None
+        if not context.query.filters():
+            self._categories.add(context.query.cat_id)
         request = self.spider.page_request(context)
         request.meta[LEASE_META] = lease
         self._pages[lease] = _Page()
@@ -383,8 +385,8 @@ class DistributedScheduler(BaseScheduler):
     async def _write(self) -> None:
         """Apply the writes in order; retried as they are until Redis answers (each is
         idempotent: an entry seen is not queued again, a lease is released once)."""
-        outage = _Outage("writing the crawl's progress")
-        while True:
+        outage = Outage("writing the crawl's progress")
+        while not self._writer_closing:
             if not self._ops:
                 self._ops_done.set()
                 self._ops_added.clear()
@@ -425,12 +427,13 @@ class DistributedScheduler(BaseScheduler):
             self._wanted.set()
         elif kind == "ack":
             ids = [i for op in batch for i in op.ids]
-            acked = await queue.ack(ids, self._snapshot("running"))
+            products = [n for op in batch for n in op.products]
+            acked = await queue.ack(ids, self._snapshot("running"), products)
             self.stats.inc_value(stats_keys.DISTRIBUTED_ACKED, acked)
             if acked < len(ids):
                 self.stats.inc_value(stats_keys.DISTRIBUTED_RECLAIMED, len(ids) - acked)
         elif kind == "fail":
-            await queue.fail(batch[0].ids[0], batch[0].reason)
+            await queue.fail(batch[0].ids[0], batch[0].reason, self._snapshot("running"))
         else:
             op = batch[0]
             requeued, _ = await queue.give_back(op.ids, counted=op.counted, reason=op.reason)
@@ -448,11 +451,14 @@ class DistributedScheduler(BaseScheduler):
                                             spider=self.spider)
 
     def _snapshot(self, state: str) -> str:
-        """This worker's progress counters, as ``scrapy status`` adds them up."""
-        progress = Progress.from_stats(self.stats.get_stats())
+        """This worker's progress counters, as ``scrapy status`` adds them up, with the losses
+        it noticed, which the crawl's end reads to tell the categories seen whole."""
+        stats = self.stats.get_stats()
+        progress = Progress.from_stats(stats)
         self._rate.add(time.monotonic(), progress.pages_done)
         return json.dumps({**asdict(progress), "rate": self._rate.per_second(),
-                           "state": state, "crawl_id": self.crawl_id})
+                           "state": state, "crawl_id": self.crawl_id, **losses(stats),
+                           "categories": sorted(self._categories)})
 
     # The acknowledgement ledger.
 
@@ -465,6 +471,7 @@ class DistributedScheduler(BaseScheduler):
             self._ack([lease])
             return
         page.items_left, page.parsed_at = len(items), time.monotonic()
+        page.products = sum(len(item.products) for item in items)
         for item in items:
             self._items[id(item)] = (item, lease)
 
@@ -508,8 +515,10 @@ class DistributedScheduler(BaseScheduler):
 
     def _ack(self, leases: list[str]) -> None:
         if leases:
+            products = [page.products if (page := self._pages.get(lease)) else 0
+                        for lease in leases]
             self._forget(leases)
-            self._write_op(_Op("ack", ids=leases))
+            self._write_op(_Op("ack", ids=leases, products=products))
 
     def _fail(self, lease: str, reason: str) -> None:
         self._forget([lease])
@@ -536,8 +545,8 @@ class DistributedScheduler(BaseScheduler):
 
     async def _keep(self) -> None:
         assert self.crawl_id is not None
-        outage = _Outage("heartbeat")
-        while self._stopping is None:
+        outage = Outage("heartbeat")
+        while self._stopping is None and not self._closing:
             try:
                 census = await self.cluster.heartbeat(self.crawl_id, self._info("running"))
                 await self._reap(census)
@@ -643,7 +652,11 @@ class DistributedScheduler(BaseScheduler):
         with contextlib.suppress(redis.RedisError):
             await self.cluster.mark_lost(self.crawl_id or "", "restart")
 
-    # Progress.
+    # Progress and totals.
+
+    async def cluster_totals(self) -> CrawlTotals:
+        """The cluster crawl's counts, as ``scrapy status`` shows them, for its run record."""
+        return await read_totals(self.cluster)
 
     async def progress_line(self, *, final: bool = False) -> str | None:
         """The cluster's progress line, as ``scrapy status`` shows it (``progress.py``)."""

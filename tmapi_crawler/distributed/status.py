@@ -1,19 +1,23 @@
 """The cluster's status: what ``scrapy status`` prints and what workers log as their progress.
 
 Everything is read by one script (``lua/status.lua``), so every number comes from the same
-moment, and both views are computed here from the same counters: the pages come from the
-queue's own counters (done, failed, every entry ever queued), the products and answers from the
-progress counters each worker writes together with its acknowledgements. So "done" and the
-progress line can never disagree, a worker whose heartbeat expired shows as ``lost``, and a
-crawl that is over shows no ETA.
+moment, and every view is computed here from the same counters: the pages come from the
+queue's own counters (done, failed, every entry ever queued), the sightings from the counter
+the acknowledgements add each page's products to (so a page fetched twice, by a worker killed
+before its acknowledgement and by the one that took it back, counts once), the rest (answers,
+rejected, new products) from the progress counters each worker writes together with its
+acknowledgements and failures. So "done" and the progress line can never disagree, a worker
+whose heartbeat expired shows as ``lost``, and a crawl that is over shows no ETA. The crawl's
+record in ``crawl_runs`` takes its counts from the same reading (:func:`read_totals`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.progress import Progress, eta_seconds, format_line
 
@@ -26,13 +30,17 @@ async def read_status(cluster: Cluster, *, final: bool = False) -> dict[str, Any
 
     ``final``: for a worker's last progress line, which shows no ETA.
     """
+    return describe_state(cluster, await _read_raw(cluster), final=final)
+
+
+async def _read_raw(cluster: Cluster) -> dict[str, Any]:
     keys, lkeys = cluster.keys, cluster.limiter_keys
     raw = await cluster.scripts["status"](
         keys=[keys.crawl, keys.queue, keys.dupefilter, keys.done, keys.failed, keys.workers,
-              keys.progress, lkeys.limit, lkeys.permits, lkeys.stop],
+              keys.progress, lkeys.limit, lkeys.permits, lkeys.stop, keys.sightings],
         args=[keys.base],
     )
-    return describe_state(cluster, json.loads(raw), final=final)
+    return dict(json.loads(raw))
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -76,6 +84,7 @@ def describe_state(cluster: Cluster, raw: dict[str, Any], *, final: bool = False
     state = _state(crawl, live=live, left=raw["queued"] + in_flight + lost, known=known,
                    stop=stop_info, now=now)
     progress = _progress(snapshots, done=done, failed=failed_known, known=known,
+                         sightings=int(raw["sightings"]),
                          over=final or state in ("finished", "empty") or state.startswith("lost"))
     return {
         "redis": redact_url(cluster.url),
@@ -117,11 +126,11 @@ def _state(crawl: dict[str, Any], *, live: int, left: int, known: int,
 
 
 def _progress(snapshots: list[tuple[bool, dict[str, Any]]], *, done: int, failed: int,
-              known: int, over: bool) -> dict[str, Any]:
-    """The crawl's progress: pages from the queue, products and answers summed over every
-    worker (lost and exited ones too), the rate of the live ones."""
+              known: int, sightings: int, over: bool) -> dict[str, Any]:
+    """The crawl's progress: pages and sightings from the queue's counters, the rest summed
+    over every worker (lost and exited ones too), the rate of the live ones."""
     total = Progress.total(Progress.from_snapshot(s) for _, s in snapshots)
-    total = replace(total, pages=done, pages_failed=failed, pages_known=known)
+    total = replace(total, pages=done, pages_failed=failed, pages_known=known, items=sightings)
     rate = 0.0 if over else sum(float(s.get("rate", 0.0)) for alive, s in snapshots if alive)
     eta = None if over else eta_seconds(total, rate)
     return {
@@ -132,3 +141,64 @@ def _progress(snapshots: list[tuple[bool, dict[str, Any]]], *, done: int, failed
         "eta": eta,
         "line": format_line(total, rate, eta, queries=False, final=over),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class CrawlTotals:
+    """The whole cluster crawl's counts, as ``crawl_runs`` records them: the same counters
+    ``scrapy status`` shows, read at one moment, with what coverage needs to know."""
+
+    progress: dict[str, Any]
+    failed: int
+    #: Categories of the unfiltered queries the crawl took pages of.
+    categories: frozenset[int]
+    #: Categories where some worker noticed a loss (a page given up on, an item without an id,
+    #: results out of reach): none of them was seen whole.
+    incomplete: frozenset[int]
+    #: Losses no category can be told from (items kept in a spill file, a spider exception,
+    #: a refused queue entry): then no category was seen whole.
+    crawl_wide_losses: tuple[str, ...]
+    #: Workers whose heartbeat expired while they were still crawling (killed).
+    dead_workers: tuple[str, ...]
+
+    def counts(self) -> dict[str, int]:
+        """The run's counts, named as ``crawl_runs.counts``."""
+        p = self.progress
+        return {"pages": p["pages"], "items": p["items"], "rejected": p["rejected"],
+                "spilled": p["spilled"], "failed_pages": self.failed}
+
+
+async def read_totals(cluster: Cluster) -> CrawlTotals:
+    """Read the crawl's totals: the status counters, and every failed entry's category."""
+    raw = await _read_raw(cluster)
+    status = describe_state(cluster, raw, final=True)
+    failed = await cluster.client.hvals(cluster.keys.failed)
+    categories: set[int] = set()
+    incomplete: set[int] = set()
+    losses: set[str] = set()
+    for record in failed:
+        try:
+            context, _ = entries.decode(json.loads(record)["entry"])
+        except (entries.RefusedEntry, ValueError, KeyError, TypeError):
+            losses.add("refused queue entries")
+            continue
+        incomplete.add(context.query.cat_id)
+    spilled = 0
+    for worker in _list(raw["workers"]):
+        if not worker["progress"]:
+            continue
+        snapshot = json.loads(worker["progress"])
+        categories.update(int(c) for c in snapshot.get("categories", ()))
+        incomplete.update(int(c) for c in snapshot.get("incomplete", ()))
+        spilled += int(snapshot.get("spilled", 0))
+        if snapshot.get("spider_exceptions"):
+            losses.add("spider exceptions")
+    if spilled:
+        losses.add("items kept in spill files")
+    dead = tuple(row["id"] for row in status["workers"] if row["state"] == "lost")
+    return CrawlTotals(
+        progress={**status["cluster_progress"], "spilled": spilled},
+        failed=status["failed"], categories=frozenset(categories),
+        incomplete=frozenset(incomplete),
+        crawl_wide_losses=tuple(sorted(losses)), dead_workers=dead,
+    )

@@ -26,6 +26,7 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings, priority
 from tmapi_crawler.frontier.paging import page_url
+from tmapi_crawler.frontier.state import FrontierState
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.items import ProductItem, ProductPage, QueryContext
 from tmapi_crawler.plan import Plan, plan_from_arguments
@@ -74,18 +75,21 @@ class CategoryItemsSpider(scrapy.Spider):
         spider.base_url = crawler.settings.get("TMAPI_BASE_URL") or api.DEFAULT_BASE_URL
         return spider
 
-    def _build_frontier(self) -> Frontier:
-        """Built when the crawl starts: the add-on derives settings after the spider exists."""
+    def build_frontier(self, state: FrontierState | None = None) -> Frontier:
+        """Built when the crawl starts (the add-on derives settings after the spider exists),
+        on ``TMAPI_FRONTIER_STATE`` unless given a state (``scrapy seed`` gives the cluster's)."""
         settings = self.crawler.settings
+        if state is None:
+            state = build_from_crawler(load_object(settings["TMAPI_FRONTIER_STATE"]), self.crawler)
         return Frontier(
             FrontierSettings(reach=settings.getint("TMAPI_RESULT_CAP") or None,
                              window=settings.getint("TMAPI_QUERY_WINDOW"),
                              max_pages=self.plan.max_pages),
-            build_from_crawler(load_object(settings["TMAPI_FRONTIER_STATE"]), self.crawler),
+            state,
         )
 
     async def start(self) -> AsyncIterator[scrapy.Request]:
-        self.frontier = self._build_frontier()
+        self.frontier = self.build_frontier()
         connect = self.crawler.signals.connect
         connect(self._request_dropped, signal=signals.request_dropped)
         connect(self._keep_open, signal=signals.spider_idle)

@@ -31,9 +31,31 @@ def mark_incomplete(stats: StatsCollector, cat_id: int) -> None:
 
 def complete_categories(queries: Iterable[Query], stats: Mapping[str, Any]) -> list[int]:
     """Categories with an unfiltered query and no loss noticed, from a crawl's final stats."""
-    if any(stats.get(key) for key in _CRAWL_WIDE_LOSSES) or any(
-        key.startswith("spider_exceptions/") for key in stats
-    ):
+    noticed = losses(stats)
+    if noticed["spilled"] or noticed["spider_exceptions"]:
         return []
-    whole = {query.cat_id for query in queries if not query.filters()}
-    return sorted(c for c in whole if not stats.get(stats_keys.incomplete(c)))
+    return whole_categories(unfiltered_categories(queries), noticed["incomplete"])
+
+
+def unfiltered_categories(queries: Iterable[Query]) -> set[int]:
+    """Categories with a query without any filter: every product of them matches it."""
+    return {query.cat_id for query in queries if not query.filters()}
+
+
+def whole_categories(unfiltered: Iterable[int], incomplete: Iterable[int]) -> list[int]:
+    """The ``unfiltered`` categories but the ``incomplete`` ones."""
+    return sorted(set(unfiltered) - set(incomplete))
+
+
+def losses(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The losses one process noticed, as a distributed worker reports them with its progress
+    counters (so the cluster's end can tell the complete categories of all workers): the
+    categories marked incomplete, items spilled, spider exceptions."""
+    prefix = stats_keys.COVERAGE_INCOMPLETE
+    return {
+        "incomplete": sorted(int(key[len(prefix):]) for key, value in stats.items()
+                             if key.startswith(prefix) and value),
+        "spilled": sum(int(stats.get(key, 0)) for key in _CRAWL_WIDE_LOSSES),
+        "spider_exceptions": sum(value for key, value in stats.items()
+                                 if key.startswith("spider_exceptions/")),
+    }

@@ -14,10 +14,11 @@ import logging
 import secrets
 import socket
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 from weakref import WeakKeyDictionary
 
 from pymongo.errors import OperationFailure, PyMongoError
+from redis.exceptions import RedisError
 from scrapy import signals
 from scrapy.exceptions import CloseSpider
 
@@ -26,17 +27,21 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.closing import FINISHED, MONGODB_UNAVAILABLE
 from tmapi_crawler.spend.cost import cost_of
 from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
-from tmapi_crawler.storage.coverage import complete_categories
+from tmapi_crawler.storage.coverage import complete_categories, whole_categories
 from tmapi_crawler.storage.documents import batch_now
 from tmapi_crawler.storage.store import CRAWL_RUNS, ProductStore, StorageUnavailable
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
+    from tmapi_crawler.distributed.status import CrawlTotals
+
 logger = logging.getLogger(__name__)
 
 #: ``crawl_runs.status``: still going, closed by Scrapy, or cut short by a forced stop.
 RUNNING, CLOSED, KILLED = "running", "closed", "killed"
+#: ``crawl_runs.workers.<id>.status`` of a worker whose heartbeat expired while it crawled.
+DEAD = "dead"
 
 _CRAWL_IDS: WeakKeyDictionary[Crawler, str] = WeakKeyDictionary()
 
@@ -69,6 +74,17 @@ def resume_crawl(crawler: Crawler, crawl_id_: str) -> None:
     crawler.stats.set_value(stats_keys.CRAWL_ID, crawl_id_)
 
 
+def _own_counts(stats: dict[str, Any]) -> dict[str, int]:
+    """What this process did, from its stats."""
+    return {
+        "pages": stats.get(stats_keys.PAGES, 0),
+        "items": stats.get(stats_keys.ITEMS, 0),
+        "rejected": stats.get(stats_keys.ITEMS_REJECTED, 0),
+        "spilled": stats.get(stats_keys.ITEMS_SPILLED, 0),
+        "failed_pages": stats.get(stats_keys.PAGES_FAILED, 0),
+    }
+
+
 class CrawlRunRecorder:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
@@ -79,6 +95,8 @@ class CrawlRunRecorder:
         self.worker_id: str | None = None
         self._started = False
         self._finished = False
+        #: Set by ``crawl_complete`` in the one worker that finalises the cluster crawl.
+        self._finaliser = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> CrawlRunRecorder:
@@ -86,6 +104,7 @@ class CrawlRunRecorder:
         crawler.signals.connect(recorder.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(recorder.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(recorder.crawl_killed, signal=tmapi_signals.crawl_killed)
+        crawler.signals.connect(recorder.crawl_complete, signal=tmapi_signals.crawl_complete)
         return recorder
 
     @property
@@ -190,6 +209,9 @@ class CrawlRunRecorder:
                          str(exc) or type(exc).__name__)
 
     async def _finish(self, reason: str, status: str) -> None:
+        if self.worker_id is not None:
+            await self._finish_worker(reason, status)
+            return
         vanished = await self._mark_vanished(reason) if status == CLOSED else 0
         counts = {**await self.store.run_counts(self.crawl_id), "vanished": vanished}
         stats = self.stats.get_stats()
@@ -197,16 +219,9 @@ class CrawlRunRecorder:
             "status": status,
             "finished_at": datetime.now(UTC),
             "finish_reason": reason,
-            "counts": {
-                "pages": stats.get(stats_keys.PAGES, 0),
-                "items": stats.get(stats_keys.ITEMS, 0),
-                "rejected": stats.get(stats_keys.ITEMS_REJECTED, 0),
-                "spilled": stats.get(stats_keys.ITEMS_SPILLED, 0),
-                "failed_pages": stats.get(stats_keys.PAGES_FAILED, 0),
-                **counts,
-            },
+            "counts": {**_own_counts(stats), **counts},
             "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
-        }, worker_id=self.worker_id)
+        })
         await self._record_cost(counts.get("products_seen"))
         self._finished = True
         for name, value in counts.items():
@@ -215,13 +230,16 @@ class CrawlRunRecorder:
     async def _mark_vanished(self, reason: str) -> int:
         """Mark products gone from the categories this crawl saw whole (``coverage``).
 
-        Only a crawl that finished can tell; a worker of a distributed crawl sees neither the
-        other workers' pages nor their failures, so it never marks.
+        Only a crawl that finished can tell. A distributed crawl is marked once, by its
+        finaliser, from every worker's losses (``_finish_worker``).
         """
-        if reason != FINISHED or self.worker_id is not None:
+        if reason != FINISHED:
             return 0
         plan = getattr(self.crawler.spider, "plan", None)
-        categories = complete_categories(getattr(plan, "queries", ()), self.stats.get_stats())
+        return await self._vanish(
+            complete_categories(getattr(plan, "queries", ()), self.stats.get_stats()))
+
+    async def _vanish(self, categories: list[int]) -> int:
         if not categories:
             return 0
         try:
@@ -233,3 +251,64 @@ class CrawlRunRecorder:
         logger.info("Crawled completely: categories %s; %d listings gone since earlier crawls "
                     "marked vanished", ", ".join(map(str, categories)), marked)
         return marked
+
+    # A worker of a distributed crawl.
+
+    def crawl_complete(self, crawl_id: str, finaliser: bool) -> None:
+        """The cluster crawl is complete: the finaliser records its end once it closed."""
+        self._finaliser = finaliser and crawl_id == self.crawl_id
+
+    async def _finish_worker(self, reason: str, status: str) -> None:
+        """Record this worker's end, and the crawl's counts as the cluster counted them.
+
+        This worker's own counts go under ``workers.<id>``. The crawl's counts are those
+        ``scrapy status`` shows (Redis: pages acknowledged, sightings, every worker's answers,
+        killed ones included) and the products from MongoDB, set by every worker that closes,
+        so the last one leaves the latest. The finaliser of a complete crawl also marks the
+        products gone from the categories seen whole, with every worker's losses counted,
+        logs "Crawled completely", and marks the workers that were killed dead.
+        """
+        assert self.worker_id is not None
+        stats = self.stats.get_stats()
+        now = datetime.now(UTC)
+        products = await self.store.run_counts(self.crawl_id)
+        own = {
+            "status": status, "finished_at": now, "finish_reason": reason,
+            "counts": _own_counts(stats),
+            "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
+        }
+        crawl: dict[str, Any] = {"status": status, "finished_at": now, "finish_reason": reason,
+                                 "counts": dict(products)}
+        statuses: dict[str, str] = {}
+        totals = await self._cluster_totals()
+        if totals is not None:
+            crawl["counts"].update(totals.counts())
+            crawl["answers"] = totals.progress["answers"]
+            if self._finaliser and status == CLOSED and reason == FINISHED:
+                crawl["counts"]["vanished"] = await self._vanish_cluster(totals)
+                crawl["completed_by"] = self.worker_id
+                statuses = dict.fromkeys(totals.dead_workers, DEAD)
+        await self.store.finish_worker_run(self.crawl_id, self.worker_id, own, crawl, statuses)
+        await self._record_cost(crawl["counts"].get("products_seen"))
+        self._finished = True
+        for name, value in products.items():
+            self.stats.set_value(stats_keys.product_count(name), value)
+
+    async def _cluster_totals(self) -> CrawlTotals | None:
+        read = getattr(self.crawler.engine.scheduler, "cluster_totals", None)
+        if read is None:
+            return None
+        try:
+            return cast("CrawlTotals", await read())
+        except RedisError as exc:
+            logger.error("Could not read the cluster's counts from Redis (%s): crawl %s keeps "
+                         "the counts recorded before", exc, self.crawl_id)
+            return None
+
+    async def _vanish_cluster(self, totals: CrawlTotals) -> int:
+        """Mark vanished products of the categories the whole cluster saw whole."""
+        if totals.crawl_wide_losses:
+            logger.info("No category was crawled completely: %s",
+                        ", ".join(totals.crawl_wide_losses))
+            return 0
+        return await self._vanish(whole_categories(totals.categories, totals.incomplete))

@@ -72,8 +72,6 @@ PRODUCT_INDEXES = [
 ]
 #: Run fields that describe one worker of a distributed crawl, not the crawl.
 _PER_WORKER = ("host", "arguments", "started_at", "status")
-#: Run counts taken from the database, so already the whole crawl's (see ``run_counts``).
-_CRAWL_COUNTS = ("products_seen", "new", "updated", "changed")
 #: Codes a retried write can meet: a concurrent upsert of the same new ``_id`` (11000).
 DUPLICATE_KEY = 11000
 #: Server errors that fail a whole batch for one document's sake (MongoDB answers some of
@@ -363,32 +361,28 @@ class ProductStore:
             "$addToSet": {"queries": {"$each": document.get("queries", [])}},
         }, upsert=True)
 
-    async def finish_run(
-        self, crawl_id: str, fields: dict[str, Any], worker_id: str | None = None
-    ) -> None:
-        """Record how a run ended; a worker's counts add up into its distributed crawl's.
+    async def finish_run(self, crawl_id: str, fields: dict[str, Any]) -> None:
+        """Record how a run of one process ended."""
+        await self._retrying(self.db[CRAWL_RUNS].update_one, {"_id": crawl_id}, {"$set": fields})
 
-        Product counts come from the database and are already the crawl's; the status and
-        finish reason at the top are those of the last worker that closed.
+    async def finish_worker_run(
+        self, crawl_id: str, worker_id: str, fields: dict[str, Any],
+        crawl: dict[str, Any], statuses: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record how a worker of a distributed crawl ended, under ``workers.<worker_id>``.
+
+        ``crawl`` holds the crawl's own fields (its counts, its answers, how it ended), set
+        field by field: they come from the cluster's counters, so the last worker to close
+        records the latest of them, and nothing is added twice. ``statuses``: other workers'
+        status, as the crawl's finaliser found them (killed ones: dead).
         """
-        if worker_id is None:
-            update: dict[str, Any] = {"$set": fields}
-        else:
-            counts, answers = fields.get("counts", {}), fields.get("answers", {})
-            own = {k: v for k, v in counts.items() if k not in _CRAWL_COUNTS}
-            update = {
-                "$set": {
-                    **{f"workers.{worker_id}.{k}": v for k, v in fields.items() if k != "counts"},
-                    f"workers.{worker_id}.counts": own,
-                    **{k: v for k, v in fields.items() if k not in ("counts", "answers")},
-                    **{f"counts.{k}": counts[k] for k in _CRAWL_COUNTS if k in counts},
-                },
-                "$inc": {
-                    **{f"counts.{k}": v for k, v in own.items()},
-                    **{f"answers.{k}": v for k, v in answers.items()},
-                },
-            }
-        await self._retrying(self.db[CRAWL_RUNS].update_one, {"_id": crawl_id}, update)
+        update = {
+            **{f"workers.{worker_id}.{k}": v for k, v in fields.items()},
+            **{k: v for k, v in crawl.items() if k != "counts"},
+            **{f"counts.{k}": v for k, v in crawl.get("counts", {}).items()},
+            **{f"workers.{w}.status": status for w, status in (statuses or {}).items()},
+        }
+        await self._retrying(self.db[CRAWL_RUNS].update_one, {"_id": crawl_id}, {"$set": update})
 
     async def run_counts(self, crawl_id: str) -> dict[str, int]:
         """Products this run saw, created and changed: exact, from the database."""

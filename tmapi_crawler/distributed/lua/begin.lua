@@ -4,7 +4,7 @@
 -- with empty bookkeeping and the account's full concurrency limit. Joining and registering the
 -- worker are one step, so two workers starting together cannot both start a crawl.
 -- KEYS: crawl, queue, workers, dupefilter, done, failed, deliveries, entries, progress,
---       limiter limit, limiter successes.
+--       limiter limit, limiter successes, sightings, frontier numbers, frontier sets.
 -- ARGV: base, renew (0/1), new id, worker ('' for none), ttl ms, info.
 -- Returns {id, fresh (0/1), state}: state 'lost' when a worker without `renew` finds a crawl
 -- that Redis lost (it must not crawl on as if nothing happened).
@@ -32,8 +32,11 @@ if fresh then
   for _, w in ipairs(redis.call('HKEYS', KEYS[3])) do
     redis.call('DEL', ARGV[1] .. ':leases:' .. w)
   end
+  for _, ids in ipairs(redis.call('SMEMBERS', KEYS[14])) do
+    redis.call('DEL', ids)
+  end
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
-             KEYS[9], KEYS[10], KEYS[11])
+             KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14])
   redis.call('HSET', KEYS[1], 'id', ARGV[3], 'started_at', now_s())
   id = ARGV[3]
 end

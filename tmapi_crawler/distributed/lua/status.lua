@@ -2,7 +2,7 @@
 -- every number comes from the same moment: the crawl, its queue counters, each worker with its
 -- heartbeat, leases and progress counters, and the limiter.
 -- KEYS: crawl, queue, dupefilter, done, failed, workers, progress, limiter limit, limiter
---       permits, limiter stop. ARGV: base.
+--       permits, limiter stop, sightings. ARGV: base.
 -- Returns one JSON object.
 local function hash(key)
   local flat, out = redis.call('HGETALL', key), {}
@@ -34,6 +34,7 @@ return cjson.encode({
   queued = redis.call('ZCARD', KEYS[2]),
   known = redis.call('SCARD', KEYS[3]),
   done = tonumber(redis.call('GET', KEYS[4]) or '0'),
+  sightings = tonumber(redis.call('GET', KEYS[11]) or '0'),
   failed = #failed / 2,
   failed_known = failed_known,
   refused = refused,

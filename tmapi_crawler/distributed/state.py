@@ -1,0 +1,91 @@
+"""The frontier's state shared by every worker of a cluster crawl, in Redis.
+
+With it, the cluster decides each thing once, as one process would: a query is started, split
+or walked by the first worker that claims it, the detected result cap and the price edges are
+one value for all, and the ids of a query's last pages are one set. So N workers pay what one
+process pays. Each operation is one step of ``lua/frontier.lua``, checked against the crawl
+id: a worker left from an earlier crawl cannot touch a new crawl's decisions, and a new crawl
+starts with none (``begin.lua`` drops them). While Redis does not answer, the decisions wait
+for it (a restart with an append-only file loses nothing).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from tmapi_crawler.distributed.cluster import Cluster, Outage
+from tmapi_crawler.distributed.queue import CrawlGone
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+
+class RedisState:
+    """``frontier.state.FrontierState`` for a cluster crawl (``TMAPI_FRONTIER_STATE``)."""
+
+    def __init__(self, cluster: Cluster, crawl_id: Callable[[], str | None]) -> None:
+        self.cluster = cluster
+        self._crawl_id = crawl_id
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> RedisState:
+        """The crawl id is the distributed scheduler's, known once it joined the crawl."""
+        return cls(Cluster.of(crawler),
+                   lambda: getattr(crawler.engine.scheduler, "crawl_id", None))
+
+    async def _call(self, operation: str, keys: list[str], values: Iterable[Any] = ()
+                    ) -> int | None:
+        """One step, sent again while Redis does not answer (a restart): the frontier's
+        decisions wait for it, as the queue's writes do. A step sent again answers as it did
+        when it was applied (``frontier.lua`` remembers it under its step id)."""
+        crawl_id = self._crawl_id()
+        if crawl_id is None:
+            raise RuntimeError("the Redis frontier state needs the distributed scheduler "
+                               "(SCRAPY_PROJECT=distributed)")
+        base = self.cluster.keys
+        step = secrets.token_hex(8)
+        id_sets = [base.frontier_ids(key) for key in keys] if operation in (
+            "add_ids", "forget") else []
+        call = {
+            "keys": [base.crawl, base.frontier, base.frontier_sets, base.frontier_step(step),
+                     *id_sets],
+            "args": [crawl_id, step, operation, *keys, *values],
+        }
+        outage = Outage("the frontier's shared state")
+        while True:
+            try:
+                result = await self.cluster.scripts["frontier"](**call)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                await outage.failed(exc)
+                continue
+            outage.succeeded()
+            break
+        if not result[0]:
+            raise CrawlGone(crawl_id)
+        return int(result[1]) if len(result) > 1 else None
+
+    async def claim(self, key: str) -> bool:
+        return bool(await self._call("claim", [key]))
+
+    async def get(self, key: str) -> int | None:
+        return await self._call("get", [key])
+
+    async def add(self, key: str, amount: int) -> int:
+        return int(await self._call("add", [key], [amount]) or 0)
+
+    async def raise_to(self, key: str, value: int) -> int | None:
+        return await self._call("raise_to", [key], [value])
+
+    async def lower_to(self, key: str, value: int) -> int | None:
+        return await self._call("lower_to", [key], [value])
+
+    async def add_ids(self, key: str, ids: Iterable[int]) -> int:
+        return int(await self._call("add_ids", [key], ids) or 0)
+
+    async def forget(self, *keys: str) -> None:
+        if keys:
+            await self._call("forget", list(keys))
