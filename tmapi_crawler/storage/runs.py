@@ -222,8 +222,8 @@ class CrawlRunRecorder:
             "counts": {**_own_counts(stats), **counts},
             "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
         })
+        self._finished = True  # before the cost: a forced stop's timeout must not undo the status
         await self._record_cost(counts.get("products_seen"))
-        self._finished = True
         for name, value in counts.items():
             self.stats.set_value(stats_keys.product_count(name), value)
 
@@ -289,8 +289,8 @@ class CrawlRunRecorder:
                 crawl["completed_by"] = self.worker_id
                 statuses = dict.fromkeys(totals.dead_workers, DEAD)
         await self.store.finish_worker_run(self.crawl_id, self.worker_id, own, crawl, statuses)
-        await self._record_cost(crawl["counts"].get("products_seen"))
         self._finished = True
+        await self._record_cost(crawl["counts"].get("products_seen"))
         for name, value in products.items():
             self.stats.set_value(stats_keys.product_count(name), value)
 
