@@ -22,6 +22,11 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from tests.servers import MongodProcess, RedisProcess  # noqa: E402
+from tmapi_crawler.sandbox.process import SandboxProcess  # noqa: E402
+from tmapi_crawler.sandbox.server import RUNTIME_SETTINGS, SandboxConfig  # noqa: E402
+
+#: The sandbox's runtime settings as it starts: what a test's changes are undone to.
+SANDBOX_DEFAULTS = {name: getattr(SandboxConfig(), name) for name in RUNTIME_SETTINGS}
 
 # Servers.
 
@@ -59,3 +64,15 @@ def mongo_client(mongod: MongodProcess, mongo_db_name: str) -> Iterator[pymongo.
         client.drop_database(mongo_db_name)
     finally:
         client.close()
+
+
+# The API sandbox: a module defines ``server`` (its catalogue, started once); each test gets it
+# as ``sandbox``, fresh.
+
+
+@pytest.fixture
+def sandbox(server: SandboxProcess) -> Iterator[SandboxProcess]:
+    """The module's ``server`` with its counts reset; its settings restored after the test."""
+    server.reset()
+    yield server
+    server.configure(**SANDBOX_DEFAULTS)

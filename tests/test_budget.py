@@ -25,7 +25,7 @@ from tests.inprocess import (
     spider_opened,
 )
 from tests.servers import RedisProcess
-from tests.test_transport import DEFAULTS, FAST_RETRIES, api_request, outcome, run
+from tests.test_transport import FAST_RETRIES, api_request, outcome, run
 from tmapi_crawler import closing
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.sandbox.process import SandboxProcess
@@ -39,13 +39,6 @@ FAULTS = {"none": {}, "503s": {"fault_rates": {503: 0.4}}}
 def server() -> Iterator[SandboxProcess]:
     with SandboxProcess(token=[TOKEN], size={"101": 95}) as process:
         yield process
-
-
-@pytest.fixture
-def sandbox(server: SandboxProcess) -> Iterator[SandboxProcess]:
-    server.reset()
-    yield server
-    server.configure(**DEFAULTS)
 
 
 def pages(base_url: str, count: int) -> list[Any]:

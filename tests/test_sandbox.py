@@ -30,13 +30,12 @@ from tmapi_crawler.sandbox.catalog import (
     sales_value,
 )
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.sandbox.server import RUNTIME_SETTINGS, SandboxConfig, token_fingerprint
+from tmapi_crawler.sandbox.server import SandboxConfig, token_fingerprint
 
 TOKEN = "sandbox-test-token-8c1f"
 OTHER_TOKEN = "sandbox-other-token-77ab"
 SEED = 7
 SIZES = {1001: 500, 1002: 500, 1003: 3000}
-DEFAULTS = {name: getattr(SandboxConfig(), name) for name in RUNTIME_SETTINGS}
 REFERENCE_ITEM_KEYS = [
     "item_id", "product_url", "title", "img", "category_path", "price", "price_info", "currency",
     "moq", "quantity_begin", "sale_info", "delivery_info", "shop_info", "item_repurchase_rate",
@@ -51,14 +50,6 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def server() -> Iterator[SandboxProcess]:
     with SandboxProcess(token=[TOKEN, OTHER_TOKEN], size=SIZES, seed=SEED) as process:
         yield process
-
-
-@pytest.fixture
-def sandbox(server: SandboxProcess) -> Iterator[SandboxProcess]:
-    """The shared sandbox with fresh counters; runtime settings restored afterwards."""
-    server.reset()
-    yield server
-    server.configure(**DEFAULTS)
 
 
 @pytest.fixture(scope="module")

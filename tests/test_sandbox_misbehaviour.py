@@ -26,7 +26,6 @@ from tmapi_crawler.sandbox.misbehaviour import (
     ODD_KINDS,
 )
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.sandbox.server import RUNTIME_SETTINGS, SandboxConfig
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -34,7 +33,6 @@ else:
     from backports import zstd
 
 TOKEN = "sandbox-misbehaviour-token"
-DEFAULTS = {name: getattr(SandboxConfig(), name) for name in RUNTIME_SETTINGS}
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 DECODE = {"gzip": gzip.decompress, "deflate": zlib.decompress, "br": brotli.decompress,
           "zstd": zstd.decompress}
@@ -44,13 +42,6 @@ DECODE = {"gzip": gzip.decompress, "deflate": zlib.decompress, "br": brotli.deco
 def server() -> Iterator[SandboxProcess]:
     with SandboxProcess(token=[TOKEN], size={"11": 400}) as process:
         yield process
-
-
-@pytest.fixture
-def sandbox(server: SandboxProcess) -> Iterator[SandboxProcess]:
-    server.reset()
-    yield server
-    server.configure(**DEFAULTS)
 
 
 def get(sandbox: SandboxProcess, **params: Any) -> tuple[int, dict[str, str], bytes]:

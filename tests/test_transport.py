@@ -44,11 +44,9 @@ from tmapi_crawler.frontier.paging import page_url
 from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.misbehaviour import COMPRESSIONS
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.sandbox.server import RUNTIME_SETTINGS, SandboxConfig
 from tmapi_crawler.servers import free_port
 from tmapi_crawler.transport.middleware import ApiError, TmapiTransportMiddleware
 
-DEFAULTS = {name: getattr(SandboxConfig(), name) for name in RUNTIME_SETTINGS}
 FAST_RETRIES = {"TMAPI_RETRY_TIMES": 2, "TMAPI_RETRY_BASE_DELAY": 0.01,
                 "TMAPI_RETRY_MAX_DELAY": 0.02}
 
@@ -57,13 +55,6 @@ FAST_RETRIES = {"TMAPI_RETRY_TIMES": 2, "TMAPI_RETRY_BASE_DELAY": 0.01,
 def server() -> Iterator[SandboxProcess]:
     with SandboxProcess(token=[TOKEN], size={"101": 95, "102": 40}) as process:
         yield process
-
-
-@pytest.fixture
-def sandbox(server: SandboxProcess) -> Iterator[SandboxProcess]:
-    server.reset()
-    yield server
-    server.configure(**DEFAULTS)
 
 
 class Listener:

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from scrapy.commands import ScrapyCommand
+from scrapy.exceptions import UsageError
 from scrapy.settings import SETTINGS_PRIORITIES
+from scrapy.utils.conf import arglist_to_dict
 
 from settings_profiles import apply_profile
 from tmapi_crawler.validation import SettingError, check_settings, unknown_settings
@@ -110,6 +112,25 @@ class ProjectCommand(ScrapyCommand):
         assert self.settings is not None
         apply_profile(self.settings)  # a Scrapyd job picks its profile with a setting
         check_project_settings(self.settings)
+
+
+class SpiderArguments(ScrapyCommand):
+    """Mixin for a command that takes one spider name and ``-a NAME=VALUE`` arguments, as
+    ``scrapy crawl`` does (``opts.spargs`` a dict once options are processed)."""
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        parser.add_argument("-a", dest="spargs", action="append", default=[],
+                            metavar="NAME=VALUE", help="spider argument (may be repeated)")
+
+    def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
+        super().process_options(args, opts)
+        try:
+            opts.spargs = arglist_to_dict(opts.spargs)
+        except ValueError:
+            raise UsageError("Invalid -a value, use -a NAME=VALUE", print_help=False) from None
+        if len(args) != 1:
+            raise UsageError("give exactly one spider name")
 
 
 def check_project_settings(settings: BaseSettings) -> None:

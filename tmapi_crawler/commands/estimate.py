@@ -12,10 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pymongo
 from pymongo.errors import PyMongoError
-from scrapy.exceptions import UsageError
-from scrapy.utils.conf import arglist_to_dict
 
-from tmapi_crawler.cli import ProjectCommand, note
+from tmapi_crawler.cli import ProjectCommand, SpiderArguments, note
 from tmapi_crawler.commands.crawl import check_before_start
 from tmapi_crawler.commands.report import locate_database
 from tmapi_crawler.plan import plan_from_arguments
@@ -27,7 +25,7 @@ if TYPE_CHECKING:
     import argparse
 
 
-class Command(ProjectCommand):
+class Command(SpiderArguments, ProjectCommand):
     requires_crawler_process = False
     default_settings: ClassVar[dict[str, Any]] = {"LOG_ENABLED": False}
 
@@ -37,19 +35,8 @@ class Command(ProjectCommand):
     def short_desc(self) -> str:
         return "The API calls a crawl will probably take, from earlier crawls (free)"
 
-    def add_options(self, parser: argparse.ArgumentParser) -> None:
-        super().add_options(parser)
-        parser.add_argument("-a", dest="spargs", action="append", default=[],
-                            metavar="NAME=VALUE", help="spider argument (may be repeated)")
-
     def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
         super().process_options(args, opts)
-        try:
-            opts.spargs = arglist_to_dict(opts.spargs)
-        except ValueError:
-            raise UsageError("Invalid -a value, use -a NAME=VALUE", print_help=False) from None
-        if len(args) != 1:
-            raise UsageError("give exactly one spider name")
         assert self.settings is not None
         check_before_start(self.settings, args[0], opts.spargs, needs_token=False)
 

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 
 import redis
 from scrapy.crawler import Crawler
-from scrapy.exceptions import UsageError
 from scrapy.spiderloader import get_spider_loader
-from scrapy.utils.conf import arglist_to_dict
 
+from tmapi_crawler.cli import SpiderArguments
 from tmapi_crawler.commands.crawl import check_before_start
 from tmapi_crawler.distributed.command import ClusterCommand, require_distributed
 from tmapi_crawler.distributed.keys import redact_url
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
     from tmapi_crawler.distributed.cluster import Cluster
 
 
-class Command(ClusterCommand):
+class Command(SpiderArguments, ClusterCommand):
     def syntax(self) -> str:
         return "<spider> [-a NAME=VALUE ...]"
 
@@ -50,19 +49,8 @@ class Command(ClusterCommand):
             "alive); otherwise adds to it. Prints the number of queries queued and the crawl id."
         )
 
-    def add_options(self, parser: argparse.ArgumentParser) -> None:
-        super().add_options(parser)
-        parser.add_argument("-a", dest="spargs", action="append", default=[],
-                            metavar="NAME=VALUE", help="spider argument (may be repeated)")
-
     def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
         super().process_options(args, opts)
-        try:
-            opts.spargs = arglist_to_dict(opts.spargs)
-        except ValueError:
-            raise UsageError("Invalid -a value, use -a NAME=VALUE", print_help=False) from None
-        if len(args) != 1:
-            raise UsageError("give exactly one spider name")
         assert self.settings is not None
         require_distributed(self.settings, "seed")
         check_before_start(self.settings, args[0], opts.spargs, needs_token=False)
