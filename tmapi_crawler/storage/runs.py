@@ -95,6 +95,8 @@ class CrawlRunRecorder:
         self.worker_id: str | None = None
         self._started = False
         self._finished = False
+        #: A forced stop happened: the run is recorded ``killed`` whichever end records it.
+        self._killed = False
         #: Set by ``crawl_complete`` in the one worker that finalises the cluster crawl.
         self._finaliser = False
 
@@ -191,7 +193,7 @@ class CrawlRunRecorder:
             return
         try:
             if self._started and not self._finished:
-                await self._finish(reason, CLOSED)
+                await self._finish(reason, KILLED if self._killed else CLOSED)
         except (StorageUnavailable, PyMongoError) as exc:
             logger.error("Could not record the end of crawl %s: %s", self.crawl_id, exc)
         finally:
@@ -199,6 +201,7 @@ class CrawlRunRecorder:
 
     async def crawl_killed(self, reason: str) -> None:
         """A forced stop: the finish reason still reaches the run record, in bounded time."""
+        self._killed = True
         if not self._started or self._finished:
             return
         try:
