@@ -14,7 +14,7 @@ from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.decisions import Frontier, FrontierSettings
 from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig
-from tmapi_crawler.spend.ledger import HeldPage, page_key, planned_key, replay
+from tmapi_crawler.spend.ledger import HeldPage, planned_key, replay
 
 CAT = 9001
 QUERIES = [Query(cat_id=CAT), Query(cat_id=CAT, language="ru")]
@@ -34,7 +34,7 @@ async def _crawl(sandbox: Sandbox, queue: list[PageContext], f: Frontier, *, see
         context = queue.pop(rng.randrange(len(queue)))
         summary, items = summarise(context, answer(sandbox, context))
         products.update(i.item_id for i in items if i.item_id is not None)
-        fetched.append((page_key(context), HeldPage(context, summary, 1)))
+        fetched.append((context.key, HeldPage(context, summary, 1)))
         queue.extend((await f.on_page(context, summary)).follow)
     return fetched, products
 

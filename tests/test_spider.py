@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -18,6 +18,7 @@ from scrapy.http import TextResponse
 from scrapy.utils.test import get_crawler
 from twisted.python.failure import Failure
 
+from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.items import ProductPage
 from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig, parse_request
@@ -33,10 +34,30 @@ SETTINGS = {
 SANDBOX = Sandbox(SandboxConfig(sizes={7: 200}))
 
 
-def collect(outputs: AsyncIterator[Any]) -> list[Any]:
+class Engine:
+    """What the spider uses of Scrapy's engine: ``crawl``, which queues a request."""
+
+    def __init__(self) -> None:
+        self.crawled: list[Request] = []
+
+    def crawl(self, request: Request) -> None:
+        self.crawled.append(request)
+
+
+def collect(outputs: AsyncIterator[Any] | Coroutine[Any, Any, None],
+            spider: CategoryItemsSpider | None = None) -> list[Any]:
+    """What a start, callback or errback queued through the engine, then what it yielded."""
     async def gather() -> list[Any]:
+        if isinstance(outputs, Coroutine):
+            await outputs
+            return []
         return [output async for output in outputs]
-    return asyncio.run(gather())
+    yielded = asyncio.run(gather())
+    if spider is None:
+        return yielded
+    engine = spider.crawler.engine
+    crawled, engine.crawled = engine.crawled, []
+    return [*crawled, *yielded]
 
 
 def answer(request: Request) -> TextResponse:
@@ -47,6 +68,7 @@ def answer(request: Request) -> TextResponse:
 
 def spider_for(**arguments: str) -> CategoryItemsSpider:
     crawler = get_crawler(CategoryItemsSpider, SETTINGS)
+    crawler.engine = Engine()
     return CategoryItemsSpider.from_crawler(crawler, **arguments)
 
 
@@ -61,7 +83,7 @@ def test_an_answer_goes_in_and_its_items_and_next_pages_come_out() -> None:
     assert first.url == ("http://api.invalid/1688/category/items/v2?cat_id=7&language=en&page=1"
                          "&page_size=20&sort=default")
     assert first.priority == 0
-    out = collect(spider.parse(answer(first)))
+    out = collect(spider.parse(answer(first)), spider)
     assert pages(out) == [2, 3, 4]
     assert all(r.priority > first.priority for r in out if isinstance(r, Request))
     (products,) = [o for o in out if isinstance(o, ProductPage)]
@@ -76,13 +98,34 @@ def test_an_answer_goes_in_and_its_items_and_next_pages_come_out() -> None:
 def test_a_page_given_up_on_is_counted_and_its_window_moves_on() -> None:
     spider = spider_for(cat_id="7")
     (first,) = collect(spider.start())
-    second = next(o for o in collect(spider.parse(answer(first))) if isinstance(o, Request))
+    second = next(o for o in collect(spider.parse(answer(first)), spider)
+                  if isinstance(o, Request))
     failure = Failure(ApiError("gave up after 417", "417"))
     failure.request = second  # type: ignore[attr-defined]  # as Scrapy sets it
-    assert pages(collect(spider.page_failed(failure))) == [5]
+    assert pages(collect(spider.page_failed(failure), spider)) == [5]
     stats = spider.crawler.stats
     assert stats.get_value("tmapi/pages/failed_by_reason/417") == 1
     assert stats.get_value("tmapi/coverage/incomplete/7") == 1
+
+
+def test_what_a_page_asks_for_is_queued_before_the_page_is_said_done() -> None:
+    """A cluster worker acknowledges a page on these signals: what the page asked for must be
+    queued by then, or a worker dying in between loses it (Scrapy queues what a callback
+    yields later, in parallel)."""
+    spider = spider_for(cat_id="7")
+    engine = spider.crawler.engine
+    queued: list[tuple[str, int]] = []
+    for name, signal in (("parsed", tmapi_signals.page_parsed),
+                         ("failed", tmapi_signals.page_failed)):
+        spider.crawler.signals.connect(
+            lambda name=name, **_: queued.append((name, len(engine.crawled))), signal=signal,
+            weak=False)
+    (first,) = collect(spider.start())
+    second = collect(spider.parse(answer(first)), spider)[0]
+    failure = Failure(ApiError("gave up after 417", "417"))
+    failure.request = second  # type: ignore[attr-defined]  # as Scrapy sets it
+    collect(spider.page_failed(failure), spider)
+    assert queued == [("parsed", 3), ("failed", 1)]
 
 
 def test_what_the_frontier_learned_is_counted_and_logged(
@@ -94,7 +137,7 @@ def test_what_the_frontier_learned_is_counted_and_logged(
     params = dict(parse_qsl(urlsplit(first.url).query))
     body, _ = clamped.listing_body(parse_request(params, None))
     response = TextResponse(first.url, body=body.encode(), encoding="utf-8", request=first)
-    out = collect(spider.parse(response))
+    out = collect(spider.parse(response), spider)
     assert pages(out) == [2, 3, 4]
     assert all("page_size=20" in r.url for r in out if isinstance(r, Request))
     assert spider.crawler.stats.get_value("tmapi/paging/resized_queries") == 1

@@ -5,6 +5,7 @@ once, and a new crawl starts with none of the old one's decisions."""
 from __future__ import annotations
 
 import random
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -13,9 +14,12 @@ import redis
 from tests.cluster import cluster_settings, run_with
 from tests.servers import RedisProcess
 from tmapi_crawler.distributed.cluster import Cluster
-from tmapi_crawler.distributed.queue import CrawlGone
+from tmapi_crawler.distributed.queue import CrawlGone, Push
 from tmapi_crawler.distributed.state import RedisState
+from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings
 from tmapi_crawler.frontier.state import FrontierState, MemoryState
+from tmapi_crawler.frontier.summary import PageSummary
+from tmapi_crawler.plan import Query
 
 
 @pytest.fixture
@@ -78,7 +82,7 @@ def test_a_step_sent_again_is_applied_once(cluster: Cluster) -> None:
         async def send(step: str, *args: Any) -> list[Any]:
             return list(await script(keys=[keys.crawl, keys.frontier, keys.frontier_sets,
                                            keys.frontier_step(step)],
-                                     args=[crawl_id, step, *args]))
+                                     args=[crawl_id, "step", 600, 0, *args]))
 
         answers = [await send("s1", "claim", "q|decided"), await send("s1", "claim", "q|decided"),
                    await send("s2", "add", "q|open", 3), await send("s2", "add", "q|open", 3),
@@ -86,7 +90,8 @@ def test_a_step_sent_again_is_applied_once(cluster: Cluster) -> None:
         return [answers, await RedisState(cluster, lambda: crawl_id).get("q|open")]
 
     answers, count = run_with(cluster, scenario)
-    assert answers == [[1, 1], [1, 1], [1, 3], [1, 3], [1, 0]]
+    # {1, remembered, answer}: the second of each pair is the first's answer, remembered.
+    assert answers == [[1, 0, 1], [1, 1, 1], [1, 0, 3], [1, 1, 3], [1, 0, 0]]
     assert count == 3
 
 
@@ -120,3 +125,45 @@ def test_workers_decide_each_thing_once_and_a_new_crawl_starts_clean(
                     base + b":frontier:sets"]
     assert again == [True, None]
     assert after == [base + b":frontier"]  # only the new crawl's claim
+
+
+def test_a_page_decided_again_asks_for_what_it_asked_for_the_first_time(
+    cluster: Cluster, redis_client: redis.Redis,
+) -> None:
+    """A worker decided a page (it claimed the page's split) and died before what the page
+    asked for was queued; the worker that takes the lease over decides the page again. It
+    must ask for the same pages, or the split is lost with the dead worker (seen as a
+    cluster crawl "complete" without 314 products). Once acknowledged by the worker holding
+    it, the page's memory is dropped; a worker whose lease was taken back drops nothing."""
+    capped = PageSummary(items=20, ids=tuple(range(1, 21)), prices=(Decimal(1),) * 20,
+                         total_count=100, has_next_page=True)
+    empty = PageSummary(items=0, total_count=100, has_next_page=False)
+
+    async def scenario() -> list[Any]:
+        crawl_id, _ = await cluster.begin_crawl(renew=True, worker_info=None)
+        settings = FrontierSettings(reach=100, window=4)
+        victim, heir, third = (Frontier(settings, RedisState(cluster, lambda: crawl_id))
+                               for _ in range(3))
+        (first,) = (await victim.plan([Query(cat_id=7)])).follow
+        decided = await victim.on_page(first, capped)
+        again = await heir.on_page(first, capped)
+        # Another page of the same query, decided once: nothing is remembered for it.
+        other = await third.on_page(first.at(3, 5), empty)
+        memo = cluster.keys.frontier_page(crawl_id, first.key)
+        remembered = redis_client.exists(memo)
+        queue, late = cluster.queue(crawl_id, "heir"), cluster.queue(crawl_id, "victim")
+        await queue.push([Push("p1", 0, "{}")])
+        (lease,) = await late.pop(1)
+        await cluster.reap("victim")
+        assert (await queue.pop(1))[0].id == lease.id
+        await late.ack([lease.id], "{}", [20], [memo])  # too late: kept for the heir
+        kept = redis_client.exists(memo)
+        await queue.ack([lease.id], "{}", [20], [memo])
+        return [decided, again, other, remembered, kept, redis_client.exists(memo)]
+
+    decided, again, other, remembered, kept, left = run_with(cluster, scenario)
+    assert isinstance(decided, Decision)
+    assert [c.query.sort for c in decided.follow] == ["price_up"]  # the split, claimed once
+    assert again.follow == decided.follow
+    assert (decided.replayed, again.replayed, other.replayed) == (False, True, False)
+    assert (remembered, kept, left) == (1, 1, 0)

@@ -71,6 +71,10 @@ class CrawlKeys:
     def frontier_step(self, step: str) -> str:
         return f"{self.base}:frontier:step:{step}"
 
+    def frontier_page(self, crawl_id: str, page: str) -> str:
+        """How a page was decided (``PageContext.key``), until it is acknowledged."""
+        return f"{self.base}:frontier:page:{crawl_id}:{page}"
+
     def alive(self, worker: str) -> str:
         return f"{self.base}:alive:{worker}"
 

@@ -112,34 +112,37 @@ class SharedQueue:
         return [Leased(result[i].decode(), result[i + 1], bool(result[i + 2]))
                 for i in range(1, len(result), 3)]
 
-    async def ack(self, ids: Sequence[str], snapshot: str, products: Sequence[int] = ()) -> int:
+    async def ack(self, ids: Sequence[str], snapshot: str, products: Sequence[int] = (),
+                  memos: Sequence[str] = ()) -> int:
         """Pages done, with this worker's progress counters; how many were still leased here.
 
         ``products``: how many products each page carried (none given: 0), added to the crawl's
-        sightings for the pages still leased here. A lease the others took back (this worker
+        sightings for the pages still leased here; ``memos``: the key of each page's decision
+        (``RedisState.for_page``), dropped with its lease. A lease the others took back (this worker
         was thought dead) is not counted: another worker may fetch that page again, and
         storing it again changes nothing.
         """
         keys = self.keys
         counts = list(products) or [0] * len(ids)
-        if len(counts) != len(ids):
-            raise ValueError("one product count per acknowledged page")
+        if len(counts) != len(ids) or (memos and len(memos) != len(ids)):
+            raise ValueError("one product count (and memo, if any) per acknowledged page")
         done = await self.scripts["ack"](
             keys=[keys.crawl, self.leases_key, keys.deliveries, keys.entries, keys.done,
-                  keys.progress, keys.sightings],
+                  keys.progress, keys.sightings, *memos],
             args=[self.crawl_id, self.worker, snapshot,
                   *(part for pair in zip(ids, counts, strict=True) for part in pair)])
         if done < 0:
             raise CrawlGone(self.crawl_id)
         return int(done)
 
-    async def fail(self, lease: str, reason: str, snapshot: str = "") -> bool:
-        """Record a page given up on for good (or an entry refused), with its entry, and this
-        worker's progress counters when given."""
+    async def fail(self, lease: str, reason: str, snapshot: str = "", memo: str | None = None
+                   ) -> bool:
+        """Record a page given up on for good (or an entry refused), with its entry, this
+        worker's progress counters when given, and dropping its decision's ``memo``."""
         keys = self.keys
         failed = await self.scripts["fail"](
             keys=[keys.crawl, self.leases_key, keys.deliveries, keys.entries, keys.failed,
-                  keys.progress],
+                  keys.progress, *([memo] if memo else [])],
             args=[self.crawl_id, lease, reason, self.worker, snapshot])
         if failed < 0:
             raise CrawlGone(self.crawl_id)

@@ -111,6 +111,8 @@ class _Page:
     parsed_at: float = 0.0
     #: Products the page carried: added to the crawl's sightings when it is acknowledged.
     products: int = 0
+    #: Where the frontier remembers how the page was decided: dropped with its lease.
+    memo: str = ""
 
 
 @dataclass(slots=True)
@@ -122,6 +124,7 @@ class _Op:
     request: Request | None = None
     ids: list[str] = field(default_factory=list)
     products: list[int] = field(default_factory=list)
+    memos: list[str] = field(default_factory=list)
     reason: str = ""
     counted: bool = False
 
@@ -367,7 +370,8 @@ class DistributedScheduler(BaseScheduler):
             self._categories.add(context.query.cat_id)
         request = self.spider.page_request(context)
         request.meta[LEASE_META] = lease
-        self._pages[lease] = _Page()
+        self._pages[lease] = _Page(
+            memo=self.cluster.keys.frontier_page(self.crawl_id or "", context.key))
         self._injecting = request
         self.crawler.engine.crawl(request)
         if self._injecting is request:  # a request_scheduled handler dropped it
@@ -428,12 +432,15 @@ class DistributedScheduler(BaseScheduler):
         elif kind == "ack":
             ids = [i for op in batch for i in op.ids]
             products = [n for op in batch for n in op.products]
-            acked = await queue.ack(ids, self._snapshot("running"), products)
+            memos = [m for op in batch for m in op.memos]
+            acked = await queue.ack(ids, self._snapshot("running"), products, memos)
             self.stats.inc_value(stats_keys.DISTRIBUTED_ACKED, acked)
             if acked < len(ids):
                 self.stats.inc_value(stats_keys.DISTRIBUTED_RECLAIMED, len(ids) - acked)
         elif kind == "fail":
-            await queue.fail(batch[0].ids[0], batch[0].reason, self._snapshot("running"))
+            op = batch[0]
+            await queue.fail(op.ids[0], op.reason, self._snapshot("running"),
+                             op.memos[0] if op.memos else None)
         else:
             op = batch[0]
             requeued, _ = await queue.give_back(op.ids, counted=op.counted, reason=op.reason)
@@ -515,14 +522,16 @@ class DistributedScheduler(BaseScheduler):
 
     def _ack(self, leases: list[str]) -> None:
         if leases:
-            products = [page.products if (page := self._pages.get(lease)) else 0
-                        for lease in leases]
+            pages = [self._pages.get(lease) or _Page() for lease in leases]
             self._forget(leases)
-            self._write_op(_Op("ack", ids=leases, products=products))
+            self._write_op(_Op("ack", ids=leases, products=[page.products for page in pages],
+                               memos=[page.memo for page in pages]))
 
     def _fail(self, lease: str, reason: str) -> None:
+        page = self._pages.get(lease)
         self._forget([lease])
-        self._write_op(_Op("fail", ids=[lease], reason=reason))
+        self._write_op(_Op("fail", ids=[lease], reason=reason,
+                           memos=[page.memo] if page and page.memo else []))
         self.stats.inc_value(stats_keys.DISTRIBUTED_FAILED)
 
     def _give_back(self, leases: list[str], *, counted: bool, reason: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import redis
 
@@ -24,12 +24,23 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 
+#: How long a step's answer is remembered for a step sent again after a lost connection.
+STEP_MEMO_SECONDS: Final = 600
+#: A page's decision is remembered until the page is acknowledged; this only bounds what a
+#: page that never is (its crawl abandoned) leaves in Redis.
+PAGE_MEMO_SECONDS: Final = 7 * 24 * 3600
+
+
 class RedisState:
     """``frontier.state.FrontierState`` for a cluster crawl (``TMAPI_FRONTIER_STATE``)."""
 
-    def __init__(self, cluster: Cluster, crawl_id: Callable[[], str | None]) -> None:
+    def __init__(self, cluster: Cluster, crawl_id: Callable[[], str | None],
+                 page: str | None = None) -> None:
         self.cluster = cluster
         self._crawl_id = crawl_id
+        self._page = page
+        self._steps = 0
+        self._replayed = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> RedisState:
@@ -37,37 +48,59 @@ class RedisState:
         return cls(Cluster.of(crawler),
                    lambda: getattr(crawler.engine.scheduler, "crawl_id", None))
 
+    def for_page(self, page: str) -> RedisState:
+        """Each step of a decision about ``page`` is remembered under the page and its place
+        in the decision, reads included: the page decided again (by the worker that takes
+        over its lease) sees what the first decision saw and asks for the same pages."""
+        return RedisState(self.cluster, self._crawl_id, page)
+
+    @property
+    def replayed(self) -> bool:
+        return self._replayed
+
+    def _memo(self, crawl_id: str, operation: str, keys: list[str]) -> tuple[str, str, int]:
+        """Where this step's answer is remembered: (memo key, field, seconds)."""
+        base = self.cluster.keys
+        if self._page is None:
+            return base.frontier_step(secrets.token_hex(8)), "step", STEP_MEMO_SECONDS
+        self._steps += 1
+        return (base.frontier_page(crawl_id, self._page),
+                f"{self._steps}:{operation}:{keys[0] if keys else ''}", PAGE_MEMO_SECONDS)
+
     async def _call(self, operation: str, keys: list[str], values: Iterable[Any] = ()
                     ) -> int | None:
         """One step, sent again while Redis does not answer (a restart): the frontier's
         decisions wait for it, as the queue's writes do. A step sent again answers as it did
-        when it was applied (``frontier.lua`` remembers it under its step id)."""
+        when it was applied (``frontier.lua`` remembers it)."""
         crawl_id = self._crawl_id()
         if crawl_id is None:
             raise RuntimeError("the Redis frontier state needs the distributed scheduler "
                                "(SCRAPY_PROJECT=distributed)")
         base = self.cluster.keys
-        step = secrets.token_hex(8)
+        memo, step, seconds = self._memo(crawl_id, operation, keys)
         id_sets = [base.frontier_ids(key) for key in keys] if operation in (
             "add_ids", "forget") else []
         call = {
-            "keys": [base.crawl, base.frontier, base.frontier_sets, base.frontier_step(step),
-                     *id_sets],
-            "args": [crawl_id, step, operation, *keys, *values],
+            "keys": [base.crawl, base.frontier, base.frontier_sets, memo, *id_sets],
+            "args": [crawl_id, step, seconds, int(self._page is not None), operation, *keys,
+                     *values],
         }
         outage = Outage("the frontier's shared state")
+        sent = False
         while True:
             try:
                 result = await self.cluster.scripts["frontier"](**call)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                sent = True
                 await outage.failed(exc)
                 continue
             outage.succeeded()
             break
         if not result[0]:
             raise CrawlGone(crawl_id)
-        return int(result[1]) if len(result) > 1 else None
-
+        if result[1] and not sent:
+            self._replayed = True
+        return int(result[2]) if len(result) > 2 else None
     async def claim(self, key: str) -> bool:
         return bool(await self._call("claim", [key]))
 

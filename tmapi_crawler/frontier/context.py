@@ -58,6 +58,12 @@ class PageContext:
         """The query as requested: at the served page size, once it is known."""
         return replace(self.query, page_size=self.size) if self.size else self.query
 
+    @property
+    def key(self) -> str:
+        """The page as sent: its query at the served page size, and its number. It names the
+        page in the resume ledger and in the frontier's memory of how the page was decided."""
+        return f"{self.sent_query.key()}#{self.page}"
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data, defaults left out."""
         data: dict[str, Any] = {"query": self.query.to_dict(), "page": self.page,

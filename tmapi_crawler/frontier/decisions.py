@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from copy import copy
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Final
@@ -62,6 +63,9 @@ class Decision:
     cap: int | None = None
     #: Keys of the queries this answer finished.
     done: list[str] = field(default_factory=list)
+    #: The page was decided before, by a worker that died before it was acknowledged: what
+    #: it asks for may be queued already, and such a copy, dropped as a duplicate, is no news.
+    replayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +122,30 @@ class Frontier:
             await self._begin(decision, PageContext(query))
         return decision
 
+    def _for_page(self, context: PageContext) -> Frontier:
+        """This frontier, on the state as a decision about the page sees it
+        (``FrontierState.for_page``)."""
+        scoped = copy(self)
+        scoped.state = self.state.for_page(context.key)
+        return scoped
+
     async def on_page(self, context: PageContext, summary: PageSummary) -> Decision:
         """Decide from an answered page."""
+        scoped = self._for_page(context)
+        decision = await scoped._on_page(context, summary)
+        decision.replayed = scoped.state.replayed
+        return decision
+
+    async def on_lost(self, context: PageContext) -> Decision:
+        """Decide from a page given up on: its window moves on all the same. A walk whose
+        last reachable page was lost goes on, once its other pages are in, from the highest
+        price they showed."""
+        scoped = self._for_page(context)
+        decision = await scoped._on_lost(context)
+        decision.replayed = scoped.state.replayed
+        return decision
+
+    async def _on_page(self, context: PageContext, summary: PageSummary) -> Decision:
         decision = Decision()
         known = await self._known(context)
         context = self._resized(decision, context, summary)
@@ -136,10 +162,7 @@ class Frontier:
         await self._advance(decision, context, summary, reach, own, known=known, ended=ended)
         return decision
 
-    async def on_lost(self, context: PageContext) -> Decision:
-        """Decide from a page given up on: its window moves on all the same. A walk whose
-        last reachable page was lost goes on, once its other pages are in, from the highest
-        price they showed."""
+    async def _on_lost(self, context: PageContext) -> Decision:
         decision = Decision()
         known = await self._known(context)
         key = context.query.key()

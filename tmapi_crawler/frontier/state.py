@@ -6,6 +6,10 @@ Every operation is one atomic step that Redis offers as a command (or a few line
 can share one state and still decide each thing once. The frontier keeps little per query (a
 few numbers and the ids of its last pages) and forgets it when the query is done; only the
 claims that a query was started stay, one per query.
+
+A page is decided through ``for_page``: a state shared by workers remembers each step under
+the page, so a page decided again — its worker died after deciding it, before what it asked
+for was queued — takes every step as it did the first time, and asks for the same pages.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ class FrontierState(Protocol):
 
     async def forget(self, *keys: str) -> None:
         """Drop keys (numbers, claims or sets); missing ones are ignored."""
+
+    def for_page(self, page: str) -> FrontierState:
+        """The state as one decision about ``page`` (``PageContext.key``) sees it."""
+
+    @property
+    def replayed(self) -> bool:
+        """Whether a step of this view answered from an earlier decision of its page."""
 
 
 class MemoryState:
@@ -80,6 +91,14 @@ class MemoryState:
         for key in keys:
             self._numbers.pop(key, None)
             self._sets.pop(key, None)
+
+    def for_page(self, page: str) -> MemoryState:
+        """One process decides each page once: nothing to remember."""
+        return self
+
+    @property
+    def replayed(self) -> bool:
+        return False
 
     def footprint(self) -> tuple[int, int]:
         """How much is kept: (keys, ids in sets), to check that memory stays bounded."""

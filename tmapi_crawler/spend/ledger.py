@@ -64,11 +64,6 @@ def fresh_requested(arguments: Mapping[str, Any]) -> bool:
     return value in ("true", "1", "yes")
 
 
-def page_key(context: PageContext) -> str:
-    """A page as sent: its query at the served page size, and its number."""
-    return f"{context.sent_query.key()}#{context.page}"
-
-
 def _within(query: Query, planned: Query) -> bool:
     """Whether ``query`` (a page's, maybe split by price or read under another sort) can
     descend from ``planned``."""
@@ -139,7 +134,7 @@ async def replay(frontier: Frontier, planned: Decision, held: Mapping[str, HeldP
     the frontier's state evolves as it did; the stored order keeps it on the original path.
     """
     result = Replay()
-    asked = {page_key(c): c for c in planned.follow}
+    asked = {c.key: c for c in planned.follow}
     waiting = dict(held)
     progress = True
     while progress:
@@ -150,7 +145,7 @@ async def replay(frontier: Frontier, planned: Decision, held: Mapping[str, HeldP
             result.decisions.append(decision)
             result.held += 1
             result.saved += page.calls
-            asked.update((page_key(c), c) for c in decision.follow)
+            asked.update((c.key, c) for c in decision.follow)
             progress = True
     result.left = list(asked.values())
     return result
@@ -161,7 +156,7 @@ def ledger_document(crawl_id: str, context: PageContext, summary: PageSummary, c
     return {
         "crawl_id": crawl_id,
         "planned": planned,
-        "key": page_key(context),
+        "key": context.key,
         "cat_id": context.query.cat_id,
         "state": state,
         "context": context.to_dict(),

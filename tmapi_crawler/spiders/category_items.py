@@ -3,6 +3,11 @@
 It only wires: an answer's items go out as one ``ProductPage``, its context and summary go to
 the frontier (``tmapi_crawler.frontier``), which says which pages to request next and what to
 count and log. Which pages, how many at once, and when a query is done are decided there.
+
+The pages a page asks for are handed to the engine (``engine.crawl``) before the page is said
+to be parsed or failed (``tmapi_crawler.signals``), not yielded: Scrapy processes a callback's
+output in parallel with the callback's own progress, and a cluster worker acknowledges a page
+on those signals — a worker dying between the two would lose what the page asked for.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ from tmapi_crawler.transport.answers import read_page
 from tmapi_crawler.transport.middleware import CALLS_META, NOT_SENT, ApiError
 
 logger = logging.getLogger(__name__)
+
+#: ``Request.meta`` key of the pages asked for by a page decided again (``Decision.replayed``):
+#: kept in this process only; such a page dropped as a duplicate was asked for already.
+REPLAYED_META = "tmapi_replayed"
 
 
 class CategoryItemsSpider(scrapy.Spider):
@@ -146,7 +155,7 @@ class CategoryItemsSpider(scrapy.Spider):
             stats.inc_value(stats_keys.PAGES_EMPTY)
         count_page(self.crawler.stats, context, response.meta.get(CALLS_META, 1), ok=True)
         summary = PageSummary.read(response.json()["data"], items)
-        decision = await self.frontier.on_page(context, summary)
+        self._follow(await self.frontier.on_page(context, summary))
         product_page = ProductPage(items)
         store = ProductStore.of(self.crawler)
         if store.opened:
@@ -161,12 +170,10 @@ class CategoryItemsSpider(scrapy.Spider):
             tmapi_signals.page_parsed, request=response.request,
             items=[product_page] if items else [],
         )
-        for request in self._apply(decision):
-            yield request
         if items:
             yield product_page
 
-    async def page_failed(self, failure: Failure) -> AsyncIterator[scrapy.Request]:
+    async def page_failed(self, failure: Failure) -> None:
         """A page given up on is counted by reason (the transport already logged why); its
         query's window moves on."""
         reason = failure.value.reason if isinstance(failure.value, ApiError) else "error"
@@ -180,11 +187,10 @@ class CategoryItemsSpider(scrapy.Spider):
             await self._record(store, ledger_document(
                 runs.crawl_id(self.crawler), context, PageSummary(0), calls, ledger_now(),
                 planned=planned_key(context, self.plan.queries), state=LOST))
+        self._follow(await self.frontier.on_lost(context))
         self.crawler.signals.send_catch_log(
             tmapi_signals.page_failed, request=failure.request, reason=reason
         )
-        for request in self._apply(await self.frontier.on_lost(context)):
-            yield request
 
     async def _record(self, store: ProductStore, document: dict[str, Any]) -> None:
         """A page with no products to wait for goes to the ledger at once."""
@@ -206,11 +212,21 @@ class CategoryItemsSpider(scrapy.Spider):
                 mark_incomplete(stats, note.cat_id)
         if decision.cap is not None:
             stats.set_value(stats_keys.SPLIT_DETECTED_CAP, decision.cap)
-        return [self.page_request(context) for context in decision.follow]
+        requests = [self.page_request(context) for context in decision.follow]
+        if decision.replayed:
+            for request in requests:
+                request.meta[REPLAYED_META] = True
+        return requests
+
+    def _follow(self, decision: Decision) -> None:
+        """Apply a decision and queue what it asks for, now (see the module's docstring)."""
+        engine = self.crawler.engine
+        for request in self._apply(decision):
+            engine.crawl(request)
 
     def _request_dropped(self, request: scrapy.Request) -> None:
         """A duplicate the scheduler dropped will never be fetched (its copy will)."""
-        if META_KEY not in request.meta:
+        if META_KEY not in request.meta or request.meta.get(REPLAYED_META):
             return
         context = PageContext.from_dict(request.meta[META_KEY])
         dropped = asyncio.ensure_future(self.frontier.on_dropped(context))
@@ -219,7 +235,7 @@ class CategoryItemsSpider(scrapy.Spider):
 
     def _settle_dropped(self, dropped: asyncio.Future[Decision]) -> None:
         self._dropped.discard(dropped)
-        self._apply(dropped.result())
+        self._follow(dropped.result())
 
     def _keep_open(self) -> None:
         """Not idle while a dropped page is being accounted for."""
