@@ -66,8 +66,9 @@ def answer(request: Request) -> TextResponse:
     return TextResponse(request.url, body=body.encode(), encoding="utf-8", request=request)
 
 
-def spider_for(**arguments: str) -> CategoryItemsSpider:
-    crawler = get_crawler(CategoryItemsSpider, SETTINGS)
+def spider_for(settings: dict[str, Any] | None = None, **arguments: str
+               ) -> CategoryItemsSpider:
+    crawler = get_crawler(CategoryItemsSpider, {**SETTINGS, **(settings or {})})
     crawler.engine = Engine()
     return CategoryItemsSpider.from_crawler(crawler, **arguments)
 
@@ -142,3 +143,16 @@ def test_what_the_frontier_learned_is_counted_and_logged(
     assert all("page_size=20" in r.url for r in out if isinstance(r, Request))
     assert spider.crawler.stats.get_value("tmapi/paging/resized_queries") == 1
     assert "the API serves 20 results per page, not 50" in caplog.text
+
+
+def test_what_splitting_cost_is_the_page_read_again_not_the_pages_of_split_queries() -> None:
+    spider = spider_for({"TMAPI_RESULT_CAP": 100}, cat_id="7")
+    (first,) = collect(spider.start())
+    (walk,) = collect(spider.parse(answer(first)), spider)[:1]
+    assert PageContext.from_dict(walk.meta[META_KEY]).depth == 1  # split: walked by price
+    walked = [r for r in collect(spider.parse(answer(walk)), spider) if isinstance(r, Request)]
+    collect(spider.parse(answer(walked[-1])), spider)
+    stats = spider.crawler.stats
+    assert stats.get_value("tmapi/split/extra_requests") == 1
+    assert (stats.get_value("tmapi/cost/splits"), stats.get_value("tmapi/cost/pages")) == (1, 2)
+    assert stats.get_value("tmapi/cost_by_category/7") == 3

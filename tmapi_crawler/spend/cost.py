@@ -26,16 +26,20 @@ BUCKETS = {
 }
 
 
-def count_page(stats: StatsCollector, context: PageContext, calls: int, *, ok: bool) -> None:
-    """Count a settled page's calls into their buckets and its category."""
+def count_page(stats: StatsCollector, context: PageContext, calls: int, *, ok: bool,
+               read_again: bool = False) -> None:
+    """Count a settled page's calls into their buckets and its category.
+
+    ``read_again``: the page's query was split on it, so what it showed is read again by the
+    split: the call it took to learn that is what splitting cost. Pages of split queries are
+    pages like any other (each stored once).
+    """
     if not calls:
         return
     if not ok:
         stats.inc_value(stats_keys.COST_FAILURES, calls)
-    elif context.depth:
-        stats.inc_value(stats_keys.COST_SPLITS, calls)
     else:
-        stats.inc_value(stats_keys.COST_PAGES)
+        stats.inc_value(stats_keys.COST_SPLITS if read_again else stats_keys.COST_PAGES)
         if calls > 1:
             stats.inc_value(stats_keys.COST_RETRIES, calls - 1)
     stats.inc_value(stats_keys.cost_by_category(context.query.cat_id), calls)

@@ -153,9 +153,11 @@ class CategoryItemsSpider(scrapy.Spider):
         stats.inc_value(stats_keys.ITEMS, len(items))
         if not items:
             stats.inc_value(stats_keys.PAGES_EMPTY)
-        count_page(self.crawler.stats, context, response.meta.get(CALLS_META, 1), ok=True)
         summary = PageSummary.read(response.json()["data"], items)
-        self._follow(await self.frontier.on_page(context, summary))
+        decision = await self.frontier.on_page(context, summary)
+        count_page(self.crawler.stats, context, response.meta.get(CALLS_META, 1), ok=True,
+                   read_again=bool(decision.counters[stats_keys.SPLIT_EXTRA_REQUESTS]))
+        self._follow(decision)
         product_page = ProductPage(items)
         store = ProductStore.of(self.crawler)
         if store.opened:
