@@ -3,6 +3,8 @@ pseudo-terminal. A cluster's progress is tested with the cluster (``test_distrib
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import os
 import pty
@@ -13,13 +15,16 @@ import termios
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from scrapy.utils.test import get_crawler
 
 from tests.crawling import PROJECT_ROOT, TOKEN, crawl
 from tmapi_crawler.progress import (
     Progress,
+    ProgressReporter,
     Rate,
     eta_seconds,
     format_bar,
@@ -39,6 +44,42 @@ LINE = re.compile(
     r"(?: \| ETA (?P<eta>[\d:]+|\?))?$"
 )
 BAR = re.compile(r"\[[#?-]{20}\]")
+
+
+# The extension in-process.
+
+
+def test_closing_ends_the_reporter_even_when_its_line_swallows_the_cancellation() -> None:
+    """A cluster worker's line is read from Redis, and a cancellation can be swallowed inside
+    that call: a worker then waited forever at close, its scheduler already gone."""
+
+    class Scheduler:
+        def __init__(self) -> None:
+            self.entered = asyncio.Event()
+            self.swallowed = False
+
+        async def progress_line(self, *, final: bool = False) -> str:
+            if final:
+                return "the last line"
+            self.entered.set()
+            if self.swallowed:
+                await asyncio.Event().wait()  # until cancelled
+            self.swallowed = True
+            with contextlib.suppress(asyncio.CancelledError):  # once, as inside redis-py
+                await asyncio.Event().wait()
+            return "a line"
+
+    async def scenario() -> bool:
+        crawler = get_crawler()
+        crawler.engine = SimpleNamespace(scheduler=Scheduler())
+        reporter = ProgressReporter(crawler, 0.01, None)
+        reporter.spider_opened()
+        await crawler.engine.scheduler.entered.wait()
+        closing = asyncio.ensure_future(reporter.spider_closed())
+        done, _ = await asyncio.wait({closing}, timeout=30)  # a hang fails, not the suite
+        return closing in done
+
+    assert asyncio.run(scenario())
 
 
 # Pure functions.

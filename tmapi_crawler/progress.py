@@ -19,7 +19,6 @@ when the crawl ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -33,6 +32,7 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.aio import wait_set
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -272,6 +272,10 @@ class ProgressReporter:
         self.bar = bar
         self.rate = Rate()
         self._task: asyncio.Task[None] | None = None
+        #: Set at close: the loop ends by it too, since a cancellation can be swallowed inside
+        #: the Redis call of a cluster worker's line (a worker hung at close, after its
+        #: scheduler had left, on ``await self._task``).
+        self._closing = asyncio.Event()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -295,10 +299,10 @@ class ProgressReporter:
         self._task = asyncio.ensure_future(self._run())
 
     async def spider_closed(self) -> None:
+        self._closing.set()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)
         progress = self._sample()
         if self.bar is not None:
             self.bar.detach()
@@ -308,8 +312,7 @@ class ProgressReporter:
         loop = asyncio.get_running_loop()
         period = min(self.interval, BAR_PERIOD) if self.bar is not None else self.interval
         next_line = loop.time() + self.interval
-        while True:
-            await asyncio.sleep(period)
+        while not await wait_set(self._closing, period):
             progress = self._sample()
             if self.bar is not None:
                 self._draw(progress)
