@@ -26,11 +26,15 @@ BUCKETS = {
 }
 
 
-def count_page(stats: StatsCollector, context: PageContext, calls: int, *, ok: bool) -> None:
-    """Count a settled page's calls into their buckets and its category."""
+def count_page(stats: StatsCollector, context: PageContext, calls: int, *, ok: bool,
+               probe: bool = False) -> None:
+    """Count a settled page's calls into their buckets and its category (every call of a
+    probe, ``scrapy estimate --probe``, is a probe's)."""
     if not calls:
         return
-    if not ok:
+    if probe:
+        stats.inc_value(stats_keys.COST_PROBES, calls)
+    elif not ok:
         stats.inc_value(stats_keys.COST_FAILURES, calls)
     elif context.depth:
         stats.inc_value(stats_keys.COST_SPLITS, calls)
