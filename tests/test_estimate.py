@@ -170,6 +170,28 @@ def test_a_probe_of_a_query_over_the_reach_says_at_least(
     assert sandbox.stats()["requests"] == 2
 
 
+def test_a_probe_stopped_by_the_budget_estimates_what_it_probed(
+    sandbox: SandboxProcess, mongod: MongodProcess, mongo_db_name: str, tmp_path: Path
+) -> None:
+    sandbox.reset()
+    code, out = probe(sandbox, mongod, mongo_db_name, "cat_id=801,802",
+                      TMAPI_MAX_REQUESTS="1")
+    assert code == 1
+    assert "error: the probe stopped (tmapi_budget_exhausted) after 1 paid calls" in out
+    assert "1 probes" in out  # the probe's final line: what it cost
+    assert out.count("unknown (not probed, no finished crawl had it)") == 1
+    assert "Total: 7 calls for 1 of 2 queries, 1 of them paid already" in out \
+        or "Total: 3 calls for 1 of 2 queries, 1 of them paid already" in out, out
+    assert sandbox.stats()["requests"] == 1
+    # The crawl resumes it: the page 1 probed is not paid again.
+    crawled = crawl(tmp_path, "cat_id=801,802", base_url=sandbox.url, mongo_uri=mongod.uri,
+                    database=mongo_db_name)
+    assert crawled.stat("finish_reason") == "finished"
+    assert crawled.stat(stats_keys.RESUME_PAGES_HELD) == 1
+    billed = records(sandbox.stats())  # both runs: every page once, 7 + 3 in all
+    assert len(billed) == len(set(billed)) == 7 + 3
+
+
 def _figure(summary: PageSummary, reach: int | None = 2000, max_pages: int | None = None,
             ) -> Figure:
     settings = FrontierSettings(reach=reach, window=8, max_pages=max_pages)

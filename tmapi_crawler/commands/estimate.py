@@ -26,7 +26,7 @@ from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.cli import ProjectCommand, SpiderArguments, command_line, fail, note
 from tmapi_crawler.closing import PROBED
-from tmapi_crawler.commands.crawl import check_before_start
+from tmapi_crawler.commands.crawl import check_before_start, summary_line
 from tmapi_crawler.commands.report import locate_database
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.plan import Plan, plan_from_arguments
@@ -122,6 +122,7 @@ class Command(SpiderArguments, ProjectCommand):
         stats = crawler.stats.get_stats()
         reason = stats.get("finish_reason")
         crawl_id = stats.get(stats_keys.CRAWL_ID)
+        note(summary_line(stats, None))
         if reason != PROBED:
             note(f"error: the probe stopped ({reason}) after "
                  f"{stats.get(stats_keys.COST_PROBES, 0)} paid calls; the queries it did not "
