@@ -148,6 +148,9 @@ def test_a_probe_is_paid_once_and_reused_by_the_crawl_that_follows(
     assert run["cost"]["calls"] == ideal
     assert run["cost"]["probes"] == queries
     assert run["cost"]["pages"] == ideal - queries
+    # The free estimate from this crawl counts the probe's calls too: the whole cost.
+    code, out = estimate(mongod, mongo_db_name, *ARGUMENTS)
+    assert total(out) == (ideal, queries)
 
 
 def test_a_probe_of_a_query_over_the_reach_says_at_least(
