@@ -112,8 +112,9 @@ class Command(SpiderArguments, ProjectCommand):
 
         def planned(calls: int, held: int) -> None:
             already = f" ({held} held already by the crawl it resumes)" if held else ""
-            note(f"Probe: {calls} paid API calls now, page 1 of each of {calls + held} planned "
-                 f"queries{already}; the crawl with the same arguments reuses them")
+            note(f"Probe: {calls} paid API calls now (and a retry's, if the API asks for one): "
+                 f"page 1 of each of {calls + held} planned queries{already}; the crawl with "
+                 "the same arguments reuses them")
 
         crawler.signals.connect(planned, signal=tmapi_signals.probe_planned)
         self.crawler_process.crawl(crawler, probe=True, **spargs)
