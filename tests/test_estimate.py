@@ -1,17 +1,25 @@
-"""``scrapy estimate``: the calls a crawl will probably take, from earlier crawls, for free."""
+"""``scrapy estimate``: the calls a crawl will probably take, from earlier crawls, for free,
+or from page 1 of each planned query (``--probe``), paid once and reused by the crawl."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pymongo
 import pytest
 
-from tests.crawling import TOKEN, crawl
+from tests.crawling import TOKEN, crawl, records
 from tests.servers import MongodProcess
 from tests.test_commands import scrapy
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.frontier.decisions import FrontierSettings
+from tmapi_crawler.frontier.summary import PageSummary
+from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.process import SandboxProcess
+from tmapi_crawler.spend.estimate import Figure, from_probe
 
 SIZES = {"801": 130, "802": 45}
 ARGUMENTS = ("cat_id=801,802", "language=en,ru")
@@ -23,10 +31,13 @@ def sandbox() -> Iterator[SandboxProcess]:
         yield server
 
 
-def estimate(mongod: MongodProcess, database: str, *arguments: str) -> tuple[int, str]:
+def estimate(mongod: MongodProcess, database: str, *arguments: str, **env: str
+             ) -> tuple[int, str]:
     args = [a for argument in arguments for a in ("-a", argument)]
+    if arguments and arguments[-1] == "--probe":
+        args = [*args[:-2], "--probe"]
     done = scrapy("estimate", "category_items", *args, MONGO_URI=mongod.uri,
-                  MONGO_DATABASE=database)
+                  MONGO_DATABASE=database, **env)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -69,3 +80,141 @@ def test_the_estimate_from_history_matches_the_next_crawl(
     assert again.stat("finish_reason") == "finished"
     paid = sandbox.stats()["requests"]
     assert abs(paid - calls) <= 0.05 * paid, (paid, calls)
+
+
+# --probe: page 1 of each planned query, paid once.
+
+
+def probe(sandbox: SandboxProcess, mongod: MongodProcess, database: str, *arguments: str,
+          **env: str) -> tuple[int, str]:
+    return estimate(mongod, database, *arguments, "--probe", TMAPI_TOKEN=TOKEN,
+                    TMAPI_BASE_URL=sandbox.url, **env)
+
+
+def test_a_probe_without_a_token_is_refused_before_any_call(
+    sandbox: SandboxProcess, mongod: MongodProcess, mongo_db_name: str
+) -> None:
+    sandbox.reset()
+    code, out = estimate(mongod, mongo_db_name, *ARGUMENTS, "--probe",
+                         TMAPI_BASE_URL=sandbox.url)
+    assert code == 2
+    assert len(out.strip().splitlines()) == 1, out
+    assert "TMAPI_TOKEN" in out
+    assert sandbox.stats()["requests"] == 0
+
+
+def test_a_probe_is_paid_once_and_reused_by_the_crawl_that_follows(
+    sandbox: SandboxProcess, mongod: MongodProcess, mongo_client: pymongo.MongoClient,
+    mongo_db_name: str, tmp_path: Path,
+) -> None:
+    # What a crawl without a probe pays, in a database of its own.
+    sandbox.reset()
+    unprobed = crawl(tmp_path / "1", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
+                     database=f"{mongo_db_name}_u", settings={"TMAPI_CONCURRENCY": 2})
+    mongo_client.drop_database(f"{mongo_db_name}_u")
+    assert unprobed.stat("finish_reason") == "finished"
+    ideal = sandbox.stats()["requests"]
+    queries = 4
+
+    sandbox.reset()
+    code, out = probe(sandbox, mongod, mongo_db_name, *ARGUMENTS)
+    assert code == 0, out
+    assert f"Probe: {queries} paid API calls now" in out
+    assert sandbox.stats()["requests"] == queries
+    assert sorted(page for *_, page in records(sandbox.stats())) == [1] * queries
+    # Every query is under the reach: its page 1 tells its pages exactly.
+    assert "at least" not in out
+    assert total(out) == (ideal, queries)
+    assert f"{queries} of them paid already" in out
+    run = mongo_client[mongo_db_name]["crawl_runs"].find_one()
+    assert run["finish_reason"] == "tmapi_probed"
+    assert run["cost"]["probes"] == run["cost"]["calls"] == queries
+    assert "scripts/scrapy crawl category_items -a cat_id=801,802 -a language=en,ru" in out
+
+    # The crawl with the same arguments resumes the probe: no page 1 is paid again.
+    sandbox.reset()
+    after = crawl(tmp_path / "2", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
+                  database=mongo_db_name, settings={"TMAPI_CONCURRENCY": 2})
+    assert after.stat("finish_reason") == "finished", after.log[-3000:]
+    assert after.stat(stats_keys.CRAWL_ID) == run["_id"]
+    assert after.stat(stats_keys.RESUME_PAGES_HELD) == queries
+    paid = sandbox.stats()["requests"]
+    assert paid + queries == ideal
+    assert 1 not in {page for *_, page in records(sandbox.stats())}
+    products = {d["_id"] for d in mongo_client[mongo_db_name]["products"].find({}, {"_id": 1})}
+    assert products == {i for cat in SIZES for i in sandbox.truth(cat_id=int(cat))["item_ids"]}
+    run = mongo_client[mongo_db_name]["crawl_runs"].find_one()
+    assert run["finish_reason"] == "finished"
+    assert run["cost"]["calls"] == ideal
+    assert run["cost"]["probes"] == queries
+    assert run["cost"]["pages"] == ideal - queries
+    # The free estimate from this crawl counts the probe's calls too: the whole cost.
+    code, out = estimate(mongod, mongo_db_name, *ARGUMENTS)
+    assert total(out) == (ideal, queries)
+
+
+def test_a_probe_of_a_query_over_the_reach_says_at_least(
+    sandbox: SandboxProcess, mongod: MongodProcess, mongo_db_name: str
+) -> None:
+    sandbox.reset()
+    # 801 has 130 products: over a reach of 100, so the crawl splits it; 802 (45) is not.
+    code, out = probe(sandbox, mongod, mongo_db_name, "cat_id=801,802",
+                      TMAPI_RESULT_CAP="100")
+    assert code == 0, out
+    assert re.search(r"cat_id=801\S* +at least 7 calls \(130 results; over the reach", out), out
+    assert re.search(r"cat_id=802\S* +3 calls \(45 results; page 1 paid", out), out
+    assert "Total: at least 10 calls for 2 of 2 queries" in out
+    assert sandbox.stats()["requests"] == 2
+    # Probed again: the page 1s the probe holds are not paid for twice.
+    code, out = probe(sandbox, mongod, mongo_db_name, "cat_id=801,802",
+                      TMAPI_RESULT_CAP="100")
+    assert code == 0, out
+    assert "Probe: 0 paid API calls now" in out
+    assert "page 1 of each of 2 planned queries (2 held already" in out
+    assert sandbox.stats()["requests"] == 2
+
+
+def test_a_probe_stopped_by_the_budget_estimates_what_it_probed(
+    sandbox: SandboxProcess, mongod: MongodProcess, mongo_db_name: str, tmp_path: Path
+) -> None:
+    sandbox.reset()
+    code, out = probe(sandbox, mongod, mongo_db_name, "cat_id=801,802",
+                      TMAPI_MAX_REQUESTS="1")
+    assert code == 1
+    assert "error: the probe stopped (tmapi_budget_exhausted) after 1 paid calls" in out
+    assert "1 probes" in out  # the probe's final line: what it cost
+    assert out.count("unknown (not probed, no finished crawl had it)") == 1
+    assert "Total: 7 calls for 1 of 2 queries, 1 of them paid already" in out \
+        or "Total: 3 calls for 1 of 2 queries, 1 of them paid already" in out, out
+    assert sandbox.stats()["requests"] == 1
+    # The crawl resumes it: the page 1 probed is not paid again.
+    crawled = crawl(tmp_path, "cat_id=801,802", base_url=sandbox.url, mongo_uri=mongod.uri,
+                    database=mongo_db_name)
+    assert crawled.stat("finish_reason") == "finished"
+    assert crawled.stat(stats_keys.RESUME_PAGES_HELD) == 1
+    billed = records(sandbox.stats())  # both runs: every page once, 7 + 3 in all
+    assert len(billed) == len(set(billed)) == 7 + 3
+
+
+def _figure(summary: PageSummary, reach: int | None = 2000, max_pages: int | None = None,
+            ) -> Figure:
+    settings = FrontierSettings(reach=reach, window=8, max_pages=max_pages)
+    return asyncio.run(from_probe(settings, Query(cat_id=5), summary))
+
+
+@pytest.mark.parametrize(("summary", "reach", "max_pages", "calls", "at_least"), [
+    (PageSummary(20, total_count=130, has_next_page=True), 2000, None, 7, False),
+    (PageSummary(20, total_count=130, has_next_page=True), 2000, 3, 3, False),
+    (PageSummary(12, total_count=12, has_next_page=False), 2000, None, 1, False),
+    (PageSummary(0, total_count=0), 2000, None, 1, False),
+    (PageSummary(20, total_count=2000, has_next_page=True), 2000, None, 100, True),
+    (PageSummary(20, total_count=4500, has_next_page=True), 2000, None, 225, True),
+    (PageSummary(20, has_next_page=True), 2000, None, 2, True),
+    (PageSummary(20, total_count=130, has_next_page=True), None, None, 7, True),
+], ids=["under-the-reach", "max-pages", "one-page", "empty", "capped-total", "over-the-reach",
+        "no-total", "reach-unknown"])
+def test_a_probed_page_1_gives_exact_pages_under_the_reach_and_a_floor_over_it(
+    summary: PageSummary, reach: int | None, max_pages: int | None, calls: int, at_least: bool
+) -> None:
+    figure = _figure(summary, reach, max_pages)
+    assert (figure.calls, figure.at_least, figure.probed) == (calls, at_least, True)

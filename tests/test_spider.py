@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from scrapy import Request
+from scrapy.exceptions import CloseSpider
 from scrapy.http import TextResponse
 from scrapy.utils.test import get_crawler
 from twisted.python.failure import Failure
@@ -156,3 +157,30 @@ def test_what_splitting_cost_is_the_page_read_again_not_the_pages_of_split_queri
     assert stats.get_value("tmapi/split/extra_requests") == 1
     assert (stats.get_value("tmapi/cost/splits"), stats.get_value("tmapi/cost/pages")) == (1, 2)
     assert stats.get_value("tmapi/cost_by_category/7") == 3
+
+
+def test_a_probe_asks_for_page_1_of_each_planned_query_and_nothing_more() -> None:
+    crawler = get_crawler(CategoryItemsSpider, SETTINGS)
+    crawler.engine = Engine()
+    spider = CategoryItemsSpider.from_crawler(crawler, probe=True, cat_id="7",
+                                              language="en,ru")
+    said: list[tuple[int, int]] = []
+    crawler.signals.connect(lambda calls, held, **_: said.append((calls, held)),
+                            signal=tmapi_signals.probe_planned, weak=False)
+    firsts = collect(spider.start())
+    assert pages(firsts) == [1, 1]
+    assert said == [(2, 0)]  # said before anything is sent
+    out = collect(spider.parse(answer(firsts[0])), spider)
+    assert [type(o) for o in out] == [ProductPage]  # no follow-up
+    key = PageContext.from_dict(firsts[0].meta[META_KEY]).key
+    assert spider.probed[key].total_count == 200
+    stats = crawler.stats
+    assert stats.get_value("tmapi/cost/probes") == 1
+    assert stats.get_value("tmapi/cost/pages") is None
+    assert stats.get_value("tmapi/queries") is None  # the crawl that resumes it counts them
+    failure = Failure(ApiError("gave up after 417", "417"))
+    failure.request = firsts[1]  # type: ignore[attr-defined]  # as Scrapy sets it
+    assert collect(spider.page_failed(failure), spider) == []
+    with pytest.raises(CloseSpider) as closed:
+        spider._probe_done()
+    assert closed.value.reason == "tmapi_probed"

@@ -48,6 +48,9 @@ QUOTA_EXHAUSTED: Final = "tmapi_quota_exhausted"
 UNAUTHORIZED: Final = "tmapi_unauthorized"
 #: ``TMAPI_MAX_REQUESTS`` paid calls were spent; the crawl is resumable.
 BUDGET_EXHAUSTED: Final = "tmapi_budget_exhausted"
+#: ``scrapy estimate --probe`` fetched page 1 of each planned query and nothing more: the next
+#: ``scrapy crawl`` of the same plan resumes it, as it resumes any crawl that did not finish.
+PROBED: Final = "tmapi_probed"
 MONGODB_UNAVAILABLE: Final = "mongodb_unavailable"
 FOREIGN_REQUEST: Final = "tmapi_foreign_request"
 REDIS_UNAVAILABLE: Final = "redis_unavailable"

@@ -39,3 +39,8 @@ crawl_killed = object()
 #: closes: ``crawl_complete(crawl_id: str, finaliser: bool)``. ``finaliser`` is true in exactly
 #: one worker, the one that completed it in Redis: the place to finalise the whole crawl once.
 crawl_complete = object()
+
+#: Sent by the spider in probe mode (``scrapy estimate --probe``) before it sends anything:
+#: ``probe_planned(calls: int, held: int)``, the paid calls it is about to make (page 1 of each
+#: planned query) and the page 1s the crawl it resumes holds already (not paid again).
+probe_planned = object()

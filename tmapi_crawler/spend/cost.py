@@ -27,16 +27,19 @@ BUCKETS = {
 
 
 def count_page(stats: StatsCollector, context: PageContext, calls: int, *, ok: bool,
-               read_again: bool = False) -> None:
+               read_again: bool = False, probe: bool = False) -> None:
     """Count a settled page's calls into their buckets and its category.
 
     ``read_again``: the page's query was split on it, so what it showed is read again by the
     split: the call it took to learn that is what splitting cost. Pages of split queries are
-    pages like any other (each stored once).
+    pages like any other (each stored once). Every call of a probe (``scrapy estimate
+    --probe``) is a probe's.
     """
     if not calls:
         return
-    if not ok:
+    if probe:
+        stats.inc_value(stats_keys.COST_PROBES, calls)
+    elif not ok:
         stats.inc_value(stats_keys.COST_FAILURES, calls)
     else:
         stats.inc_value(stats_keys.COST_SPLITS if read_again else stats_keys.COST_PAGES)

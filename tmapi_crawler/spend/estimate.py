@@ -1,8 +1,12 @@
-"""What a plan will probably cost, from the ledger of earlier crawls (free).
+"""What a plan will probably cost, from the ledger of earlier crawls (free), or from page 1 of
+each planned query (``--probe``: one paid call per query, reused by the crawl that follows).
 
-For each planned query: the paid calls of the last *finished* crawl that had it, summed from
-``crawl_pages`` by the planned query its pages descend from, and how old that figure is. A
-query no finished crawl had is unknown: never a made-up number.
+From history, for each planned query: the paid calls of the last *finished* crawl that had it,
+summed from ``crawl_pages`` by the planned query its pages descend from, and how old that
+figure is. From a probe: the pages the frontier plans from page 1's answer alone — exact for a
+query whose end page 1 shows within the reach, "at least" for one over the reach (split
+further) or whose page 1 does not say how much follows. A query with neither is unknown: never
+a made-up number.
 """
 
 from __future__ import annotations
@@ -11,19 +15,28 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.closing import FINISHED
+from tmapi_crawler.frontier import paging
+from tmapi_crawler.frontier.decisions import Frontier, FrontierSettings
+from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Query
 from tmapi_crawler.spend.ledger import COLLECTION
 
 
 @dataclass(frozen=True, slots=True)
 class Figure:
-    """One planned query's estimate: calls (None: unknown), from which crawl, as of when."""
+    """One planned query's estimate: calls (None: unknown), from which crawl, as of when;
+    from a probe: whether the calls are a lower bound, and why."""
 
     query: Query
     calls: int | None = None
     crawl_id: str | None = None
     at: datetime | None = None
+    #: From a probe's page 1 (one of the calls, paid already), not from history.
+    probed: bool = False
+    at_least: bool = False
+    note: str = ""
 
 
 def from_history(db: Any, queries: tuple[Query, ...]) -> list[Figure]:
@@ -49,6 +62,29 @@ def from_history(db: Any, queries: tuple[Query, ...]) -> list[Figure]:
     ]
 
 
+async def from_probe(settings: FrontierSettings, query: Query, summary: PageSummary) -> Figure:
+    """A planned query's calls from its page 1 (``summary``), page 1 included: the pages the
+    frontier (with the crawl's ``settings``) plans from that answer alone."""
+    frontier = Frontier(settings)
+    planned = await frontier.plan([query])
+    decision = await frontier.on_page(planned.follow[0], summary)
+    pages = planned.counters[stats_keys.PAGES_KNOWN] + decision.counters[stats_keys.PAGES_KNOWN]
+    total = summary.total_count
+    said = "" if total is None else f"{total} results; "
+    if any(context.depth for context in decision.follow):
+        floor = paging.pages_for(total, query.page_size) if total else 0
+        return Figure(query, max(pages, floor), probed=True, at_least=True,
+                      note=f"{said}over the reach of {settings.reach}: split further")
+    ended = paging.ends_at(1, summary) is not None
+    if not ended and total is None:
+        return Figure(query, pages, probed=True, at_least=True,
+                      note="page 1 says more follow, not how many")
+    if not ended and settings.reach is None:
+        return Figure(query, pages, probed=True, at_least=True,
+                      note=f"{said}the reach is unknown (TMAPI_RESULT_CAP=0)")
+    return Figure(query, pages, probed=True, note=f"{said}page 1 paid by the probe")
+
+
 def age(at: datetime | None, now: datetime | None = None) -> str:
     if at is None:
         return ""
@@ -61,19 +97,33 @@ def age(at: datetime | None, now: datetime | None = None) -> str:
     return "just now"
 
 
-def report(figures: list[Figure], where: str) -> str:
-    """The table the command prints, with a total over the known queries."""
-    lines = [f"Estimate from earlier crawls in {where} (free; no API call made):"]
+def _line(figure: Figure, width: int, *, probe: bool) -> str:
+    key = f"  {figure.query.key():<{width}}  "
+    if figure.calls is None:
+        why = "not probed, no finished crawl had it" if probe else "no finished crawl had it"
+        return f"{key}unknown ({why})"
+    if figure.probed:
+        return f"{key}{'at least ' if figure.at_least else ''}{figure.calls} calls ({figure.note})"
+    return f"{key}{figure.calls} calls (crawl {figure.crawl_id}, {age(figure.at)})"
+
+
+def report(figures: list[Figure], where: str, *, probe: str | None = None) -> str:
+    """The table the command prints, with a total over the known queries; ``probe``: the
+    crawl id of the probe the figures marked ``probed`` come from."""
+    if probe is None:
+        head = f"Estimate from earlier crawls in {where} (free; no API call made):"
+    else:
+        head = (f"Estimate from page 1 of each planned query (probe: crawl {probe}), else from "
+                f"earlier crawls in {where}:")
     width = max((len(f.query.key()) for f in figures), default=0)
-    for figure in figures:
-        if figure.calls is None:
-            lines.append(f"  {figure.query.key():<{width}}  unknown (no finished crawl had it)")
-        else:
-            lines.append(f"  {figure.query.key():<{width}}  {figure.calls} calls "
-                         f"(crawl {figure.crawl_id}, {age(figure.at)})")
-    known = [f.calls for f in figures if f.calls is not None]
+    lines = [head, *(_line(f, width, probe=probe is not None) for f in figures)]
+    known = [f for f in figures if f.calls is not None]
     unknown = len(figures) - len(known)
-    total = f"Total: {sum(known)} calls for {len(known)} of {len(figures)} queries"
+    bound = "at least " if any(f.at_least for f in known) else ""
+    total = (f"Total: {bound}{sum(f.calls or 0 for f in known)} calls for {len(known)} of "
+             f"{len(figures)} queries")
+    if paid := sum(f.probed for f in known):
+        total += f", {paid} of them paid already (the probe's page 1s)"
     if unknown:
         total += f"; {unknown} unknown, not counted"
     lines.append(total)

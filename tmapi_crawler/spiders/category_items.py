@@ -8,6 +8,11 @@ The pages a page asks for are handed to the engine (``engine.crawl``) before the
 to be parsed or failed (``tmapi_crawler.signals``), not yielded: Scrapy processes a callback's
 output in parallel with the callback's own progress, and a cluster worker acknowledges a page
 on those signals — a worker dying between the two would lose what the page asked for.
+
+In probe mode (``scrapy estimate --probe``) it fetches page 1 of each planned query and asks
+the frontier nothing more; the pages are stored and recorded as any crawl's, and the crawl
+closes ``tmapi_probed``, so the next ``scrapy crawl`` of the plan resumes it (``spend.ledger``)
+and pays for none of them again.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import scrapy
 from pymongo.errors import PyMongoError
 from scrapy import signals
-from scrapy.exceptions import DontCloseSpider
+from scrapy.exceptions import CloseSpider, DontCloseSpider
 from scrapy.http import TextResponse
 from scrapy.utils.misc import build_from_crawler, load_object
 from twisted.python.failure import Failure
@@ -28,6 +33,7 @@ from twisted.python.failure import Failure
 from tmapi_crawler import api
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.closing import PROBED
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings, priority
 from tmapi_crawler.frontier.paging import page_url
@@ -62,8 +68,13 @@ REPLAYED_META = "tmapi_replayed"
 class CategoryItemsSpider(scrapy.Spider):
     name = "category_items"
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, probe: bool = False, **kwargs: Any) -> None:
         arguments = {k: v for k, v in kwargs.items() if k not in ("name", FRESH_ARGUMENT)}
+        #: Probe mode, set by ``scrapy estimate --probe`` (never by ``-a``: ``scrapy crawl``
+        #: refuses an argument the plan does not know).
+        self.probe = probe is True
+        #: Probe mode: each planned query's page 1 summary, fetched or held, by page key.
+        self.probed: dict[str, PageSummary] = {}
         self.arguments = arguments
         #: ``-a fresh=true``: a new crawl of the plan even if the last one was interrupted.
         self.fresh = fresh_requested(kwargs)
@@ -104,6 +115,10 @@ class CategoryItemsSpider(scrapy.Spider):
         connect(self._keep_open, signal=signals.spider_idle)
         connect(self._report_at_close, signal=signals.spider_closed)
         decision = await self.frontier.plan(self.plan.queries)
+        if self.probe:
+            for request in self._probe(decision):
+                yield request
+            return
         if Ledger.of(self.crawler).resume is None:
             for request in self._apply(decision):
                 yield request
@@ -126,6 +141,29 @@ class CategoryItemsSpider(scrapy.Spider):
                     "saved), %d pages left to fetch now", resume.crawl_id, replayed.held,
                     replayed.saved, len(replayed.left))
         return [self.page_request(context) for context in replayed.left]
+
+    def _probe(self, planned: Decision) -> list[scrapy.Request]:
+        """Probe: page 1 of each planned query the resumed crawl (if any) does not hold, said
+        before it is sent; nothing else. The frontier's counts are left to the crawl that
+        resumes the probe: it replays these pages."""
+        resume = Ledger.of(self.crawler).resume
+        held = resume.pages if resume is not None else {}
+        left = []
+        for context in planned.follow:
+            if context.key in held:
+                self.probed[context.key] = held[context.key].summary
+            else:
+                left.append(context)
+        self.crawler.signals.connect(self._probe_done, signal=signals.spider_idle)
+        self.crawler.signals.send_catch_log(tmapi_signals.probe_planned, calls=len(left),
+                                            held=len(planned.follow) - len(left))
+        logger.info("Probing: page 1 of %d planned queries (%d held already)", len(left),
+                    len(planned.follow) - len(left))
+        return [self.page_request(context) for context in left]
+
+    def _probe_done(self) -> None:
+        """Every page 1 answered or given up on: the probe ends resumable."""
+        raise CloseSpider(PROBED)
 
     def page_request(self, context: PageContext) -> scrapy.Request:
         """A page's request, built from its context alone, so it can be queued anywhere."""
@@ -154,10 +192,15 @@ class CategoryItemsSpider(scrapy.Spider):
         if not items:
             stats.inc_value(stats_keys.PAGES_EMPTY)
         summary = PageSummary.read(response.json()["data"], items)
-        decision = await self.frontier.on_page(context, summary)
-        count_page(self.crawler.stats, context, response.meta.get(CALLS_META, 1), ok=True,
-                   read_again=bool(decision.counters[stats_keys.SPLIT_EXTRA_REQUESTS]))
-        self._follow(decision)
+        if self.probe:
+            self.probed[context.key] = summary
+            count_page(self.crawler.stats, context, response.meta.get(CALLS_META, 1), ok=True,
+                       probe=True)
+        else:
+            decision = await self.frontier.on_page(context, summary)
+            count_page(self.crawler.stats, context, response.meta.get(CALLS_META, 1), ok=True,
+                       read_again=bool(decision.counters[stats_keys.SPLIT_EXTRA_REQUESTS]))
+            self._follow(decision)
         product_page = ProductPage(items)
         store = ProductStore.of(self.crawler)
         if store.opened:
@@ -184,12 +227,13 @@ class CategoryItemsSpider(scrapy.Spider):
         mark_incomplete(self.crawler.stats, context.query.cat_id)
         store = ProductStore.of(self.crawler)
         calls = failure.request.meta.get(CALLS_META, 0)
-        count_page(self.crawler.stats, context, calls, ok=False)
+        count_page(self.crawler.stats, context, calls, ok=False, probe=self.probe)
         if store.opened and reason != NOT_SENT and calls:
             await self._record(store, ledger_document(
                 runs.crawl_id(self.crawler), context, PageSummary(0), calls, ledger_now(),
                 planned=planned_key(context, self.plan.queries), state=LOST))
-        self._follow(await self.frontier.on_lost(context))
+        if not self.probe:
+            self._follow(await self.frontier.on_lost(context))
         self.crawler.signals.send_catch_log(
             tmapi_signals.page_failed, request=failure.request, reason=reason
         )
