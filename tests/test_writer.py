@@ -305,11 +305,15 @@ def test_a_forced_stop_spills_what_mongodb_does_not_take_in_time(
     with MongodProcess(tmp_path / "db") as server:
 
         async def scenario(crawler: Crawler, pipeline: Any) -> None:
-            await pipeline.process_item(page(items))
             server.stop()
+            # A page is written at once: this one's write waits for MongoDB.
+            writing = asyncio.ensure_future(pipeline.process_item(page(items)))
+            while pipeline._writing is None:
+                await asyncio.sleep(0)  # the write has begun: no time passes
             signals = crawler.signals
             await signals.send_catch_log_async(tmapi_signals.forced_stop, reason="shutdown")
             await pipeline.process_item(page(raw_items(2, start=6), number=2))  # still arriving
+            writing.cancel()
             crawler.engine.spider = None  # the reactor stops here: the spider is never closed
 
         _, stats = run(server, mongo_db_name, tmp_path / "spill", scenario,

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,6 +288,45 @@ def capped_categories(bench: Bench) -> dict[str, Any]:
     return results
 
 
+KILL_RUNS, KILL_CONCURRENCY = 5, 4
+
+
+def paid_twice_after_a_kill(bench: Bench) -> dict[str, Any]:
+    """B7: a crawl SIGKILLed mid-way, then the same command again (it resumes): the pages
+    the sandbox billed more than once across both runs, against ``TMAPI_CONCURRENCY``. Each
+    run is killed at a different point (20, 27, 34... pages in the ledger)."""
+    twice, complete = [], []
+    with SandboxProcess(token=[TOKEN], size={"101": 1000, "102": 1000}, latency=0.1) as sandbox, \
+            pymongo.MongoClient(bench.mongod.uri) as client:
+        for n in range(KILL_RUNS):
+            database = bench.database()
+            before = Counter(_billed(sandbox))
+            env = {**os.environ, "TMAPI_TOKEN": TOKEN, "TMAPI_BASE_URL": sandbox.url,
+                   "MONGO_URI": bench.mongod.uri, "MONGO_DATABASE": database}
+            command = [sys.executable, "-m", "scrapy", "crawl", "category_items",
+                       "-a", "cat_id=101,102", "-a", "language=en,ru",
+                       "-s", f"TMAPI_CONCURRENCY={KILL_CONCURRENCY}", "-s", "LOG_LEVEL=INFO"]
+            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+            while client[database]["crawl_pages"].count_documents({}) < 20 + 7 * n:
+                if process.poll() is not None:
+                    raise RuntimeError("the crawl ended before it could be killed")
+                time.sleep(0.01)
+            process.kill()
+            process.wait()
+            subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+            paid = Counter(_billed(sandbox)) - before
+            twice.append(sum(count - 1 for count in paid.values()))
+            complete.append(len(paid) == 200)
+    return {"concurrency": KILL_CONCURRENCY, "paid_twice": twice, "max": max(twice),
+            "every_page_paid": all(complete)}
+
+
+def _billed(sandbox: SandboxProcess) -> list[tuple[Any, ...]]:
+    return [(r["cat_id"], r["language"], r["page"]) for r in sandbox.stats()["records"]
+            if "cat_id" in r and r["ok"]]
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "B1": ("limit efficiency (200 ms, limit 8, no faults)", lambda b: limit_efficiency(b, {})),
     "B2": ("under 10% mixed faults", lambda b: limit_efficiency(
@@ -295,6 +335,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "B4": ("memory of one worker", memory),
     "B5": ("distributed: workers sharing one limit, beside a single process", distributed),
     "B6": ("capped categories: calls and coverage against the ideal", capped_categories),
+    "B7": ("pages paid twice after a SIGKILL and a resume", paid_twice_after_a_kill),
 }
 
 

@@ -145,7 +145,7 @@ class MongoPipeline:
             self._spill(page)
             return item
         self.buffer.extend(page)
-        if len(self.buffer) >= self.batch_size:
+        if len(self.buffer) >= self.batch_size or not self._lock.locked():
             await self.flush()
         return item
 
@@ -163,16 +163,20 @@ class MongoPipeline:
         return batch
 
     async def flush(self) -> None:
-        """Write what is buffered; one flush at a time, while new items keep arriving."""
+        """Write what is buffered, and what arrived meanwhile; one flush at a time.
+
+        A page is written as soon as no write is under way (what arrives during one is
+        written right after it, in one batch): a page parsed is a page paid for, and only a
+        stored page is spared by a resume after a kill (issue 11: pages paid twice stay
+        within the requests in flight). Under load, batches grow by themselves.
+        """
         async with self._lock:
-            batch = self._take()
-            if not batch:
-                return
-            self._writing = batch
-            await self._write(batch)
-            # Cleared only once written or spilled: a forced stop spills what a cancelled
-            # flush was still writing.
-            self._writing = None
+            while batch := self._take():
+                self._writing = batch
+                await self._write(batch)
+                # Cleared only once written or spilled: a forced stop spills what a cancelled
+                # flush was still writing.
+                self._writing = None
 
     async def _write(self, batch: _Batch) -> None:
         """Store a batch, or keep it in the spill file; never lose it, never raise."""
