@@ -5,7 +5,8 @@
 -- worker are one step, so two workers starting together cannot both start a crawl.
 -- KEYS: crawl, queue, workers, dupefilter, done, failed, deliveries, entries, progress,
 --       limiter limit, limiter successes, sightings, frontier numbers, frontier sets.
--- ARGV: base, renew (0/1), new id, worker ('' for none), ttl ms, info.
+-- ARGV: base, renew (0/1), the id a new crawl takes (a new one, or the id of the interrupted
+--       crawl `scrapy seed` resumes: spend/ledger.py), worker ('' for none), ttl ms, info.
 -- Returns {id, fresh (0/1), state}: state 'lost' when a worker without `renew` finds a crawl
 -- that Redis lost (it must not crawl on as if nothing happened).
 local id = redis.call('HGET', KEYS[1], 'id')
