@@ -32,6 +32,7 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.servers import free_port
 
 PLAN = "cat_id=1,2,3"
+REASONS = {"sigint": "shutdown", "quota": "tmapi_quota_exhausted", "flush": "redis_state_lost"}
 RESUMED = re.compile(r"^resumed crawl (\S+): (\d+) pages already held \(replayed free, "
                      r"(\d+) calls saved\), (\d+) pages queued at ", re.MULTILINE)
 
@@ -41,7 +42,7 @@ def paid_twice(env: Env) -> int:
     return sum(n - 1 for n in Counter(records(env.sandbox.stats())).values() if n > 1)
 
 
-@pytest.mark.parametrize("interruption", ["sigint", "quota"])
+@pytest.mark.parametrize("interruption", ["sigint", "quota", "flush"])
 def test_a_crawl_redis_lost_is_resumed_by_seed_without_paying_twice(
     start_env: Callable[..., Env], workers: Callable[..., list[Worker]],
     redis_client: redis.Redis, mongo_client: pymongo.MongoClient, interruption: str,
@@ -55,8 +56,9 @@ def test_a_crawl_redis_lost_is_resumed_by_seed_without_paying_twice(
     assert f"into new crawl {crawl_id}" in first.stdout
     assert db.crawl_runs.find_one({"_id": crawl_id})["plan_fingerprint"]
 
-    # Two workers crawl part of it, then stop: every page in flight is answered (and stored)
-    # after the stop begins, none is sent after it.
+    # Two workers crawl part of it, then stop (Ctrl-C, the quota, or Redis flushed under
+    # them): the pages in flight are answered (and stored) after the stop began, no page is
+    # sent after it.
     if interruption == "quota":
         env.sandbox.configure(quota=len(pages) // 2)
     cluster = workers(env, 2)
@@ -65,14 +67,15 @@ def test_a_crawl_redis_lost_is_resumed_by_seed_without_paying_twice(
     if interruption == "sigint":
         for worker in cluster:
             worker.signal(signal.SIGINT)
-    reasons = finish(cluster)
-    assert reasons == (["shutdown"] * 2 if interruption == "sigint"
-                       else ["tmapi_quota_exhausted"] * 2)
+    elif interruption == "flush":
+        redis_client.flushall()
+    assert finish(cluster) == [REASONS[interruption]] * 2
     stopped = served(env)
-    in_flight = stopped - at_stop if interruption == "sigint" else 0
+    in_flight = stopped - at_stop if interruption != "quota" else 0
     assert stopped < len(pages)
     held_before = db.crawl_pages.count_documents({"crawl_id": crawl_id, "state": "stored"})
     assert held_before > 0
+    assert db.crawl_runs.find_one({"_id": crawl_id})["finish_reason"] == REASONS[interruption]
 
     # Redis loses everything; the same seed resumes the crawl.
     redis_client.flushall()

@@ -35,7 +35,9 @@ Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W
                                 given up on, and entries refused ("refused: ...")
     P:S:progress        hash    W -> JSON progress counters, written with its acknowledgements
                                 and failures, with the losses it noticed and the categories of
-                                its unfiltered queries (for the crawl's end)
+                                its unfiltered queries (for the crawl's end); a ``scrapy seed``
+                                that resumed the crawl is there too (state ``seeded``), with
+                                what its replay of the held pages counted and noticed
     P:S:sightings       string  products of the acknowledged pages (each page counted once)
     P:S:frontier        hash    the frontier's numbers and claims (``frontier.state``): queries
                                 begun, decided, split; windows, edges, the detected cap

@@ -31,7 +31,7 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings, priority
 from tmapi_crawler.frontier.paging import page_url
-from tmapi_crawler.frontier.state import FrontierState
+from tmapi_crawler.frontier.state import FrontierState, StateLost
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.items import ProductItem, ProductPage, QueryContext
 from tmapi_crawler.plan import Plan, plan_from_arguments
@@ -155,7 +155,14 @@ class CategoryItemsSpider(scrapy.Spider):
             stats.inc_value(stats_keys.PAGES_EMPTY)
         count_page(self.crawler.stats, context, response.meta.get(CALLS_META, 1), ok=True)
         summary = PageSummary.read(response.json()["data"], items)
-        self._follow(await self.frontier.on_page(context, summary))
+        # A shared state that is gone (Redis lost the cluster crawl) decides nothing, but this
+        # page is paid for: its products and ledger page are kept, so a resume replays it
+        # instead of paying again; it is not said parsed, and the error stops the worker.
+        state_lost: StateLost | None = None
+        try:
+            self._follow(await self.frontier.on_page(context, summary))
+        except StateLost as exc:
+            state_lost = exc
         product_page = ProductPage(items)
         store = ProductStore.of(self.crawler)
         if store.opened:
@@ -166,12 +173,15 @@ class CategoryItemsSpider(scrapy.Spider):
                 product_page.ledger = document  # written with the page's products
             else:
                 await self._record(store, document)
-        self.crawler.signals.send_catch_log(
-            tmapi_signals.page_parsed, request=response.request,
-            items=[product_page] if items else [],
-        )
+        if state_lost is None:
+            self.crawler.signals.send_catch_log(
+                tmapi_signals.page_parsed, request=response.request,
+                items=[product_page] if items else [],
+            )
         if items:
             yield product_page
+        if state_lost is not None:
+            raise state_lost
 
     async def page_failed(self, failure: Failure) -> None:
         """A page given up on is counted by reason (the transport already logged why); its
