@@ -21,14 +21,18 @@ from tests.cluster import (
     CATEGORIES,
     Env,
     Worker,
+    cluster_settings,
     finish,
+    run_with,
     served,
     stored_products,
     truth,
     wait_until,
 )
 from tests.crawling import records
+from tests.servers import RedisProcess
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.distributed.cluster import Cluster, Completion
 from tmapi_crawler.servers import free_port
 
 PLAN = "cat_id=1,2,3"
@@ -40,6 +44,24 @@ RESUMED = re.compile(r"^resumed crawl (\S+): (\d+) pages already held \(replayed
 def paid_twice(env: Env) -> int:
     """Pages the server billed more than once, over every run of the test."""
     return sum(n - 1 for n in Counter(records(env.sandbox.stats())).values() if n > 1)
+
+
+def interrupt(env: Env, cluster: list[Worker], redis_client: redis.Redis, interruption: str,
+              pages: int) -> int:
+    """Let the workers crawl part of the pages, then stop them: Ctrl-C, the quota (set
+    before they start), or Redis flushed under them. The pages in flight at the stop are
+    answered after it (none is sent after it): how many."""
+    wait_until(lambda: served(env) >= pages // 3, "the crawl is under way")
+    at_stop = served(env)
+    if interruption == "sigint":
+        for worker in cluster:
+            worker.signal(signal.SIGINT)
+    elif interruption == "flush":
+        redis_client.flushall()
+    assert finish(cluster) == [REASONS[interruption]] * 2
+    stopped = served(env)
+    assert stopped < pages
+    return stopped - at_stop if interruption != "quota" else 0
 
 
 @pytest.mark.parametrize("interruption", ["sigint", "quota", "flush"])
@@ -55,24 +77,10 @@ def test_a_crawl_redis_lost_is_resumed_by_seed_without_paying_twice(
     crawl_id = env.status()["crawl_id"]
     assert f"into new crawl {crawl_id}" in first.stdout
     assert db.crawl_runs.find_one({"_id": crawl_id})["plan_fingerprint"]
-
-    # Two workers crawl part of it, then stop (Ctrl-C, the quota, or Redis flushed under
-    # them): the pages in flight are answered (and stored) after the stop began, no page is
-    # sent after it.
     if interruption == "quota":
         env.sandbox.configure(quota=len(pages) // 2)
-    cluster = workers(env, 2)
-    wait_until(lambda: served(env) >= len(pages) // 3, "the crawl is under way")
-    at_stop = served(env)
-    if interruption == "sigint":
-        for worker in cluster:
-            worker.signal(signal.SIGINT)
-    elif interruption == "flush":
-        redis_client.flushall()
-    assert finish(cluster) == [REASONS[interruption]] * 2
-    stopped = served(env)
-    in_flight = stopped - at_stop if interruption != "quota" else 0
-    assert stopped < len(pages)
+
+    in_flight = interrupt(env, workers(env, 2), redis_client, interruption, len(pages))
     held_before = db.crawl_pages.count_documents({"crawl_id": crawl_id, "state": "stored"})
     assert held_before > 0
     assert db.crawl_runs.find_one({"_id": crawl_id})["finish_reason"] == REASONS[interruption]
@@ -105,6 +113,9 @@ def test_a_crawl_redis_lost_is_resumed_by_seed_without_paying_twice(
     assert (run["status"], run["finish_reason"]) == ("closed", "finished")
     (resume,) = run["resumes"]
     assert (resume["pages_held"], resume["pages_queued"]) == (held, queued)
+    # What it cost over both runs: every call the server saw; what the resume saved.
+    assert run["cost"]["calls"] == env.sandbox.stats()["requests"]
+    assert run["cost"]["saved_by_resume"] == saved
     for worker in rest:
         assert worker.stats[stats_keys.CRAWL_ID] == crawl_id
 
@@ -197,3 +208,22 @@ def test_seed_without_mongodb_queues_nothing(
     assert result.stderr.startswith("error: MongoDB not reachable")
     assert result.stderr.rstrip().endswith("nothing was queued")
     assert redis_client.keys("*") == []
+
+
+def test_no_worker_ends_the_crawl_while_a_seed_is_at_work(
+    redis_server: RedisProcess, redis_client: redis.Redis,
+) -> None:
+    """A seed replaying a long ledger leaves the queue empty a while: a worker idle meanwhile
+    must not take that for the crawl's end."""
+    cluster = Cluster(cluster_settings(redis_server.uri), "category_items")
+
+    async def scenario() -> tuple[Completion | None, Completion | None]:
+        crawl_id, fresh = await cluster.begin_crawl(renew=True, worker_info=None, seeding=60)
+        assert fresh
+        while_seeding = await cluster.complete(crawl_id)
+        await cluster.seeding(crawl_id, 0)
+        return while_seeding, await cluster.complete(crawl_id)
+
+    while_seeding, after = run_with(cluster, scenario)
+    assert while_seeding is None
+    assert after == Completion(lost=False, finaliser=True, missing=0)

@@ -15,6 +15,7 @@ The crawl is recorded in ``crawl_runs`` with its plan's fingerprint, so that onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -48,6 +49,11 @@ if TYPE_CHECKING:
     from tmapi_crawler.frontier.decisions import Decision
     from tmapi_crawler.spend.ledger import Resume
     from tmapi_crawler.spiders.category_items import CategoryItemsSpider as Spider
+
+
+#: How long a seed holds the crawl open without renewing (``Cluster.seeding``): a seed that died
+#: stops holding it after that.
+SEEDING_SECONDS = 60.0
 
 
 class Command(SpiderArguments, ClusterCommand):
@@ -122,6 +128,15 @@ class Seeded:
     replayed: Replay | None = None
 
 
+async def _keep_seeding(cluster: Cluster, crawl_id: str) -> None:
+    """Renew the seed's hold on the crawl until cancelled (a renewal Redis missed is retried
+    at the next one; the seed's own calls report a Redis that is gone)."""
+    while True:
+        await asyncio.sleep(SEEDING_SECONDS / 3)
+        with contextlib.suppress(redis.RedisError):
+            await cluster.seeding(crawl_id, SEEDING_SECONDS)
+
+
 def _snapshot(crawl_id: str, decisions: list[Decision], resume: Resume,
               rejected: list[int]) -> str:
     """The replay's progress counters and losses, shaped as a worker's
@@ -152,12 +167,16 @@ async def _seed(cluster: Cluster, store: ProductStore, spider: Spider) -> Seeded
     """
     settings = spider.crawler.settings
     queries = spider.plan.queries
+    seeding: asyncio.Future[None] | None = None
     try:
         await store.open()
         resume = await Ledger.of(spider.crawler).open(
             store, plan_fingerprint(spider.plan, settings), spider.name, fresh=spider.fresh)
         crawl_id, fresh = await cluster.begin_crawl(
-            renew=True, worker_info=None, crawl_id=resume.crawl_id if resume else None)
+            renew=True, worker_info=None, crawl_id=resume.crawl_id if resume else None,
+            seeding=SEEDING_SECONDS)
+        # Workers waiting on the empty queue must not take it for the crawl's end meanwhile.
+        seeding = asyncio.ensure_future(_keep_seeding(cluster, crawl_id))
         problem = await cluster.persistence()
         if resume is not None and (not fresh or crawl_id != resume.crawl_id):
             resume = None  # a crawl is running in Redis: this seed adds to it
@@ -187,9 +206,13 @@ async def _seed(cluster: Cluster, store: ProductStore, spider: Spider) -> Seeded
         added = sum(await cluster.queue(crawl_id, None).push([
             page_push(spider.page_request(context), cluster.dupefilter) for context in contexts
         ]))
-        if resume is not None:
-            await record_resume(store, resume, pages_queued=added)
+        seeding.cancel()
+        await cluster.seeding(crawl_id, 0)
+        if resume is not None and replayed is not None:
+            await record_resume(store, resume, saved=replayed.saved, pages_queued=added)
     finally:
+        if seeding is not None:
+            seeding.cancel()
         await cluster.aclose()
         await store.close()
     return Seeded(crawl_id, fresh, added, len(queries), problem, replayed)

@@ -25,7 +25,8 @@ Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W
     P:S:dupefilter      set     every entry id ever queued in this crawl (scrapy-redis's
                                 dupefilter: request fingerprints, unique ones for refetches)
     P:S:crawl           hash    the cluster crawl: id, started_at; completed_at, completed_by
-                                once complete; lost, lost_at, missing once Redis lost it
+                                once complete; lost, lost_at, missing once Redis lost it;
+                                seeding_until (ms) while ``scrapy seed`` is at work on it
     P:S:workers         hash    W -> JSON {host, pid, started_at, last_seen, state, ...}
     P:S:alive:W         string  heartbeat; expires after TMAPI_HEARTBEAT_TTL
     P:S:leases:W        hash    entry id -> score: entries W is working on

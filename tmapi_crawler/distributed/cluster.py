@@ -176,12 +176,14 @@ class Cluster:
         return {"host": socket.gethostname(), "pid": os.getpid(), "state": state, **extra}
 
     async def begin_crawl(self, *, renew: bool, worker_info: dict[str, Any] | None,
-                          crawl_id: str | None = None) -> tuple[str, bool]:
+                          crawl_id: str | None = None, seeding: float = 0
+                          ) -> tuple[str, bool]:
         """The cluster crawl's id, and whether this call started it (``begin.lua``).
 
         A crawl started here takes ``crawl_id`` when given (``scrapy seed`` resuming an
         interrupted crawl), else a new id. With ``worker_info``, this worker is registered
-        alive in the same step. Raises ``CrawlGone`` when a worker (not ``renew``) finds a
+        alive in the same step. ``seeding``: no worker completes the crawl for that many
+        seconds (``seeding``). Raises ``CrawlGone`` when a worker (not ``renew``) finds a
         crawl whose state Redis lost.
         """
         keys, lkeys = self.keys, self.limiter_keys
@@ -191,11 +193,17 @@ class Cluster:
                   keys.sightings, keys.frontier, keys.frontier_sets],
             args=[keys.base, int(renew), crawl_id or new_crawl_id(),
                   self.worker_id if worker_info else "", self._ttl_ms(),
-                  json.dumps(worker_info or {})],
+                  json.dumps(worker_info or {}), int(seeding * 1000)],
         )
         if state == b"lost":
             raise CrawlGone(begun.decode())
         return begun.decode(), bool(fresh)
+
+    async def seeding(self, crawl_id: str, seconds: float) -> None:
+        """``scrapy seed`` is still at work on the crawl for ``seconds`` more (0: it is done):
+        meanwhile an empty queue is not the crawl's end (``seeding.lua``)."""
+        await self.scripts["seeding"](keys=[self.keys.crawl],
+                                      args=[crawl_id, int(seconds * 1000)])
 
     async def forget_page_memos(self, crawl_id: str) -> int:
         """Drop what the frontier remembers of pages of ``crawl_id`` (``state.py``): a crawl

@@ -112,9 +112,12 @@ async def record_seeded(store: ProductStore, document: dict[str, Any]) -> None:
     }, upsert=True)
 
 
-async def record_resume(store: ProductStore, resume: Resume, **extra: int) -> None:
-    """The run (or the seed) that resumes a crawl is listed under its ``resumes``."""
+async def record_resume(store: ProductStore, resume: Resume, *, saved: int = 0,
+                        **extra: int) -> None:
+    """The run (or the seed) that resumes a crawl is listed under its ``resumes``; ``saved``:
+    the calls its replay saved, when no run's stats count them (``scrapy seed``)."""
     await store.db[CRAWL_RUNS].update_one({"_id": resume.crawl_id}, {
+        **({"$inc": {"cost.saved_by_resume": saved}} if saved else {}),
         "$set": {"status": RUNNING},
         "$unset": {"finish_reason": "", "finished_at": ""},
         "$push": {"resumes": {"started_at": datetime.now(UTC),
