@@ -192,6 +192,8 @@ def redis_values(client: redis.Redis) -> Iterator[tuple[bytes, bytes]]:
     """Every key with every value it holds, whatever the type."""
     for key in client.scan_iter(count=1000):
         kind = client.type(key).decode()
+        if kind == "none":  # gone since the scan (a page's memo, dropped with its lease)
+            continue
         if kind == "string":
             values = [client.get(key)]
         elif kind == "hash":

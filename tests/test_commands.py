@@ -184,9 +184,13 @@ def test_report_shows_cost_and_changes_and_never_starts_mongodb(
     assert not (tmp_path / "never").exists()
 
 
-def test_status_finds_the_embedded_redis_that_seed_started(tmp_path: Path) -> None:
+def test_status_finds_the_embedded_redis_that_seed_started(
+    tmp_path: Path, mongod: MongodProcess, mongo_db_name: str
+) -> None:
     """Distributed on one machine: no REDIS_URL, the embedded Redis is shared by the commands."""
-    env = {"SCRAPY_PROJECT": "distributed", "REDIS_EMBEDDED_DIR": str(tmp_path / "redis")}
+    env = {"SCRAPY_PROJECT": "distributed", "REDIS_EMBEDDED_DIR": str(tmp_path / "redis"),
+           # seed records the crawl (crawl_runs)
+           "MONGO_URI": mongod.uri, "MONGO_DATABASE": mongo_db_name}
     try:
         before = scrapy("status", "category_items", **env)
         assert before.returncode == 1

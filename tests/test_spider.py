@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler.frontier.context import META_KEY, PageContext
+from tmapi_crawler.frontier.state import MemoryState, StateLost
 from tmapi_crawler.items import ProductPage
 from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig, parse_request
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
@@ -184,3 +185,34 @@ def test_a_probe_asks_for_page_1_of_each_planned_query_and_nothing_more() -> Non
     with pytest.raises(CloseSpider) as closed:
         spider._probe_done()
     assert closed.value.reason == "tmapi_probed"
+
+
+class LostState(MemoryState):
+    """A shared state that is gone: no page can be decided on it."""
+
+    def for_page(self, page: str) -> MemoryState:
+        raise StateLost("the cluster crawl's state is gone")
+
+
+def test_a_page_answered_after_the_shared_state_was_lost_keeps_its_products() -> None:
+    """The page is paid for: its products go on to be stored (with its ledger page, so a
+    resume does not pay for it again), but it is not said parsed, and the error goes on."""
+    spider = spider_for(cat_id="7")
+    (first,) = collect(spider.start())
+    spider.frontier.state = LostState()
+    parsed: list[Any] = []
+    spider.crawler.signals.connect(lambda **kwargs: parsed.append(kwargs),
+                                   signal=tmapi_signals.page_parsed, weak=False)
+    yielded: list[Any] = []
+
+    async def parse() -> None:
+        async for output in spider.parse(answer(first)):
+            yielded.append(output)
+
+    with pytest.raises(StateLost):
+        asyncio.run(parse())
+    (products,) = yielded
+    assert isinstance(products, ProductPage)
+    assert len(products.products) == 20
+    assert parsed == []
+    assert spider.crawler.engine.crawled == []

@@ -25,7 +25,8 @@ Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W
     P:S:dupefilter      set     every entry id ever queued in this crawl (scrapy-redis's
                                 dupefilter: request fingerprints, unique ones for refetches)
     P:S:crawl           hash    the cluster crawl: id, started_at; completed_at, completed_by
-                                once complete; lost, lost_at, missing once Redis lost it
+                                once complete; lost, lost_at, missing once Redis lost it;
+                                seeding_until (ms) while ``scrapy seed`` is at work on it
     P:S:workers         hash    W -> JSON {host, pid, started_at, last_seen, state, ...}
     P:S:alive:W         string  heartbeat; expires after TMAPI_HEARTBEAT_TTL
     P:S:leases:W        hash    entry id -> score: entries W is working on
@@ -35,7 +36,9 @@ Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W
                                 given up on, and entries refused ("refused: ...")
     P:S:progress        hash    W -> JSON progress counters, written with its acknowledgements
                                 and failures, with the losses it noticed and the categories of
-                                its unfiltered queries (for the crawl's end)
+                                its unfiltered queries (for the crawl's end); a ``scrapy seed``
+                                that resumed the crawl is there too (state ``seeded``), with
+                                what its replay of the held pages counted and noticed
     P:S:sightings       string  products of the acknowledged pages (each page counted once)
     P:S:frontier        hash    the frontier's numbers and claims (``frontier.state``): queries
                                 begun, decided, split; windows, edges, the detected cap

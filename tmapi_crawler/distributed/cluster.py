@@ -175,25 +175,44 @@ class Cluster:
     def worker_info(self, state: str, **extra: Any) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "state": state, **extra}
 
-    async def begin_crawl(self, *, renew: bool, worker_info: dict[str, Any] | None
+    async def begin_crawl(self, *, renew: bool, worker_info: dict[str, Any] | None,
+                          crawl_id: str | None = None, seeding: float = 0
                           ) -> tuple[str, bool]:
         """The cluster crawl's id, and whether this call started it (``begin.lua``).
 
-        With ``worker_info``, this worker is registered alive in the same step. Raises
-        ``CrawlGone`` when a worker (not ``renew``) finds a crawl whose state Redis lost.
+        A crawl started here takes ``crawl_id`` when given (``scrapy seed`` resuming an
+        interrupted crawl), else a new id. With ``worker_info``, this worker is registered
+        alive in the same step. ``seeding``: no worker completes the crawl for that many
+        seconds (``seeding``). Raises ``CrawlGone`` when a worker (not ``renew``) finds a
+        crawl whose state Redis lost.
         """
         keys, lkeys = self.keys, self.limiter_keys
-        crawl_id, fresh, state = await self.scripts["begin"](
+        begun, fresh, state = await self.scripts["begin"](
             keys=[keys.crawl, keys.queue, keys.workers, keys.dupefilter, keys.done, keys.failed,
                   keys.deliveries, keys.entries, keys.progress, lkeys.limit, lkeys.successes,
                   keys.sightings, keys.frontier, keys.frontier_sets],
-            args=[keys.base, int(renew), new_crawl_id(),
+            args=[keys.base, int(renew), crawl_id or new_crawl_id(),
                   self.worker_id if worker_info else "", self._ttl_ms(),
-                  json.dumps(worker_info or {})],
+                  json.dumps(worker_info or {}), int(seeding * 1000)],
         )
         if state == b"lost":
-            raise CrawlGone(crawl_id.decode())
-        return crawl_id.decode(), bool(fresh)
+            raise CrawlGone(begun.decode())
+        return begun.decode(), bool(fresh)
+
+    async def seeding(self, crawl_id: str, seconds: float) -> None:
+        """``scrapy seed`` is still at work on the crawl for ``seconds`` more (0: it is done):
+        meanwhile an empty queue is not the crawl's end (``seeding.lua``)."""
+        await self.scripts["seeding"](keys=[self.keys.crawl],
+                                      args=[crawl_id, int(seconds * 1000)])
+
+    async def forget_page_memos(self, crawl_id: str) -> int:
+        """Drop what the frontier remembers of pages of ``crawl_id`` (``state.py``): a crawl
+        resumed under its id after Redis lost part of its state decides them afresh."""
+        pattern = re.sub(r"([][*?\\])", r"\\\1", self.keys.frontier_page(crawl_id, "")) + "*"
+        stale = [key async for key in self.client.scan_iter(match=pattern, count=1000)]
+        for start in range(0, len(stale), 1000):
+            await self.client.unlink(*stale[start:start + 1000])
+        return len(stale)
 
     def _ttl_ms(self) -> int:
         return int(self.heartbeat_ttl * 1000)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.scripts import Scripts
 from tmapi_crawler.frontier.context import META_KEY, PageContext
+from tmapi_crawler.frontier.state import StateLost
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from tmapi_crawler.distributed.keys import CrawlKeys
 
 
-class CrawlGone(Exception):
+class CrawlGone(StateLost):
     """The crawl this worker works for is no longer in Redis: lost, or replaced by a new one."""
 
 

@@ -122,3 +122,23 @@ class RedisState:
     async def forget(self, *keys: str) -> None:
         if keys:
             await self._call("forget", list(keys))
+
+
+class ReplayState(RedisState):
+    """The state ``scrapy seed`` replays a resumed crawl's held pages on (``spend.ledger``).
+
+    No page's decision is remembered under the page: a held page is never decided again, and a
+    memo left from the lost crawl (same crawl id) must not answer for the replay. Every step is
+    remembered in one hash of this seed's, for a step sent again after a lost connection.
+    """
+
+    def __init__(self, cluster: Cluster, crawl_id: str) -> None:
+        super().__init__(cluster, lambda: crawl_id)
+        self._session = cluster.keys.frontier_step(f"seed-{secrets.token_hex(8)}")
+
+    def for_page(self, page: str) -> RedisState:
+        return self
+
+    def _memo(self, crawl_id: str, operation: str, keys: list[str]) -> tuple[str, str, int]:
+        self._steps += 1
+        return self._session, str(self._steps), STEP_MEMO_SECONDS

@@ -18,6 +18,11 @@ from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 
+class StateLost(Exception):
+    """A shared state is gone (Redis lost the cluster crawl): no decision can be taken on it.
+    The page being decided is still paid for: its caller keeps its products."""
+
+
 @runtime_checkable
 class FrontierState(Protocol):
     async def claim(self, key: str) -> bool:

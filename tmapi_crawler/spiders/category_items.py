@@ -37,7 +37,7 @@ from tmapi_crawler.closing import PROBED
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings, priority
 from tmapi_crawler.frontier.paging import page_url
-from tmapi_crawler.frontier.state import FrontierState
+from tmapi_crawler.frontier.state import FrontierState, StateLost
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.items import ProductItem, ProductPage, QueryContext
 from tmapi_crawler.plan import Plan, plan_from_arguments
@@ -192,31 +192,43 @@ class CategoryItemsSpider(scrapy.Spider):
         if not items:
             stats.inc_value(stats_keys.PAGES_EMPTY)
         summary = PageSummary.read(response.json()["data"], items)
+        calls = response.meta.get(CALLS_META, 1)
+        # A shared state that is gone (Redis lost the cluster crawl) decides nothing, but this
+        # page is paid for: its products and ledger page are kept, so a resume replays it
+        # instead of paying again; it is not said parsed, and the error stops the worker.
+        state_lost: StateLost | None = None
         if self.probe:
             self.probed[context.key] = summary
-            count_page(self.crawler.stats, context, response.meta.get(CALLS_META, 1), ok=True,
-                       probe=True)
+            count_page(stats, context, calls, ok=True, probe=True)
         else:
-            decision = await self.frontier.on_page(context, summary)
-            count_page(self.crawler.stats, context, response.meta.get(CALLS_META, 1), ok=True,
-                       read_again=bool(decision.counters[stats_keys.SPLIT_EXTRA_REQUESTS]))
-            self._follow(decision)
+            try:
+                decision = await self.frontier.on_page(context, summary)
+            except StateLost as exc:
+                state_lost = exc
+                count_page(stats, context, calls, ok=True)
+            else:
+                count_page(stats, context, calls, ok=True,
+                           read_again=bool(decision.counters[stats_keys.SPLIT_EXTRA_REQUESTS]))
+                self._follow(decision)
         product_page = ProductPage(items)
         store = ProductStore.of(self.crawler)
         if store.opened:
             document = ledger_document(runs.crawl_id(self.crawler), context, summary,
-                                       response.meta.get(CALLS_META, 1), ledger_now(),
+                                       calls, ledger_now(),
                                        planned=planned_key(context, self.plan.queries))
             if items:
                 product_page.ledger = document  # written with the page's products
             else:
                 await self._record(store, document)
-        self.crawler.signals.send_catch_log(
-            tmapi_signals.page_parsed, request=response.request,
-            items=[product_page] if items else [],
-        )
+        if state_lost is None:
+            self.crawler.signals.send_catch_log(
+                tmapi_signals.page_parsed, request=response.request,
+                items=[product_page] if items else [],
+            )
         if items:
             yield product_page
+        if state_lost is not None:
+            raise state_lost
 
     async def page_failed(self, failure: Failure) -> None:
         """A page given up on is counted by reason (the transport already logged why); its

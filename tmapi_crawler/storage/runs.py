@@ -32,9 +32,12 @@ from tmapi_crawler.storage.documents import batch_now
 from tmapi_crawler.storage.store import CRAWL_RUNS, ProductStore, StorageUnavailable
 
 if TYPE_CHECKING:
+    from scrapy import Spider
     from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
 
     from tmapi_crawler.distributed.status import CrawlTotals
+    from tmapi_crawler.spend.ledger import Resume
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,56 @@ def resume_crawl(crawler: Crawler, crawl_id_: str) -> None:
     """This run continues the interrupted crawl ``crawl_id_``: its id is the crawl's."""
     _CRAWL_IDS[crawler] = crawl_id_
     crawler.stats.set_value(stats_keys.CRAWL_ID, crawl_id_)
+
+
+def run_document(crawl_id_: str, spider: Spider | None, settings: BaseSettings,
+                 database: str) -> dict[str, Any]:
+    """The ``crawl_runs`` document a run starts with (a cluster crawl's: ``record_seeded``)."""
+    plan = getattr(spider, "plan", None)
+    return {
+        "_id": crawl_id_,
+        "spider": spider.name if spider else None,
+        "arguments": getattr(spider, "arguments", {}),
+        "queries": [q.to_dict() for q in getattr(plan, "queries", ())],
+        "settings": {
+            "TMAPI_BASE_URL": settings.get("TMAPI_BASE_URL"),
+            "TMAPI_CONCURRENCY": settings.getint("TMAPI_CONCURRENCY"),
+            "TMAPI_RESULT_CAP": settings.getint("TMAPI_RESULT_CAP"),
+        },
+        "plan_fingerprint": plan_fingerprint(plan, settings) if plan and plan.queries else None,
+        "host": socket.gethostname(),
+        "database": database,
+        "started_at": datetime.now(UTC),
+        "status": RUNNING,
+    }
+
+
+async def record_seeded(store: ProductStore, document: dict[str, Any]) -> None:
+    """``scrapy seed`` started a cluster crawl: its document carries the plan's fingerprint
+    (argument-less workers have no plan), so a seed after Redis lost the crawl finds it. The
+    workers join the document (``ProductStore.start_run``), first or not."""
+    shared = {k: v for k, v in document.items()
+              if k not in ("_id", "queries", "host", "arguments", "plan_fingerprint")}
+    await store.db[CRAWL_RUNS].update_one({"_id": document["_id"]}, {
+        "$setOnInsert": shared,
+        "$set": {"plan_fingerprint": document["plan_fingerprint"]},
+        "$addToSet": {"queries": {"$each": document["queries"]}},
+    }, upsert=True)
+
+
+async def record_resume(store: ProductStore, resume: Resume, *, saved: int = 0,
+                        **extra: int) -> None:
+    """The run (or the seed) that resumes a crawl is listed under its ``resumes``; ``saved``:
+    the calls its replay saved, when no run's stats count them (``scrapy seed``)."""
+    await store.db[CRAWL_RUNS].update_one({"_id": resume.crawl_id}, {
+        **({"$inc": {"cost.saved_by_resume": saved}} if saved else {}),
+        "$set": {"status": RUNNING},
+        "$unset": {"finish_reason": "", "finished_at": ""},
+        "$push": {"resumes": {"started_at": datetime.now(UTC),
+                              "host": socket.gethostname(),
+                              "pages_held": len(resume.pages),
+                              "calls_before": resume.calls, **extra}},
+    })
 
 
 def _own_counts(stats: dict[str, Any]) -> dict[str, int]:
@@ -124,23 +177,9 @@ class CrawlRunRecorder:
             if await self._resumed():
                 self._started = True
                 return
-            await self.store.start_run({
-                "_id": self.crawl_id,
-                "spider": spider.name if spider else None,
-                "arguments": getattr(spider, "arguments", {}),
-                "queries": [q.to_dict()
-                            for q in getattr(getattr(spider, "plan", None), "queries", ())],
-                "settings": {
-                    "TMAPI_BASE_URL": settings.get("TMAPI_BASE_URL"),
-                    "TMAPI_CONCURRENCY": settings.getint("TMAPI_CONCURRENCY"),
-                    "TMAPI_RESULT_CAP": settings.getint("TMAPI_RESULT_CAP"),
-                },
-                "plan_fingerprint": self._fingerprint(),
-                "host": socket.gethostname(),
-                "database": self.store.database,
-                "started_at": datetime.now(UTC),
-                "status": RUNNING,
-            }, worker_id=self.worker_id)
+            await self.store.start_run(
+                run_document(self.crawl_id, spider, settings, self.store.database),
+                worker_id=self.worker_id)
         except (StorageUnavailable, PyMongoError) as exc:
             logger.error("Could not record crawl %s (%s); nothing was sent to the API",
                          self.crawl_id, exc)
@@ -151,23 +190,12 @@ class CrawlRunRecorder:
 
     # Resumes and cost (tmapi_crawler/spend/).
 
-    def _fingerprint(self) -> str | None:
-        plan = getattr(self.crawler.spider, "plan", None)
-        return plan_fingerprint(plan, self.crawler.settings) if plan and plan.queries else None
-
     async def _resumed(self) -> bool:
         """A resumed crawl keeps its one document: this run is listed under ``resumes``."""
         resume = Ledger.of(self.crawler).resume
         if resume is None:
             return False
-        await self.store.db[CRAWL_RUNS].update_one({"_id": resume.crawl_id}, {
-            "$set": {"status": RUNNING},
-            "$unset": {"finish_reason": "", "finished_at": ""},
-            "$push": {"resumes": {"started_at": datetime.now(UTC),
-                                  "host": socket.gethostname(),
-                                  "pages_held": len(resume.pages),
-                                  "calls_before": resume.calls}},
-        })
+        await record_resume(self.store, resume)
         logger.info("Storing into MongoDB database %r, resuming crawl %s", self.store.database,
                     self.crawl_id)
         return True

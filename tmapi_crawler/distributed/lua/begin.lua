@@ -5,7 +5,9 @@
 -- worker are one step, so two workers starting together cannot both start a crawl.
 -- KEYS: crawl, queue, workers, dupefilter, done, failed, deliveries, entries, progress,
 --       limiter limit, limiter successes, sightings, frontier numbers, frontier sets.
--- ARGV: base, renew (0/1), new id, worker ('' for none), ttl ms, info.
+-- ARGV: base, renew (0/1), the id a new crawl takes (a new one, or the id of the interrupted
+--       crawl `scrapy seed` resumes: spend/ledger.py), worker ('' for none), ttl ms, info,
+--       seeding ms (`scrapy seed`: no worker completes the crawl that long, see seeding.lua).
 -- Returns {id, fresh (0/1), state}: state 'lost' when a worker without `renew` finds a crawl
 -- that Redis lost (it must not crawl on as if nothing happened).
 local id = redis.call('HGET', KEYS[1], 'id')
@@ -39,6 +41,9 @@ if fresh then
              KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14])
   redis.call('HSET', KEYS[1], 'id', ARGV[3], 'started_at', now_s())
   id = ARGV[3]
+end
+if tonumber(ARGV[7]) > 0 then
+  redis.call('HSET', KEYS[1], 'seeding_until', now_ms() + tonumber(ARGV[7]))
 end
 if ARGV[4] ~= '' then
   register(ARGV[1] .. ':alive:' .. ARGV[4], KEYS[3], ARGV[4], ARGV[5], ARGV[6])
