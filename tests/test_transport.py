@@ -45,7 +45,7 @@ from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.misbehaviour import COMPRESSIONS
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.servers import free_port
-from tmapi_crawler.transport.middleware import ApiError, TmapiTransportMiddleware
+from tmapi_crawler.transport.middleware import CALLS_META, ApiError, TmapiTransportMiddleware
 
 FAST_RETRIES = {"TMAPI_RETRY_TIMES": 2, "TMAPI_RETRY_BASE_DELAY": 0.01,
                 "TMAPI_RETRY_MAX_DELAY": 0.02}
@@ -243,6 +243,25 @@ def test_503s_lower_the_limit_and_every_page_still_arrives(sandbox: SandboxProce
     assert sandbox.stats()["answers"].get("503", 0) >= 1
     assert stats[stats_keys.THROTTLE_DECREASES] >= 1
     assert stats[stats_keys.THROTTLE_LIMIT] < 3
+
+
+def test_an_answer_says_every_call_its_page_took_retries_included(
+    sandbox: SandboxProcess,
+) -> None:
+    """What the cost counts a page's calls from (``tmapi_calls``): a retried page's answer came
+    back saying 1, so retries were missing from ``crawl_runs.cost``."""
+    sandbox.configure(fault_rates={417: 0.3})
+    requests = [api_request(sandbox.url, cat_id=101, page=p) for p in range(1, 21)]
+
+    async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> list[Any]:
+        return await asyncio.gather(*(outcome(transport, r) for r in requests))
+
+    outcomes, stats = run(sandbox.url, scenario, TMAPI_RETRY_TIMES=8,
+                          TMAPI_RETRY_BASE_DELAY=0.001, TMAPI_RETRY_MAX_DELAY=0.01)
+    assert all(isinstance(o, Response) for o in outcomes), outcomes
+    calls = [o.meta[CALLS_META] for o in outcomes]
+    assert max(calls) > 1  # some pages were retried
+    assert sum(calls) == stats[stats_keys.REQUESTS] == sandbox.stats()["requests"]
 
 
 @pytest.mark.parametrize(("fault", "reason"), [

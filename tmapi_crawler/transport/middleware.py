@@ -179,6 +179,8 @@ class TmapiTransportMiddleware:
                     self._count(stats_keys.THROTTLE_INCREASES)
                 self.stats.set_value(stats_keys.THROTTLE_LIMIT, self.limiter.limit)
                 assert response is not None
+                # The answer is a retry copy's: its meta was copied before the later calls.
+                response.meta[CALLS_META] = request.meta[CALLS_META]
                 return response
             if outcome is api.Outcome.INVALID:
                 self._count(stats_keys.PAGES_FAILED)
