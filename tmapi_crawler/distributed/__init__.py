@@ -45,8 +45,12 @@ Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W
     P:S:frontier:ids:K  set     ids of a query's last pages (K: the frontier's key), dropped
                                 when the query is done
     P:S:frontier:sets   set     names of the id sets, so a new crawl drops them all
-    P:S:frontier:step:I string  what a change to the frontier's state answered, for 10 min, so
+    P:S:frontier:step:I hash    what a change to the frontier's state answered, for 10 min, so
                                 one sent again after a lost connection is not applied twice
+    P:S:frontier:page:C:G hash  each step of the decision about page G (``PageContext.key``) of
+                                crawl C, reads included, until the page is acknowledged or
+                                failed (7 days at most): a worker that takes the page over from
+                                a dead one decides it the same way
     P:limiter:epoch     string  when the limiter's state began (ms, Redis clock)
     P:limiter:permits   zset    permit id (W:n:i) -> lease expiry (ms, Redis clock)
     P:limiter:waiting   zset    W -> when it last asked for permits it did not get (ms)
