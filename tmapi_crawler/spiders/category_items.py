@@ -197,19 +197,17 @@ class CategoryItemsSpider(scrapy.Spider):
         # page is paid for: its products and ledger page are kept, so a resume replays it
         # instead of paying again; it is not said parsed, and the error stops the worker.
         state_lost: StateLost | None = None
+        decision = Decision()
         if self.probe:
             self.probed[context.key] = summary
-            count_page(stats, context, calls, ok=True, probe=True)
         else:
             try:
                 decision = await self.frontier.on_page(context, summary)
             except StateLost as exc:
                 state_lost = exc
-                count_page(stats, context, calls, ok=True)
-            else:
-                count_page(stats, context, calls, ok=True,
-                           read_again=bool(decision.counters[stats_keys.SPLIT_EXTRA_REQUESTS]))
-                self._follow(decision)
+        count_page(stats, context, calls, ok=True, probe=self.probe,
+                   read_again=bool(decision.counters[stats_keys.SPLIT_EXTRA_REQUESTS]))
+        self._follow(decision)
         product_page = ProductPage(items)
         store = ProductStore.of(self.crawler)
         if store.opened:

@@ -15,24 +15,21 @@
 if not same_crawl(KEYS[1], ARGV[1]) then return {0} end
 local memo, field, op, numbers, registry, key = KEYS[4], ARGV[2], ARGV[5], KEYS[2], KEYS[3],
                                                 ARGV[6]
+local function read()
+  local value = redis.call('HGET', numbers, key)
+  if value then return {1, 0, tonumber(value)} end
+  return {1, 0}
+end
 local remembered = redis.call('HGET', memo, field)
 if remembered then
   local result = cjson.decode(remembered)
   result[2] = 1
   return result
 end
-if op == 'get' and ARGV[4] ~= '1' then
-  local value = redis.call('HGET', numbers, key)
-  if value then return {1, 0, tonumber(value)} end
-  return {1, 0}
-end
+if op == 'get' and ARGV[4] ~= '1' then return read() end
 
 local function apply()
-  if op == 'get' then
-    local value = redis.call('HGET', numbers, key)
-    if value then return {1, 0, tonumber(value)} end
-    return {1, 0}
-  end
+  if op == 'get' then return read() end
   if op == 'claim' then
     return {1, 0, redis.call('HSETNX', numbers, key, 1)}
   end
