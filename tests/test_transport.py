@@ -45,6 +45,7 @@ from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.misbehaviour import COMPRESSIONS
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.servers import free_port
+from tmapi_crawler.transport.http import ApiDownloadHandler
 from tmapi_crawler.transport.middleware import CALLS_META, ApiError, TmapiTransportMiddleware
 
 FAST_RETRIES = {"TMAPI_RETRY_TIMES": 2, "TMAPI_RETRY_BASE_DELAY": 0.01,
@@ -156,6 +157,18 @@ def test_an_answer_comes_back_decoded_and_token_free(sandbox: SandboxProcess) ->
     assert stats[stats_keys.REQUESTS] == 1
     assert stats[stats_keys.answer(200)] == 1
     assert sandbox.stats()["requests"] == 1
+
+
+def test_the_api_is_called_through_the_projects_http_client_without_a_warning(
+        sandbox: SandboxProcess, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> Any:
+        assert isinstance(await outcome(transport, api_request(sandbox.url)), Response)
+        return crawler.engine.downloader.handlers._get_handler("http")
+
+    with caplog.at_level(logging.WARNING):
+        handler, _ = run(sandbox.url, scenario)
+    assert isinstance(handler, ApiDownloadHandler)
+    assert not [r for r in caplog.records if "experimental" in r.getMessage()]
 
 
 @pytest.mark.parametrize("encoding", COMPRESSIONS)

@@ -52,6 +52,12 @@ COOKIES_ENABLED = False
 TELNETCONSOLE_ENABLED = False
 USER_AGENT = "tmapi-crawler/0.1 (+https://github.com/tmapi-crawler)"
 DOWNLOAD_TIMEOUT = api.MIN_TIMEOUT_SECONDS
+# The API's calls go through aiohttp rather than Twisted's client: fewer hops between an answer
+# and the next call (tmapi_crawler/transport/http.py).
+DOWNLOAD_HANDLERS = {
+    "http": "tmapi_crawler.transport.http.ApiDownloadHandler",
+    "https": "tmapi_crawler.transport.http.ApiDownloadHandler",
+}
 REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 # An answer's output is one ProductPage (the pages it asks for go to the engine directly): Scrapy
 # starts this many item tasks per answer whatever it yields (100 by default: 2 µs each, 42,000

@@ -116,8 +116,14 @@ def categories(count: int, first: int) -> list[int]:
     return list(range(first, first + 2 * count, 2))
 
 
+#: Scrapy's default HTTP client, measured beside the project's (tmapi_crawler/transport/http.py).
+TWISTED_CLIENT = json.dumps(dict.fromkeys(
+    ("http", "https"), "scrapy.core.downloader.handlers.http11.HTTP11DownloadHandler"))
+
+
 def limit_efficiency(bench: Bench, faults: dict[int, float]) -> dict[str, Any]:
-    """B1/B2: one process at latency 200 ms and a limit of 8, 400 pages."""
+    """B1/B2: one process at latency 200 ms and a limit of 8, 400 pages; then (B1) the same
+    crawl through Twisted's HTTP client instead of aiohttp, side by side."""
     cats = categories(16, 3001)
     with SandboxProcess(token=[TOKEN], latency=LATENCY, concurrency_limit=LIMIT,
                         default_size=PAGES_PER_CATEGORY * 20, fault=faults,
@@ -128,8 +134,18 @@ def limit_efficiency(bench: Bench, faults: dict[int, float]) -> dict[str, Any]:
         result = efficiency(sandbox, LIMIT, LATENCY)
         truth = set().union(*(sandbox.truth(cat_id=c)["item_ids"] for c in cats))
     whole_run = run.stats["tmapi/pages"] / run.stats["elapsed_time_seconds"] / (LIMIT / LATENCY)
-    return {**result, "efficiency_whole_run": round(whole_run, 3),
-            "complete": round(bench.stored(database) / len(truth), 4)}
+    result = {**result, "efficiency_whole_run": round(whole_run, 3),
+              "complete": round(bench.stored(database) / len(truth), 4)}
+    if not faults:
+        with SandboxProcess(token=[TOKEN], latency=LATENCY, concurrency_limit=LIMIT,
+                            default_size=PAGES_PER_CATEGORY * 20) as sandbox:
+            bench.crawl(sandbox, [f"cat_id={','.join(map(str, categories(16, 3101)))}"],
+                        bench.database(),
+                        {"TMAPI_CONCURRENCY": LIMIT, "DOWNLOAD_HANDLERS": TWISTED_CLIENT})
+            twisted = efficiency(sandbox, LIMIT, LATENCY)["efficiency"]
+        result |= {"efficiency_twisted_client": twisted,
+                   "aiohttp_over_twisted": round(result["efficiency"] / twisted, 3)}
+    return result
 
 
 #: B5 rounds: each runs a single process and then 1, 2 and 4 workers on the same work.
