@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
+from scrapy import signals
+from scrapy.utils.test import get_crawler
 
-from tmapi_crawler.aio import wait_set
+from tmapi_crawler.aio import FrozenStartup, wait_set
 
 
 def test_a_wait_cancelled_as_its_event_is_set_ends_cancelled() -> None:
@@ -38,3 +41,15 @@ def test_wait_set_says_whether_the_event_came() -> None:
         return missed, await wait_set(event, 60)
 
     assert asyncio.run(scenario()) == (False, True)
+
+
+def test_what_start_up_allocated_is_out_of_the_collectors_walks_while_the_crawl_runs() -> None:
+    crawler = get_crawler()
+    extension = FrozenStartup.from_crawler(crawler)  # signals hold their receivers weakly
+    gc.unfreeze()
+    crawler.signals.send_catch_log(signals.spider_opened, spider=None)
+    frozen = gc.get_freeze_count()
+    crawler.signals.send_catch_log(signals.spider_closed, spider=None, reason="finished")
+    del extension
+    assert frozen > 10_000  # the interpreter, Scrapy and every module imported so far
+    assert gc.get_freeze_count() == 0
