@@ -32,6 +32,7 @@ from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Plan, PlanError, Query
+from tmapi_crawler.spend.spool import Spool
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -210,15 +211,19 @@ class Ledger:
         return resume
 
     async def record(self, store: ProductStore, documents: Iterable[dict[str, Any]]) -> None:
-        """Upsert pages (a page fetched again replaces its document); ``seq`` orders them."""
+        """Upsert pages (a page fetched again replaces its document); ``seq`` orders them.
+        Then their answers leave the spool (``spend.spool``): the ledger holds them now."""
         operations = []
+        keys = []
         for document in documents:
             self._seq += 1
             operations.append(UpdateOne(
                 {"crawl_id": document["crawl_id"], "key": document["key"]},
                 {"$set": {**document, "seq": self._seq}}, upsert=True))
+            keys.append(document["key"])
         if operations:
             await store.db[COLLECTION].bulk_write(operations, ordered=False)
+            await Spool.of(self.crawler).drop(keys)
 
 
 def now() -> datetime:

@@ -56,7 +56,7 @@ from tmapi_crawler.storage import runs
 from tmapi_crawler.storage.coverage import mark_incomplete
 from tmapi_crawler.storage.store import ProductStore
 from tmapi_crawler.transport.answers import read_page
-from tmapi_crawler.transport.middleware import CALLS_META, NOT_SENT, ApiError
+from tmapi_crawler.transport.middleware import CALLS_META, NOT_SENT, SPOOLED_CALLS_META, ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +211,10 @@ class CategoryItemsSpider(scrapy.Spider):
         product_page = ProductPage(items)
         store = ProductStore.of(self.crawler)
         if store.opened:
+            # An answer from the spool: the calls an interrupted run paid for it.
+            paid = calls + response.meta.get(SPOOLED_CALLS_META, 0)
             document = ledger_document(runs.crawl_id(self.crawler), context, summary,
-                                       calls, ledger_now(),
+                                       paid, ledger_now(),
                                        planned=planned_key(context, self.plan.queries))
             if items:
                 product_page.ledger = document  # written with the page's products

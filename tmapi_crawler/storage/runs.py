@@ -27,6 +27,7 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.closing import FINISHED, MONGODB_UNAVAILABLE
 from tmapi_crawler.spend.cost import cost_of
 from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
+from tmapi_crawler.spend.spool import Spool
 from tmapi_crawler.storage.coverage import complete_categories, whole_categories
 from tmapi_crawler.storage.documents import batch_now
 from tmapi_crawler.storage.store import CRAWL_RUNS, ProductStore, StorageUnavailable
@@ -244,6 +245,8 @@ class CrawlRunRecorder:
             await self._finish_worker(reason, status)
             return
         vanished = await self._mark_vanished(reason) if status == CLOSED else 0
+        if status == CLOSED and reason == FINISHED:
+            await Spool.of(self.crawler).finish()
         counts = {**await self.store.run_counts(self.crawl_id), "vanished": vanished}
         stats = self.stats.get_stats()
         await self.store.finish_run(self.crawl_id, {
@@ -317,6 +320,7 @@ class CrawlRunRecorder:
             crawl["answers"] = totals.progress["answers"]
             if self._finaliser and status == CLOSED and reason == FINISHED:
                 crawl["counts"]["vanished"] = await self._vanish_cluster(totals)
+                await Spool.of(self.crawler).finish()
                 crawl["completed_by"] = self.worker_id
                 statuses = dict.fromkeys(totals.dead_workers, DEAD)
         await self.store.finish_worker_run(self.crawl_id, self.worker_id, own, crawl, statuses)

@@ -36,6 +36,7 @@ from tmapi_crawler.closing import MONGODB_UNAVAILABLE, close_spider
 from tmapi_crawler.items import ProductItem, ProductPage
 from tmapi_crawler.normalize import rendered
 from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
+from tmapi_crawler.spend.spool import Spool
 from tmapi_crawler.storage import runs
 from tmapi_crawler.storage.coverage import mark_incomplete
 from tmapi_crawler.storage.documents import batch_now, rejected_document, updates_by_id
@@ -107,12 +108,15 @@ class MongoPipeline:
         except StorageUnavailable as exc:
             logger.error("%s; nothing was sent to the API", exc)
             raise CloseSpider(MONGODB_UNAVAILABLE) from None
-        await self._resume()
+        resumed = await self._resume()
         # Known (and in the stats) before the spider opens: progress snapshots carry it.
-        runs.crawl_id(self.crawler)
+        crawl_id = runs.crawl_id(self.crawler)
+        await Spool.of(self.crawler).open(
+            self.store.db, crawl_id, resumed=resumed,
+            distributed=self.crawler.settings.getbool("TMAPI_DISTRIBUTED"))
         self._ticker = asyncio.ensure_future(self._tick())
 
-    async def _resume(self) -> None:
+    async def _resume(self) -> bool:
         """Find the interrupted crawl of the same plan (``spend.ledger``) and continue it.
 
         A distributed crawl's id is the cluster's; ``scrapy seed`` decides its resumes.
@@ -128,8 +132,10 @@ class MongoPipeline:
         except PyMongoError as exc:
             logger.error("%s; nothing was sent to the API", shown(str(exc)))
             raise CloseSpider(MONGODB_UNAVAILABLE) from None
-        if resume is not None:
-            runs.resume_crawl(self.crawler, resume.crawl_id)
+        if resume is None:
+            return False
+        runs.resume_crawl(self.crawler, resume.crawl_id)
+        return True
 
     async def process_item(self, item: Any) -> Any:
         if not isinstance(item, ProductPage):

@@ -20,6 +20,10 @@ It sits closest to the downloader and downloads API requests itself, so that:
   bounded by ``DOWNLOAD_MAXSIZE``) before its code is read — also when the server compressed
   an answer it was not asked to; the response handed back is decoded, so that middleware
   later finds nothing left to decode;
+* a successful answer is kept in the answer spool (``spend.spool``) before its permit is
+  released, so a page paid for is durable before the next call starts; a page whose answer
+  the spool holds (a resume after a kill) is handed back from it: no permit, no budget, no
+  call;
 * every answer code is classified once, by ``tmapi_crawler.api``, whether it came as the HTTP
   status or inside a 200 body, and named in stats and logs from a bounded vocabulary
   (``transport.answers``).
@@ -33,7 +37,7 @@ import asyncio
 import logging
 import random
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from scrapy import signals
 from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddleware
@@ -47,8 +51,9 @@ from tmapi_crawler import api, closing
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.aio import wait_set
-from tmapi_crawler.frontier.context import META_KEY
+from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.spend.budget import Budget
+from tmapi_crawler.spend.spool import Spool
 from tmapi_crawler.transport import credentials
 from tmapi_crawler.transport.answers import (
     BAD_ENCODING,
@@ -69,6 +74,8 @@ logger = logging.getLogger(__name__)
 
 #: ``Request.meta`` key: the paid calls this page took, retries included (set by the transport).
 CALLS_META: Final = "tmapi_calls"
+#: ``Request.meta`` key: an answer handed back from the spool, the paid calls it had taken.
+SPOOLED_CALLS_META: Final = "tmapi_spooled_calls"
 #: A page the crawl's stop kept from being sent; a cluster queues it again for a resume.
 NOT_SENT: Final = "not_sent"
 #: A request that is not to ``TMAPI_BASE_URL``'s API path: refused, never signed.
@@ -106,6 +113,7 @@ class TmapiTransportMiddleware:
         self.token = token
         self.limiter = limiter
         self.budget = budget
+        self.spool = Spool.of(crawler)
         self.base_url: str = settings["TMAPI_BASE_URL"]
         self.max_retry_times = settings.getint("TMAPI_RETRY_TIMES")
         self.base_delay = settings.getfloat("TMAPI_RETRY_BASE_DELAY")
@@ -169,6 +177,8 @@ class TmapiTransportMiddleware:
         if META_KEY not in request.meta:
             return None
         self._check_target(request)
+        if self.spool.replaying and (spooled := await self._spooled(request)) is not None:
+            return spooled
         attempt = request
         request.meta[CALLS_META] = 0
         while True:
@@ -207,6 +217,29 @@ class TmapiTransportMiddleware:
                      shown(request.url), self.base_url)
         raise ApiError("not a request to TMAPI_BASE_URL; not sent", FOREIGN_REQUEST)
 
+    async def _spooled(self, request: Request) -> JsonResponse | None:
+        """The page's answer from the spool (paid for by an interrupted run), if it is there:
+        the response the transport handed back then, for free."""
+        context = PageContext.from_dict(request.meta[META_KEY])
+        document = await self.spool.answer(context.key)
+        if document is None:
+            return None
+        response = JsonResponse(request.url, status=document["status"],
+                                body=bytes(document["body"]), encoding=document["encoding"],
+                                request=request, flags=["spooled"])
+        try:
+            answer = read_answer(response)
+        except BrokenAnswer:
+            return None
+        if api.outcome_of(answer.code) is not api.Outcome.OK:
+            return None
+        calls = int(document.get("calls", 1))
+        request.meta[CALLS_META] = 0
+        request.meta[SPOOLED_CALLS_META] = calls
+        self._count(stats_keys.SPOOL_REPLAYED)
+        self._count(stats_keys.RESUME_CALLS_SAVED, calls)
+        return response
+
     def _stopping_now(self) -> bool:
         return self._stopping.is_set() or self.limiter.closed or closing.stopping(self.crawler)
 
@@ -238,7 +271,9 @@ class TmapiTransportMiddleware:
         """One paid call: wait for a permit, download, classify.
 
         The permit is held until the answer is classified, so that after a 439 no waiting
-        request can take the freed permit before the limiter is closed.
+        request can take the freed permit before the limiter is closed — and a success until
+        its answer is in the spool, so that no new call starts while a paid page is not
+        durable.
         """
         await self._permit()
         try:
@@ -246,12 +281,24 @@ class TmapiTransportMiddleware:
             self._count(stats_keys.REQUESTS)
             page.meta[CALLS_META] += 1
             answer, response = await self._download(request)
-            reason = closing.STOPPING_OUTCOMES.get(api.outcome_of(answer.code))
+            outcome = api.outcome_of(answer.code)
+            if outcome is api.Outcome.OK and response is not None:
+                await self._keep(page, response)
+            reason = closing.STOPPING_OUTCOMES.get(outcome)
             if reason is not None:
                 await self._stop(reason, answer)
         finally:
             await self.limiter.release()
         return answer, response
+
+    async def _keep(self, page: Request, response: JsonResponse) -> None:
+        """Spool the answer, without a trace of the token, while the permit is still held."""
+        body = response.body
+        for secret in {self.token, quote(self.token, safe="")}:
+            body = body.replace(secret.encode(), credentials.REDACTED.encode())
+        await self.spool.keep(PageContext.from_dict(page.meta[META_KEY]), body,
+                              status=response.status, encoding=response.encoding,
+                              calls=page.meta[CALLS_META])
 
     async def _spend(self) -> None:
         """Take the call from the budget, or stop the crawl (resumable) without sending it."""

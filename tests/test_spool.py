@@ -1,0 +1,278 @@
+"""The answer spool (``spend.spool``): a page paid for is durable in MongoDB before its permit
+is released, a resume hands it back instead of paying again, and the ledger drops it.
+
+Components in-process (the engine opens the spider as a crawl does: store, ledger, spool; the
+transport is driven directly) against the sandbox over real HTTP and a real mongod; the resume
+is a real ``scrapy crawl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import bson
+import pymongo
+import pytest
+from scrapy import Request
+from scrapy.crawler import Crawler
+from scrapy.http import Response
+
+from tests.crawling import TOKEN, crawl, records
+from tests.inprocess import crawler_for, engine_stopped, project_settings
+from tests.servers import MongodProcess
+from tests.test_transport import Listener
+from tmapi_crawler import api
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.frontier.context import META_KEY, PageContext
+from tmapi_crawler.items import ProductPage
+from tmapi_crawler.sandbox.process import SandboxProcess
+from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
+from tmapi_crawler.spend.spool import COLLECTION, Spool
+from tmapi_crawler.storage import runs
+from tmapi_crawler.storage.store import ProductStore
+from tmapi_crawler.storage.writer import MongoPipeline
+from tmapi_crawler.transport.limiter import AdaptiveLimiter
+from tmapi_crawler.transport.middleware import TmapiTransportMiddleware
+
+SIZES = {"101": 45, "102": 20}
+ARGUMENTS = {"cat_id": "101,102"}
+#: Pages of 20 products.
+PAGES = 3 + 1
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SandboxProcess]:
+    with SandboxProcess(token=[TOKEN], size=SIZES) as process:
+        yield process
+
+
+class WatchingLimiter(AdaptiveLimiter):
+    """The project's limiter, noting how many answers the spool held at each release."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        settings = crawler.settings
+        super().__init__(settings.getint("TMAPI_CONCURRENCY"),
+                         settings.getint("TMAPI_THROTTLE_RECOVERY"))
+        self.crawler = crawler
+        self.spooled_at_release: list[int] = []
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> WatchingLimiter:
+        return cls(crawler)
+
+    async def release(self) -> None:
+        answers = ProductStore.of(self.crawler).db[COLLECTION]
+        self.spooled_at_release.append(await answers.count_documents({}))
+        await super().release()
+
+
+Scenario = Callable[[Crawler, TmapiTransportMiddleware], Awaitable[Any]]
+
+
+def run(base_url: str, mongod: MongodProcess, database: str, scenario: Scenario,
+        reason: str = "finished", **settings: Any) -> tuple[Any, dict[str, Any]]:
+    """Open a crawl of ``ARGUMENTS`` storing into ``database`` (its transport on
+    ``base_url``), run ``scenario``, close the crawl with ``reason``."""
+
+    async def main() -> tuple[Any, dict[str, Any]]:
+        crawler = crawler_for(project_settings(
+            TMAPI_BASE_URL=base_url, MONGO_URI=mongod.uri, MONGO_DATABASE=database,
+            **settings), **ARGUMENTS)
+        transport = crawler.get_downloader_middleware(TmapiTransportMiddleware)
+        assert transport is not None
+        await crawler.engine.open_spider_async()
+        try:
+            result = await scenario(crawler, transport)
+        finally:
+            if crawler.engine.spider is not None:
+                await crawler.engine.close_spider_async(reason=reason)
+            await engine_stopped(crawler)
+        return result, crawler.stats.get_stats()
+
+    return asyncio.run(main())
+
+
+async def planned(crawler: Crawler) -> list[Request]:
+    """The first pages the crawl asks for, as its spider builds them."""
+    spider = crawler.spider
+    spider.frontier = spider.build_frontier()
+    decision = await spider.frontier.plan(spider.plan.queries)
+    return [spider.page_request(context) for context in decision.follow]
+
+
+def key_of(request: Request) -> str:
+    return PageContext.from_dict(request.meta[META_KEY]).key
+
+
+def test_an_answer_is_in_the_spool_before_its_permit_is_released(
+    sandbox: SandboxProcess, mongod: MongodProcess, mongo_client: pymongo.MongoClient,
+    mongo_db_name: str,
+) -> None:
+    async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> Any:
+        request = (await planned(crawler))[0]
+        response = await transport.process_request(request)
+        limiter = transport.limiter
+        assert isinstance(limiter, WatchingLimiter)
+        document = await ProductStore.of(crawler).db[COLLECTION].find_one()
+        return request, response, limiter.spooled_at_release, runs.crawl_id(crawler), document
+
+    (request, response, at_release, crawl_id, document), stats = run(
+        sandbox.url, mongod, mongo_db_name, scenario, reason="shutdown",
+        TMAPI_LIMITER=f"{__name__}.WatchingLimiter")
+    assert isinstance(response, Response)
+    assert at_release == [1]
+    assert document["_id"] == f"{crawl_id}:{key_of(request)}"
+    assert document["crawl_id"] == crawl_id
+    assert document["page"] == request.meta[META_KEY]
+    assert bytes(document["body"]) == response.body
+    assert document["status"] == api.SUCCESS_CODE
+    assert document["calls"] == 1
+    assert stats[stats_keys.SPOOL_KEPT] == 1
+    # An interrupted crawl keeps its spool for the resume.
+    assert mongo_client[mongo_db_name][COLLECTION].count_documents({}) == 1
+
+
+def test_a_spooled_page_is_not_paid_for_again_on_resume(
+    sandbox: SandboxProcess, mongod: MongodProcess, mongo_client: pymongo.MongoClient,
+    mongo_db_name: str, tmp_path: Path,
+) -> None:
+    """The first run dies (as under a SIGKILL) with a page paid for and spooled but neither
+    parsed nor stored; the same command resumes the crawl and pays for every page once."""
+
+    async def paid_not_stored(crawler: Crawler, transport: TmapiTransportMiddleware) -> str:
+        request = (await planned(crawler))[0]
+        assert isinstance(await transport.process_request(request), Response)
+        return runs.crawl_id(crawler)
+
+    crawl_id, _ = run(sandbox.url, mongod, mongo_db_name, paid_not_stored, reason="shutdown")
+    assert sandbox.stats()["requests"] == 1
+    second = crawl(tmp_path, *(f"{k}={v}" for k, v in ARGUMENTS.items()), base_url=sandbox.url,
+                   mongo_uri=mongod.uri, database=mongo_db_name)
+    assert second.returncode == 0, second.log[-3000:]
+    assert second.stat(stats_keys.CRAWL_ID) == crawl_id
+    assert second.stat(stats_keys.SPOOL_REPLAYED) == 1
+    assert second.stat(stats_keys.RESUME_CALLS_SAVED) == 1
+    assert second.stat(stats_keys.REQUESTS) == PAGES - 1
+    billed = Counter(records(sandbox.stats()))
+    assert sum(billed.values()) == PAGES
+    assert max(billed.values()) == 1
+    truth = {i for cat in SIZES for i in sandbox.truth(cat_id=int(cat))["item_ids"]}
+    db = mongo_client[mongo_db_name]
+    assert {d["_id"] for d in db["products"].find({}, {"_id": 1})} == truth
+    assert db[LEDGER].count_documents({"crawl_id": crawl_id, "state": "stored"}) == PAGES
+    assert db[COLLECTION].count_documents({}) == 0
+    run_document = db["crawl_runs"].find_one({"_id": crawl_id})
+    assert run_document["cost"]["saved_by_resume"] == 1
+    # Every call the server billed, over both runs: each page once.
+    assert run_document["cost"]["calls"] == PAGES
+
+
+def test_the_ledger_drops_recorded_answers_and_a_finished_crawl_leaves_none(
+    sandbox: SandboxProcess, mongod: MongodProcess, mongo_client: pymongo.MongoClient,
+    mongo_db_name: str,
+) -> None:
+    db = mongo_client[mongo_db_name]
+
+    async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> Any:
+        first, second = (await planned(crawler))[:2]
+        responses = [await transport.process_request(r) for r in (first, second)]
+        spooled = sorted(d["_id"] for d in db[COLLECTION].find())
+        pipeline = crawler.get_item_pipeline(MongoPipeline)
+        assert pipeline is not None
+        async for output in crawler.spider.parse(responses[0]):
+            if isinstance(output, ProductPage):
+                await pipeline.process_item(output)
+        await pipeline.flush()
+        left = [d["_id"] for d in db[COLLECTION].find()]
+        return first, second, spooled, left, runs.crawl_id(crawler)
+
+    (first, second, spooled, left, crawl_id), _ = run(sandbox.url, mongod, mongo_db_name,
+                                                       scenario)
+    assert spooled == sorted(f"{crawl_id}:{key_of(r)}" for r in (first, second))
+    assert db[LEDGER].count_documents({"key": key_of(first), "state": "stored"}) == 1
+    assert left == [f"{crawl_id}:{key_of(second)}"]
+    # Closed ``finished``: nothing of the crawl is left.
+    assert db[COLLECTION].count_documents({}) == 0
+
+
+def test_the_token_never_reaches_the_spool(
+    mongod: MongodProcess, mongo_client: pymongo.MongoClient, mongo_db_name: str,
+) -> None:
+    """Even an answer that echoes the token: what is kept is redacted."""
+    body = json.dumps({"code": 200, "msg": f"ok for {TOKEN}", "data": {
+        "items": [], "total_count": 0, "has_next_page": False}}).encode()
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+              + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+
+    async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> Any:
+        return await transport.process_request((await planned(crawler))[0])
+
+    with Listener(answer) as listener:
+        response, stats = run(listener.url, mongod, mongo_db_name, scenario,
+                              reason="shutdown")
+    assert isinstance(response, Response)
+    assert stats[stats_keys.SPOOL_KEPT] == 1
+    documents = list(mongo_client[mongo_db_name][COLLECTION].find())
+    assert len(documents) == 1
+    stored = b"".join(bson.encode(d) for d in documents)
+    assert TOKEN.encode() not in stored
+    assert b"ok for ***" in bytes(documents[0]["body"])
+
+
+def test_mongodb_refusing_the_spool_does_not_stop_the_crawl(
+    sandbox: SandboxProcess, mongod: MongodProcess, mongo_client: pymongo.MongoClient,
+    mongo_db_name: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A collection that refuses every document it is given.
+    mongo_client[mongo_db_name].create_collection(
+        COLLECTION, validator={"never": {"$exists": True}}, validationAction="error")
+
+    async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> Any:
+        return [await transport.process_request(r) for r in (await planned(crawler))[:2]]
+
+    with caplog.at_level(logging.WARNING):
+        responses, stats = run(sandbox.url, mongod, mongo_db_name, scenario,
+                               reason="shutdown")
+    assert all(isinstance(r, Response) for r in responses)
+    assert [len(r.json()["data"]["items"]) for r in responses] == [20, 20]
+    assert stats[stats_keys.SPOOL_NOT_KEPT] == 2
+    assert stats_keys.SPOOL_KEPT not in stats
+    assert stats[stats_keys.REQUESTS] == 2
+    assert sum("did not keep an answer in the spool" in r.getMessage()
+               for r in caplog.records) == 1
+
+
+def test_a_distributed_worker_finds_an_answer_another_worker_spooled(
+    mongod: MongodProcess, mongo_db_name: str,
+) -> None:
+    """A worker that died after paying: the page delivered again to another worker is looked
+    up by ``_id`` (a worker cannot know the keys in advance)."""
+    context = PageContext.from_dict({"query": {"cat_id": 5}, "page": 2})
+
+    async def main() -> tuple[Any, Any]:
+        client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(mongod.uri)
+        try:
+            db = client[mongo_db_name]
+            dead, alive = (crawler_for(project_settings()) for _ in range(2))
+            for crawler in (dead, alive):
+                await Spool.of(crawler).open(db, "cluster-crawl", resumed=False,
+                                             distributed=True)
+            await Spool.of(dead).keep(context, b'{"code": 200}', status=200,
+                                      encoding="utf-8", calls=3)
+            found = await Spool.of(alive).answer(context.key)
+            missing = await Spool.of(alive).answer(context.at(3, 3).key)
+            return found, missing
+        finally:
+            await client.close()
+
+    found, missing = asyncio.run(main())
+    assert found is not None
+    assert bytes(found["body"]) == b'{"code": 200}'
+    assert found["calls"] == 3
+    assert missing is None

@@ -1,0 +1,190 @@
+"""The answer spool: a page paid for is durable in MongoDB before the next call starts.
+
+The resume ledger (``spend.ledger``) records a page once its products are stored, so a
+SIGKILL between the answer and that write would make a resume pay for the page again. The
+transport therefore keeps every successful answer in ``crawl_answers`` before it releases the
+call's permit (``keep``): at every instant, the pages paid for but not durable in MongoDB are at
+most the calls in flight (``TMAPI_CONCURRENCY``), without holding the permit through parsing
+and storing. The ledger drops a page's answer once it recorded the page (``drop``); a finished
+crawl drops what is left (``finish``).
+
+A resumed crawl asks the spool before paying (``answer``): an answer it holds is handed back
+free. A local resume loads the keys of the pages spooled at open and looks up only those; a
+distributed worker looks up every page by ``_id`` (another worker may have died after paying
+for a page the queue now delivers again), off the permit path.
+
+The spool never stalls the crawl: each write or look-up is one attempt bounded by
+``TIMEOUT``; a failure is counted and warned about once, and the page is merely unprotected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+from weakref import WeakKeyDictionary
+
+import pymongo
+from bson import Binary
+from pymongo import ASCENDING
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.transport.answers import shown
+
+if TYPE_CHECKING:
+    from pymongo.asynchronous.collection import AsyncCollection
+    from pymongo.asynchronous.database import AsyncDatabase
+    from scrapy.crawler import Crawler
+
+    from tmapi_crawler.frontier.context import PageContext
+
+logger = logging.getLogger(__name__)
+
+COLLECTION: Final = "crawl_answers"
+#: Bodies larger than this are not kept: a MongoDB document holds at most 16 MB.
+MAX_BODY: Final = 15 * 2**20
+#: Seconds one spool write or look-up may take (client-side operation timeout).
+TIMEOUT: Final = 1.0
+#: Seconds the spool keeps nothing after MongoDB did not answer in time: an unreachable
+#: database costs each call at most one ``TIMEOUT`` every ``PAUSE`` seconds, not every call.
+PAUSE: Final = 10.0
+
+_SPOOLS: WeakKeyDictionary[Crawler, Spool] = WeakKeyDictionary()
+
+
+class Spool:
+    """One crawl's answer spool, shared by the transport (keeps, replays), the ledger (drops)
+    and the run recorder (drops the rest of a finished crawl). Inert until :meth:`open`."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        self.stats = crawler.stats
+        self.crawl_id: str | None = None
+        self._answers: AsyncCollection[dict[str, Any]] | None = None
+        #: A local resume: the keys of the pages spooled by the interrupted runs.
+        self._held: set[str] = set()
+        #: A distributed worker: any page may be spooled (by a worker that died since).
+        self._every_page = False
+        self._paused_until = 0.0
+        self._warned = False
+
+    @classmethod
+    def of(cls, crawler: Crawler) -> Spool:
+        spool = _SPOOLS.get(crawler)
+        if spool is None:
+            spool = _SPOOLS[crawler] = cls(crawler)
+        return spool
+
+    @property
+    def replaying(self) -> bool:
+        """Whether a page about to be paid for may have its answer here."""
+        return self._every_page or bool(self._held)
+
+    async def open(self, db: AsyncDatabase[dict[str, Any]], crawl_id: str, *, resumed: bool,
+                   distributed: bool) -> None:
+        """Spool the answers of crawl ``crawl_id``; a resume loads what its runs spooled."""
+        answers = db[COLLECTION]
+        try:
+            await answers.create_index([("crawl_id", ASCENDING)], name="crawl")
+            held: set[str] = set()
+            if resumed and not distributed:
+                prefix = len(self._id(crawl_id, ""))
+                async for doc in answers.find({"crawl_id": crawl_id}, {"_id": 1}):
+                    held.add(doc["_id"][prefix:])
+        except PyMongoError as exc:
+            logger.warning("The answer spool is off (%s): a page paid for but not stored at a "
+                           "kill will be paid for again by a resume", shown(str(exc)))
+            return
+        self._answers, self.crawl_id = answers, crawl_id
+        self._held, self._every_page = held, distributed
+        if held:
+            logger.info("Answer spool: %d answers paid for by the interrupted runs are "
+                        "replayed free", len(held))
+
+    @staticmethod
+    def _id(crawl_id: str, key: str) -> str:
+        return f"{crawl_id}:{key}"
+
+    async def keep(self, context: PageContext, body: bytes, *, status: int, encoding: str,
+                   calls: int) -> None:
+        """Keep a successful answer (``body``: decoded, token-free) before its permit goes."""
+        if self._answers is None or self.crawl_id is None:
+            return
+        if len(body) > MAX_BODY:
+            self.stats.inc_value(stats_keys.SPOOL_TOO_LARGE)
+            return
+        if asyncio.get_running_loop().time() < self._paused_until:
+            self.stats.inc_value(stats_keys.SPOOL_NOT_KEPT)
+            return
+        document = {
+            "_id": self._id(self.crawl_id, context.key),
+            "crawl_id": self.crawl_id,
+            "page": context.to_dict(),
+            "body": Binary(body),
+            "status": status,
+            "encoding": encoding,
+            "calls": calls,
+            "at": datetime.now(UTC),
+        }
+        try:
+            with pymongo.timeout(TIMEOUT):
+                await self._answers.insert_one(document)
+        except DuplicateKeyError:
+            pass  # kept already: a retried write, or the same page answered again
+        except PyMongoError as exc:
+            self.stats.inc_value(stats_keys.SPOOL_NOT_KEPT)
+            if exc.timeout or isinstance(exc, ConnectionFailure):
+                self._paused_until = asyncio.get_running_loop().time() + PAUSE
+            self._warn(exc)
+            return
+        self.stats.inc_value(stats_keys.SPOOL_KEPT)
+
+    async def answer(self, key: str) -> Mapping[str, Any] | None:
+        """The spooled answer of page ``key`` of this crawl, if any (see ``replaying``)."""
+        if self._answers is None or self.crawl_id is None or not self.replaying:
+            return None
+        if not self._every_page and key not in self._held:
+            return None
+        try:
+            with pymongo.timeout(TIMEOUT):
+                document = await self._answers.find_one({"_id": self._id(self.crawl_id, key)})
+        except PyMongoError as exc:
+            self._warn(exc)
+            return None
+        self._held.discard(key)
+        return document
+
+    async def drop(self, keys: Iterable[str]) -> None:
+        """The ledger recorded these pages: their answers need not be kept any longer."""
+        if self._answers is None or self.crawl_id is None:
+            return
+        ids = [self._id(self.crawl_id, key) for key in keys]
+        if not ids:
+            return
+        try:
+            await self._answers.delete_many({"_id": {"$in": ids}})
+        except PyMongoError as exc:  # left over: never read again, dropped when it finishes
+            logger.warning("Could not drop %d answers from the spool: %s", len(ids),
+                           shown(str(exc)))
+
+    async def finish(self) -> None:
+        """The crawl finished: nothing of it will be resumed."""
+        if self._answers is None or self.crawl_id is None:
+            return
+        try:
+            await self._answers.delete_many({"crawl_id": self.crawl_id})
+        except PyMongoError as exc:
+            logger.warning("Could not empty the answer spool of crawl %s: %s", self.crawl_id,
+                           shown(str(exc)))
+
+    def _warn(self, error: PyMongoError) -> None:
+        if self._warned:
+            logger.debug("Answer spool: %s", shown(str(error)))
+            return
+        self._warned = True
+        logger.warning("MongoDB did not keep an answer in the spool (%s): the crawl goes on; "
+                       "a page paid for but not stored at a kill may be paid for again "
+                       "(further failures are counted in %s)", shown(str(error)),
+                       stats_keys.SPOOL_NOT_KEPT)
