@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 
 import pytest
 from scrapy import signals
 from scrapy.utils.test import get_crawler
 
-from tmapi_crawler.aio import FrozenStartup, wait_set
+from tmapi_crawler.aio import FrozenStartup, Interrupted, Interrupter, wait_set
 
 
 def test_a_wait_cancelled_as_its_event_is_set_ends_cancelled() -> None:
@@ -53,3 +54,56 @@ def test_what_start_up_allocated_is_out_of_the_collectors_walks_while_the_crawl_
     del extension
     assert frozen > 10_000  # the interpreter, Scrapy and every module imported so far
     assert gc.get_freeze_count() == 0
+
+
+def test_an_interrupted_wait_ends_at_once_and_what_it_awaited_cleans_up() -> None:
+    async def scenario() -> None:
+        interrupter, cleaned, started = Interrupter(), asyncio.Event(), asyncio.Event()
+
+        async def held() -> None:
+            started.set()
+            try:
+                await asyncio.Event().wait()  # forever
+            finally:
+                cleaned.set()
+
+        async def waiter() -> int:
+            with pytest.raises(Interrupted):
+                await interrupter.run(held)
+            task = asyncio.current_task()
+            assert task is not None
+            return task.cancelling()  # the interruption is not left pending on the task
+
+        waiting = asyncio.ensure_future(waiter())
+        await started.wait()
+        interrupter.set()
+        assert await asyncio.wait_for(waiting, 5) == 0
+        assert cleaned.is_set()
+        with pytest.raises(Interrupted):  # and every later wait
+            await interrupter.run(asyncio.sleep, 60)
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_whose_awaited_swallows_the_interruption_returns_its_result() -> None:
+    async def scenario() -> None:
+        interrupter, started = Interrupter(), asyncio.Event()
+
+        async def stubborn() -> str:
+            started.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+            return "granted"
+
+        async def waiter() -> tuple[str, int]:
+            result = await interrupter.run(stubborn)
+            task = asyncio.current_task()
+            assert task is not None
+            return result, task.cancelling()
+
+        waiting = asyncio.ensure_future(waiter())
+        await started.wait()
+        interrupter.set()
+        assert await asyncio.wait_for(waiting, 5) == ("granted", 0)
+
+    asyncio.run(scenario())

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from scrapy import signals
 from scrapy.crawler import Crawler
+
+T = TypeVar("T")
 
 
 async def wait_set(event: asyncio.Event, timeout: float) -> bool:
@@ -21,6 +25,57 @@ async def wait_set(event: asyncio.Event, timeout: float) -> bool:
         async with asyncio.timeout(timeout):
             await event.wait()
     return event.is_set()
+
+
+class Interrupted(Exception):
+    """The wait was cut short by its :class:`Interrupter`."""
+
+
+class Interrupter:
+    """Cuts short, in one loop hop, every wait run through it; and every later one.
+
+    Waiting with ``asyncio.wait`` on the awaited thing and an ``asyncio.Event`` costs two tasks
+    and three loop hops per wait, each queued behind the answers being parsed: a freed permit
+    reached its next call later, and B1 measured 0.950 against 0.957 without them. Here the
+    waiting task itself is cancelled, and the cancellation becomes :class:`Interrupted` at the
+    waiting point only (what is awaited sees a plain cancellation, and cleans up as for one).
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._interrupted: set[asyncio.Task[Any]] = set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        for task in self._waiting - self._interrupted:
+            self._interrupted.add(task)
+            task.cancel()
+
+    async def run(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await function(*args)``, unless interrupted before it ends (:class:`Interrupted`)."""
+        if self._set:
+            raise Interrupted
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            result = await function(*args)
+        except asyncio.CancelledError:
+            if task not in self._interrupted:
+                raise
+            task.uncancel()
+            raise Interrupted from None
+        finally:
+            self._waiting.discard(task)
+            interrupted = task in self._interrupted
+            self._interrupted.discard(task)
+        if interrupted:  # what was awaited swallowed the cancellation (redis-py can)
+            task.uncancel()
+        return result
 
 
 class FrozenStartup:

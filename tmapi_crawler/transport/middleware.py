@@ -34,6 +34,7 @@ Every other middleware's ``process_response`` still runs on the response returne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import TYPE_CHECKING, Any, Final
@@ -50,7 +51,7 @@ from scrapy.utils.misc import build_from_crawler, load_object
 from tmapi_crawler import api, closing
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.aio import wait_set
+from tmapi_crawler.aio import Interrupted, Interrupter
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.spend.budget import Budget
 from tmapi_crawler.spend.spool import Spool
@@ -135,7 +136,7 @@ class TmapiTransportMiddleware:
         except NotConfigured:
             self._proxy = None
         self._log_filter = credentials.RedactingFilter(token)
-        self._stopping = asyncio.Event()
+        self._stopping = Interrupter()
         self._stopped: str | None = None
 
     @classmethod
@@ -246,23 +247,14 @@ class TmapiTransportMiddleware:
     async def _permit(self) -> None:
         """A permit — unless the crawl stops first, or stopped while this one waited."""
         if not self._stopping_now():
-            acquiring = asyncio.ensure_future(self.limiter.acquire())
-            stopping = asyncio.ensure_future(self._stopping.wait())
             try:
-                await asyncio.wait((acquiring, stopping), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-                if not acquiring.done():
-                    acquiring.cancel()  # a limiter gives back a permit granted meanwhile
-                    await asyncio.wait((acquiring,))
-            if not acquiring.cancelled():
-                error = acquiring.exception()
-                if error is None:
-                    if not self._stopping_now():
-                        return
-                    await self.limiter.release()
-                elif not isinstance(error, LimiterClosed):
-                    raise error
+                await self._stopping.run(self.limiter.acquire)
+            except (Interrupted, LimiterClosed):
+                pass
+            else:
+                if not self._stopping_now():
+                    return
+                await self.limiter.release()
         self._count(stats_keys.REQUESTS_NOT_SENT)
         raise ApiError("crawl stopping; not sent", NOT_SENT)
 
@@ -387,7 +379,8 @@ class TmapiTransportMiddleware:
     async def _sleep(self, delay: float) -> None:
         """Back off, but give up at once when the crawl is stopping: the retry is not sent."""
         if not self._stopping_now():
-            await wait_set(self._stopping, delay)
+            with contextlib.suppress(Interrupted):
+                await self._stopping.run(asyncio.sleep, delay)
             if not self._stopping_now():
                 return
         self._count(stats_keys.REQUESTS_NOT_SENT)
