@@ -4,6 +4,10 @@ is released, a resume hands it back instead of paying again, and the ledger drop
 Components in-process (the engine opens the spider as a crawl does: store, ledger, spool; the
 transport is driven directly) against the sandbox over real HTTP and a real mongod; the resume
 is a real ``scrapy crawl``.
+
+``keep`` does not wait for MongoDB's answer (``w=0``): the in-process crawls use one connection
+(``ONE_CONNECTION``), on which mongod applies operations in order, so that whatever reads after
+a keep (on that client, or after the crawl closed it) sees the answer.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ SIZES = {"101": 45, "102": 20}
 ARGUMENTS = {"cat_id": "101,102"}
 #: Pages of 20 products.
 PAGES = 3 + 1
+#: Client option: every operation of a crawl's client on one connection, in order.
+ONE_CONNECTION = "/?maxPoolSize=1"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +88,8 @@ def run(base_url: str, mongod: MongodProcess, database: str, scenario: Scenario,
 
     async def main() -> tuple[Any, dict[str, Any]]:
         crawler = crawler_for(project_settings(
-            TMAPI_BASE_URL=base_url, MONGO_URI=mongod.uri, MONGO_DATABASE=database,
+            TMAPI_BASE_URL=base_url, MONGO_URI=mongod.uri + ONE_CONNECTION,
+            MONGO_DATABASE=database,
             **settings), **ARGUMENTS)
         transport = crawler.get_downloader_middleware(TmapiTransportMiddleware)
         assert transport is not None
@@ -96,6 +103,18 @@ def run(base_url: str, mongod: MongodProcess, database: str, scenario: Scenario,
         return result, crawler.stats.get_stats()
 
     return asyncio.run(main())
+
+
+async def store_pages(crawler: Crawler, responses: list[Response]) -> None:
+    """Parse and store the pages, as the crawl does: the ledger records them (and drops
+    their answers from the spool)."""
+    pipeline = crawler.get_item_pipeline(MongoPipeline)
+    assert pipeline is not None
+    for response in responses:
+        async for output in crawler.spider.parse(response):
+            if isinstance(output, ProductPage):
+                await pipeline.process_item(output)
+    await pipeline.flush()
 
 
 async def planned(crawler: Crawler) -> list[Request]:
@@ -157,6 +176,8 @@ def test_a_spooled_page_is_not_paid_for_again_on_resume(
     assert second.returncode == 0, second.log[-3000:]
     assert second.stat(stats_keys.CRAWL_ID) == crawl_id
     assert second.stat(stats_keys.SPOOL_REPLAYED) == 1
+    # The answer handed back was in the spool when the ledger dropped it: nothing missing.
+    assert second.stat(stats_keys.SPOOL_NOT_KEPT, None) is None
     assert second.stat(stats_keys.RESUME_CALLS_SAVED) == 1
     assert second.stat(stats_keys.REQUESTS) == PAGES - 1
     billed = Counter(records(sandbox.stats()))
@@ -182,18 +203,17 @@ def test_the_ledger_drops_recorded_answers_and_a_finished_crawl_leaves_none(
     async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> Any:
         first, second = (await planned(crawler))[:2]
         responses = [await transport.process_request(r) for r in (first, second)]
-        spooled = sorted(d["_id"] for d in db[COLLECTION].find())
-        pipeline = crawler.get_item_pipeline(MongoPipeline)
-        assert pipeline is not None
-        async for output in crawler.spider.parse(responses[0]):
-            if isinstance(output, ProductPage):
-                await pipeline.process_item(output)
-        await pipeline.flush()
+        answers = ProductStore.of(crawler).db[COLLECTION]
+        spooled = sorted([d["_id"] async for d in answers.find()])
+        await store_pages(crawler, responses[:1])
         left = [d["_id"] for d in db[COLLECTION].find()]
         return first, second, spooled, left, runs.crawl_id(crawler)
 
-    (first, second, spooled, left, crawl_id), _ = run(sandbox.url, mongod, mongo_db_name,
-                                                       scenario)
+    (first, second, spooled, left, crawl_id), stats = run(sandbox.url, mongod, mongo_db_name,
+                                                          scenario)
+    assert stats[stats_keys.SPOOL_KEPT] == 2
+    # Every answer sent was there when the ledger dropped it.
+    assert stats_keys.SPOOL_NOT_KEPT not in stats
     assert spooled == sorted(f"{crawl_id}:{key_of(r)}" for r in (first, second))
     assert db[LEDGER].count_documents({"key": key_of(first), "state": "stored"}) == 1
     assert left == [f"{crawl_id}:{key_of(second)}"]
@@ -229,21 +249,29 @@ def test_mongodb_refusing_the_spool_does_not_stop_the_crawl(
     sandbox: SandboxProcess, mongod: MongodProcess, mongo_client: pymongo.MongoClient,
     mongo_db_name: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The refusals cannot be seen when the answers are sent (``w=0``): they are counted once
+    the ledger recorded the pages and found their answers missing from the spool."""
     # A collection that refuses every document it is given.
     mongo_client[mongo_db_name].create_collection(
         COLLECTION, validator={"never": {"$exists": True}}, validationAction="error")
 
     async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> Any:
-        return [await transport.process_request(r) for r in (await planned(crawler))[:2]]
+        responses = [await transport.process_request(r)
+                     for r in (await planned(crawler))[:2]]
+        not_kept_when_sent = crawler.stats.get_value(stats_keys.SPOOL_NOT_KEPT)
+        await store_pages(crawler, responses)
+        return responses, not_kept_when_sent
 
     with caplog.at_level(logging.WARNING):
-        responses, stats = run(sandbox.url, mongod, mongo_db_name, scenario,
-                               reason="shutdown")
+        (responses, not_kept_when_sent), stats = run(sandbox.url, mongod, mongo_db_name,
+                                                     scenario, reason="shutdown")
     assert all(isinstance(r, Response) for r in responses)
     assert [len(r.json()["data"]["items"]) for r in responses] == [20, 20]
+    assert not_kept_when_sent is None
+    assert stats[stats_keys.SPOOL_KEPT] == 2
     assert stats[stats_keys.SPOOL_NOT_KEPT] == 2
-    assert stats_keys.SPOOL_KEPT not in stats
     assert stats[stats_keys.REQUESTS] == 2
+    assert mongo_client[mongo_db_name][LEDGER].count_documents({"state": "stored"}) == 2
     assert sum("did not keep an answer in the spool" in r.getMessage()
                for r in caplog.records) == 1
 
@@ -256,7 +284,8 @@ def test_a_distributed_worker_finds_an_answer_another_worker_spooled(
     context = PageContext.from_dict({"query": {"cat_id": 5}, "page": 2})
 
     async def main() -> tuple[Any, Any]:
-        client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(mongod.uri)
+        client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(
+            mongod.uri + ONE_CONNECTION)
         try:
             db = client[mongo_db_name]
             dead, alive = (crawler_for(project_settings()) for _ in range(2))

@@ -15,6 +15,13 @@ for a page the queue now delivers again), off the permit path.
 
 The spool never stalls the crawl: each write or look-up is one attempt bounded by
 ``TIMEOUT``; a failure is counted and warned about once, and the page is merely unprotected.
+
+``keep`` writes unacknowledged (``w=0``): it returns once the bytes are handed to the socket,
+and a SIGKILL of the crawler does not lose them (the kernel still delivers them and mongod
+applies the insert; only a crash of mongod or the machine could, and then the page is merely
+paid for again). Waiting for MongoDB's answer held the permit ~1 ms longer per call. A refusal
+(by a validator, say) is therefore seen when the ledger drops the pages: fewer answers
+deleted than were sent.
 """
 
 from __future__ import annotations
@@ -28,18 +35,17 @@ from weakref import WeakKeyDictionary
 
 import pymongo
 from bson import Binary
-from pymongo import ASCENDING
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo import ASCENDING, WriteConcern
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.transport.answers import shown
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection
     from pymongo.asynchronous.database import AsyncDatabase
     from scrapy.crawler import Crawler
-
-    from tmapi_crawler.frontier.context import PageContext
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,8 @@ TIMEOUT: Final = 1.0
 #: Seconds the spool keeps nothing after MongoDB did not answer in time: an unreachable
 #: database costs each call at most one ``TIMEOUT`` every ``PAUSE`` seconds, not every call.
 PAUSE: Final = 10.0
+#: ``keep``'s write concern: handed to the socket, not waited for (see the module's docstring).
+UNACKNOWLEDGED: Final = WriteConcern(w=0)
 
 _SPOOLS: WeakKeyDictionary[Crawler, Spool] = WeakKeyDictionary()
 
@@ -63,6 +71,13 @@ class Spool:
         self.stats = crawler.stats
         self.crawl_id: str | None = None
         self._answers: AsyncCollection[dict[str, Any]] | None = None
+        #: The same collection, written without waiting for MongoDB's answer (``keep``).
+        self._unacknowledged: AsyncCollection[dict[str, Any]] | None = None
+        #: ``_id`` of a page of this crawl: this prefix and the page's key.
+        self._prefix = ""
+        #: Keys of the answers this run sent (or was handed back) that the ledger has not
+        #: dropped yet: a drop that deletes fewer was refused (``w=0`` shows nothing).
+        self._sent: set[str] = set()
         #: A local resume: the keys of the pages spooled by the interrupted runs.
         self._held: set[str] = set()
         #: A distributed worker: any page may be spooled (by a worker that died since).
@@ -98,6 +113,8 @@ class Spool:
                            "kill will be paid for again by a resume", shown(str(exc)))
             return
         self._answers, self.crawl_id = answers, crawl_id
+        self._unacknowledged = answers.with_options(write_concern=UNACKNOWLEDGED)
+        self._prefix = self._id(crawl_id, "")
         self._held, self._every_page = held, distributed
         if held:
             logger.info("Answer spool: %d answers paid for by the interrupted runs are "
@@ -107,10 +124,14 @@ class Spool:
     def _id(crawl_id: str, key: str) -> str:
         return f"{crawl_id}:{key}"
 
-    async def keep(self, context: PageContext, body: bytes, *, status: int, encoding: str,
-                   calls: int) -> None:
-        """Keep a successful answer (``body``: decoded, token-free) before its permit goes."""
-        if self._answers is None or self.crawl_id is None:
+    async def keep(self, page: PageContext | Mapping[str, Any], body: bytes, *, status: int,
+                   encoding: str, calls: int) -> None:
+        """Send a successful answer (``body``: decoded, token-free) before its permit goes.
+
+        ``page``: the request's ``PageContext``, or its plain record (``Request.meta``'s, as
+        the transport holds it: stored as is, only its key is derived)."""
+        unacknowledged = self._unacknowledged
+        if unacknowledged is None:
             return
         if len(body) > MAX_BODY:
             self.stats.inc_value(stats_keys.SPOOL_TOO_LARGE)
@@ -118,27 +139,23 @@ class Spool:
         if asyncio.get_running_loop().time() < self._paused_until:
             self.stats.inc_value(stats_keys.SPOOL_NOT_KEPT)
             return
-        document = {
-            "_id": self._id(self.crawl_id, context.key),
-            "crawl_id": self.crawl_id,
-            "page": context.to_dict(),
-            "body": Binary(body),
-            "status": status,
-            "encoding": encoding,
-            "calls": calls,
-            "at": datetime.now(UTC),
-        }
+        if isinstance(page, PageContext):
+            key, record = page.key, page.to_dict()
+        else:
+            key, record = PageContext.from_dict(page).key, page
         try:
             with pymongo.timeout(TIMEOUT):
-                await self._answers.insert_one(document)
-        except DuplicateKeyError:
-            pass  # kept already: a retried write, or the same page answered again
+                await unacknowledged.insert_one({
+                    "_id": self._prefix + key, "crawl_id": self.crawl_id, "page": record,
+                    "body": Binary(body), "status": status, "encoding": encoding,
+                    "calls": calls, "at": datetime.now(UTC)})
         except PyMongoError as exc:
             self.stats.inc_value(stats_keys.SPOOL_NOT_KEPT)
             if exc.timeout or isinstance(exc, ConnectionFailure):
                 self._paused_until = asyncio.get_running_loop().time() + PAUSE
-            self._warn(exc)
+            self._warn(shown(str(exc)))
             return
+        self._sent.add(key)
         self.stats.inc_value(stats_keys.SPOOL_KEPT)
 
     async def answer(self, key: str) -> Mapping[str, Any] | None:
@@ -149,25 +166,39 @@ class Spool:
             return None
         try:
             with pymongo.timeout(TIMEOUT):
-                document = await self._answers.find_one({"_id": self._id(self.crawl_id, key)})
+                document = await self._answers.find_one({"_id": self._prefix + key})
         except PyMongoError as exc:
-            self._warn(exc)
+            self._warn(shown(str(exc)))
             return None
         self._held.discard(key)
+        if document is not None:
+            self._sent.add(key)
         return document
 
     async def drop(self, keys: Iterable[str]) -> None:
-        """The ledger recorded these pages: their answers need not be kept any longer."""
-        if self._answers is None or self.crawl_id is None:
+        """The ledger recorded these pages: their answers need not be kept any longer.
+
+        Those this run sent but MongoDB does not hold were not kept (refused: ``keep`` does
+        not wait to see it) and are counted as such."""
+        if self._answers is None:
             return
-        ids = [self._id(self.crawl_id, key) for key in keys]
-        if not ids:
+        keys = set(keys)
+        if not keys:
             return
+        sent = keys & self._sent
+        self._sent -= sent
         try:
-            await self._answers.delete_many({"_id": {"$in": ids}})
+            result = await self._answers.delete_many(
+                {"_id": {"$in": [self._prefix + key for key in keys]}})
         except PyMongoError as exc:  # left over: never read again, dropped when it finishes
-            logger.warning("Could not drop %d answers from the spool: %s", len(ids),
+            logger.warning("Could not drop %d answers from the spool: %s", len(keys),
                            shown(str(exc)))
+            return
+        missing = len(sent) - result.deleted_count
+        if missing > 0:
+            self.stats.inc_value(stats_keys.SPOOL_NOT_KEPT, missing)
+            self._warn(f"{missing} of the {len(sent)} answers sent for pages the ledger "
+                       "recorded were not there")
 
     async def finish(self) -> None:
         """The crawl finished: nothing of it will be resumed."""
@@ -179,12 +210,12 @@ class Spool:
             logger.warning("Could not empty the answer spool of crawl %s: %s", self.crawl_id,
                            shown(str(exc)))
 
-    def _warn(self, error: PyMongoError) -> None:
+    def _warn(self, why: str) -> None:
+        """``why``: already free of the token (``shown``)."""
         if self._warned:
-            logger.debug("Answer spool: %s", shown(str(error)))
+            logger.debug("Answer spool: %s", why)
             return
         self._warned = True
         logger.warning("MongoDB did not keep an answer in the spool (%s): the crawl goes on; "
                        "a page paid for but not stored at a kill may be paid for again "
-                       "(further failures are counted in %s)", shown(str(error)),
-                       stats_keys.SPOOL_NOT_KEPT)
+                       "(further failures are counted in %s)", why, stats_keys.SPOOL_NOT_KEPT)
