@@ -85,10 +85,11 @@ FORCED_STOP: Final = f"{PREFIX}/stop/forced"
 RESUME_PAGES_HELD: Final = f"{PREFIX}/resume/pages_held"
 #: Paid calls those pages had cost: what the resume saved.
 RESUME_CALLS_SAVED: Final = f"{PREFIX}/resume/calls_saved"
-#: The answer spool (``crawl_answers``, spend/spool.py): successful answers kept before their
-#: permit was released; not kept because MongoDB refused or did not answer in time (the page
-#: is merely unprotected); not kept because larger than 15 MB; answers a resume was handed
-#: from the spool instead of paying (their calls count in ``resume/calls_saved``).
+#: The answer spool (``crawl_answers``, spend/spool.py): successful answers sent to it before
+#: their permit was released; not kept because MongoDB did not take them in time, or refused
+#: them (seen when the ledger drops the page) — the page is merely unprotected; not kept
+#: because larger than 15 MB; answers a resume was handed from the spool instead of paying
+#: (their calls count in ``resume/calls_saved``).
 SPOOL: Final = f"{PREFIX}/spool/"
 SPOOL_KEPT: Final = f"{SPOOL}kept"
 SPOOL_NOT_KEPT: Final = f"{SPOOL}not_kept"

@@ -288,7 +288,7 @@ class TmapiTransportMiddleware:
         body = response.body
         for secret in {self.token, quote(self.token, safe="")}:
             body = body.replace(secret.encode(), credentials.REDACTED.encode())
-        await self.spool.keep(PageContext.from_dict(page.meta[META_KEY]), body,
+        await self.spool.keep(page.meta[META_KEY], body,
                               status=response.status, encoding=response.encoding,
                               calls=page.meta[CALLS_META])
 
