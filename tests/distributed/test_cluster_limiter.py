@@ -106,6 +106,41 @@ def test_the_cluster_never_exceeds_the_limit_and_permits_change_hands_locally(
     assert redis_client.zcard("tmapi:limiter:permits") == 0  # all given back at shutdown
 
 
+def test_a_request_that_comes_to_wait_while_the_pump_withdraws_gets_a_permit(
+    redis_server: RedisProcess,
+) -> None:
+    """The pump withdrew its claim on other workers' shares and then ended, leaving a request
+    that came to wait during the withdrawal with no pump to ask for it: it waited forever (a
+    full test run hung so)."""
+    each = limiter(redis_server.uri)
+
+    async def scenario() -> None:
+        await started(each)
+        withdrawing, go_on = asyncio.Event(), asyncio.Event()
+        ask = each._ask
+
+        async def slow_withdrawal(wanted: int) -> list[str]:
+            if not wanted:
+                withdrawing.set()
+                await go_on.wait()
+            return await ask(wanted)
+
+        each._ask = slow_withdrawal  # type: ignore[method-assign]
+        try:
+            each._short = True  # it was refused permits: another worker holds them
+            each._tasks["pump"] = asyncio.ensure_future(each._pump())
+            await withdrawing.wait()
+            acquiring = asyncio.ensure_future(each.acquire())
+            await asyncio.sleep(0)  # it waits, and finds the pump running
+            go_on.set()
+            await asyncio.wait_for(acquiring, 10)
+            await each.release()
+        finally:
+            await shut(each)
+
+    asyncio.run(scenario())
+
+
 def test_a_worker_gets_its_share_while_another_holds_every_permit(
     redis_server: RedisProcess, redis_client: redis.Redis,
 ) -> None:

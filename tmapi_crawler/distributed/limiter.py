@@ -278,10 +278,15 @@ class RedisLimiter:
         while not self._stopping():
             waiting = sum(1 for w in self._waiters if not w.done())
             if not waiting:
-                if self._short:  # withdraw: no other worker must keep to its share for us
-                    with contextlib.suppress(redis.RedisError):
-                        await self._ask(0)
-                return
+                if not self._short:
+                    return
+                # Withdraw: no other worker must keep to its share for us. Requests that come
+                # to wait meanwhile find this pump still running and start none: look again
+                # (they waited forever, nothing in flight, when it returned here).
+                with contextlib.suppress(redis.RedisError):
+                    await self._ask(0)
+                self._short = False  # or, Redis down, the registration expires on its own
+                continue
             self._wakeup.clear()
             try:
                 granted = await self._ask(waiting)
