@@ -292,7 +292,7 @@ def test_a_distributed_worker_finds_an_answer_another_worker_spooled(
             for crawler in (dead, alive):
                 await Spool.of(crawler).open(db, "cluster-crawl", resumed=False,
                                              distributed=True)
-            await Spool.of(dead).keep(context, b'{"code": 200}', status=200,
+            await Spool.of(dead).keep(context.key, context.to_dict(), b'{"code": 200}', status=200,
                                       encoding="utf-8", calls=3)
             found = await Spool.of(alive).answer(context.key)
             missing = await Spool.of(alive).answer(context.at(3, 3).key)

@@ -40,7 +40,6 @@ from pymongo import ASCENDING, WriteConcern
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.transport.answers import shown
 
 if TYPE_CHECKING:
@@ -125,12 +124,11 @@ class Spool:
     def _id(crawl_id: str, key: str) -> str:
         return f"{crawl_id}:{key}"
 
-    async def keep(self, page: PageContext | Mapping[str, Any], body: bytes, *, status: int,
+    async def keep(self, key: str, page: Mapping[str, Any], body: bytes, *, status: int,
                    encoding: str, calls: int) -> None:
         """Send a successful answer (``body``: decoded, token-free) before its permit goes.
 
-        ``page``: the request's ``PageContext``, or its plain record (``Request.meta``'s, as
-        the transport holds it: stored as is, only its key is derived)."""
+        ``key``: the page's ``PageContext.key``; ``page``: its plain record, stored as is."""
         unacknowledged = self._unacknowledged
         if unacknowledged is None:
             return
@@ -140,14 +138,10 @@ class Spool:
         if asyncio.get_running_loop().time() < self._paused_until:
             self.stats.inc_value(stats_keys.SPOOL_NOT_KEPT)
             return
-        if isinstance(page, PageContext):
-            key, record = page.key, page.to_dict()
-        else:
-            key, record = PageContext.from_dict(page).key, page
         try:
             async with asyncio.timeout(TIMEOUT):
                 await unacknowledged.insert_one({
-                    "_id": self._prefix + key, "crawl_id": self.crawl_id, "page": record,
+                    "_id": self._prefix + key, "crawl_id": self.crawl_id, "page": page,
                     "body": Binary(body), "status": status, "encoding": encoding,
                     "calls": calls, "at": datetime.now(UTC)})
         except (PyMongoError, TimeoutError) as exc:

@@ -136,6 +136,9 @@ class TmapiTransportMiddleware:
         except NotConfigured:
             self._proxy = None
         self._log_filter = credentials.RedactingFilter(token)
+        #: The token as an answer could echo it (raw, URL-quoted), and what replaces it.
+        self._token_forms = tuple({token.encode(), quote(token, safe="").encode()})
+        self._redacted = credentials.REDACTED.encode()
         self._stopping = Interrupter()
         self._stopped: str | None = None
 
@@ -178,12 +181,14 @@ class TmapiTransportMiddleware:
         if META_KEY not in request.meta:
             return None
         self._check_target(request)
-        if self.spool.replaying and (spooled := await self._spooled(request)) is not None:
+        # The page's name in the spool, worked out before any permit is held.
+        key = PageContext.from_dict(request.meta[META_KEY]).key
+        if self.spool.replaying and (spooled := await self._spooled(request, key)) is not None:
             return spooled
         attempt = request
         request.meta[CALLS_META] = 0
         while True:
-            answer, response = await self._attempt(attempt, request)
+            answer, response = await self._attempt(attempt, request, key)
             outcome = api.outcome_of(answer.code)
             if outcome is api.Outcome.OK:
                 if await self.limiter.succeeded():
@@ -218,11 +223,10 @@ class TmapiTransportMiddleware:
                      shown(request.url), self.base_url)
         raise ApiError("not a request to TMAPI_BASE_URL; not sent", FOREIGN_REQUEST)
 
-    async def _spooled(self, request: Request) -> JsonResponse | None:
+    async def _spooled(self, request: Request, key: str) -> JsonResponse | None:
         """The page's answer from the spool (paid for by an interrupted run), if it is there:
         the response the transport handed back then, for free."""
-        context = PageContext.from_dict(request.meta[META_KEY])
-        document = await self.spool.answer(context.key)
+        document = await self.spool.answer(key)
         if document is None:
             return None
         response = JsonResponse(request.url, status=document["status"],
@@ -258,7 +262,7 @@ class TmapiTransportMiddleware:
         self._count(stats_keys.REQUESTS_NOT_SENT)
         raise ApiError("crawl stopping; not sent", NOT_SENT)
 
-    async def _attempt(self, request: Request, page: Request
+    async def _attempt(self, request: Request, page: Request, key: str
                        ) -> tuple[Answer, JsonResponse | None]:
         """One paid call: wait for a permit, download, classify.
 
@@ -275,7 +279,7 @@ class TmapiTransportMiddleware:
             answer, response = await self._download(request)
             outcome = api.outcome_of(answer.code)
             if outcome is api.Outcome.OK and response is not None:
-                await self._keep(page, response)
+                await self._keep(page, key, response)
             reason = closing.STOPPING_OUTCOMES.get(outcome)
             if reason is not None:
                 await self._stop(reason, answer)
@@ -283,12 +287,12 @@ class TmapiTransportMiddleware:
             await self.limiter.release()
         return answer, response
 
-    async def _keep(self, page: Request, response: JsonResponse) -> None:
+    async def _keep(self, page: Request, key: str, response: JsonResponse) -> None:
         """Spool the answer, without a trace of the token, while the permit is still held."""
         body = response.body
-        for secret in {self.token, quote(self.token, safe="")}:
-            body = body.replace(secret.encode(), credentials.REDACTED.encode())
-        await self.spool.keep(page.meta[META_KEY], body,
+        for secret in self._token_forms:
+            body = body.replace(secret, self._redacted)
+        await self.spool.keep(key, page.meta[META_KEY], body,
                               status=response.status, encoding=response.encoding,
                               calls=page.meta[CALLS_META])
 
