@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 
 import pytest
 from scrapy import signals
+from scrapy.utils.log import (  # the private one: nothing public takes Scrapy's handler out
+    _uninstall_scrapy_root_handler,
+    install_scrapy_root_handler,
+)
 from scrapy.utils.test import get_crawler
 
-from tmapi_crawler.aio import FrozenStartup, Interrupted, Interrupter, wait_set
+from tmapi_crawler.aio import FrozenStartup, Interrupted, Interrupter, RootLogLevel, wait_set
 
 
 def test_a_wait_cancelled_as_its_event_is_set_ends_cancelled() -> None:
@@ -54,6 +59,26 @@ def test_what_start_up_allocated_is_out_of_the_collectors_walks_while_the_crawl_
     del extension
     assert frozen > 10_000  # the interpreter, Scrapy and every module imported so far
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_no_record_below_log_level_is_built_while_the_crawl_runs(level: str) -> None:
+    crawler = get_crawler(settings_dict={"LOG_LEVEL": level})
+    extension = RootLogLevel.from_crawler(crawler)
+    before = logging.root.level
+    install_scrapy_root_handler(crawler.settings)
+    try:
+        crawler.signals.send_catch_log(signals.spider_opened, spider=None)
+        debug_built = logging.getLogger("pymongo.command").isEnabledFor(logging.DEBUG)
+        info_built = logging.getLogger("pymongo.command").isEnabledFor(logging.INFO)
+        crawler.signals.send_catch_log(signals.spider_closed, spider=None, reason="finished")
+        restored = logging.root.level
+    finally:
+        _uninstall_scrapy_root_handler()
+        logging.root.setLevel(before)
+        del extension
+    assert (debug_built, info_built) == (level == "DEBUG", True)
+    assert restored == logging.NOTSET  # as Scrapy left it
 
 
 def test_an_interrupted_wait_ends_at_once_and_what_it_awaited_cleans_up() -> None:

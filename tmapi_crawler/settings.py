@@ -103,6 +103,7 @@ TMAPI_FORCED_STOP_TIMEOUT = 5.0
 # off when the writer is not in ITEM_PIPELINES) and feeds of products (exporters.py).
 EXTENSIONS = {
     "tmapi_crawler.aio.FrozenStartup": 0,
+    "tmapi_crawler.aio.RootLogLevel": 0,
     "tmapi_crawler.progress.ProgressReporter": 500,
     "tmapi_crawler.storage.runs.CrawlRunRecorder": 510,
     "scrapy.extensions.feedexport.FeedExporter": None,
