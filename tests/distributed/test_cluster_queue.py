@@ -23,7 +23,7 @@ from tests.crawling import TOKEN, records
 from tests.servers import RedisProcess
 from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.cluster import Cluster
-from tmapi_crawler.distributed.queue import CrawlGone, Push, page_push
+from tmapi_crawler.distributed.queue import CrawlGone, Leased, Push, page_push
 from tmapi_crawler.distributed.status import read_status, read_totals
 from tmapi_crawler.frontier.context import CellRef, PageContext
 from tmapi_crawler.plan import Query
@@ -111,6 +111,32 @@ def pushes(settings: Settings, *contexts: PageContext) -> list[Push]:
     producer = spider(settings)
     dupefilter = Cluster(settings, "category_items").dupefilter
     return [page_push(producer.page_request(c), dupefilter) for c in contexts]
+
+
+def test_pages_of_equal_priority_are_leased_lowest_page_first(cluster: Cluster) -> None:
+    """Not in the order of their ids (fingerprints, random), which could keep a query's early
+    page queued to the crawl's end while it held a place in the query's window; a higher
+    priority still goes first, and a page given back keeps its place."""
+    pages = [PageContext(Query(cat_id=cat_id), page=page, last=40)
+             for page in (17, 2, 30, 9, 3) for cat_id in (11, 12)]
+    planned = PageContext(Query(cat_id=13))  # a planned query's page 1: priority 0, last
+
+    def spec(leased: list[Leased]) -> list[tuple[int, int]]:
+        return [(c.query.cat_id, c.page) for c in (entries.decode(e.entry)[0] for e in leased)]
+
+    async def scenario() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        crawl_id, _ = await cluster.begin_crawl(renew=True, worker_info=None)
+        queue = cluster.queue(crawl_id, "w1")
+        await queue.push(pushes(cluster.settings, planned, *pages))
+        first = await queue.pop(3)
+        await queue.give_back([first[0].id], counted=False, reason="shutdown")
+        return spec(first), spec(await queue.pop(20))
+
+    first, rest = run_with(cluster, scenario)
+    assert [page for _, page in first] == [2, 2, 3]
+    assert rest[0] == first[0]  # given back: first again
+    assert [page for _, page in rest[1:-1]] == [3, 9, 9, 17, 17, 30, 30]
+    assert rest[-1] == (13, 1)
 
 
 def test_entries_are_queued_once_leased_and_acknowledged_with_the_progress_counters(

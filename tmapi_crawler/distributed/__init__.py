@@ -19,7 +19,8 @@ what a paid API needs on top of it:
 
 Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W`` = a worker id)::
 
-    P:S:requests        zset    entry ids queued, scored by -priority
+    P:S:requests        zset    entry ids queued, scored by -priority, then page number
+                                (``queue.page_score``)
     P:S:entries         hash    entry id -> JSON {page, priority} (``entries.py``), while queued
                                 or leased
     P:S:dupefilter      set     every entry id ever queued in this crawl (scrapy-redis's
