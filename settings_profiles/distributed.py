@@ -54,9 +54,10 @@ TMAPI_HEARTBEAT_TTL = 15.0
 TMAPI_LEASE_SECONDS = 90.0
 #: Entries a worker leases ahead of its downloader, so it never waits on Redis for work.
 TMAPI_QUEUE_PREFETCH = 4
-#: How often an idle worker looks for work queued by others, and a permit waiter re-asks when
-#: no release notification came (releases normally wake waiters at once).
-TMAPI_QUEUE_POLL_INTERVAL = 0.2
+#: How often an idle worker looks for work queued by others (a Lua call; at the crawl's start
+#: and end the work others queued waited out this interval: BENCHMARKS.md B5), and a permit
+#: waiter re-asks when no release notification came (releases normally wake waiters at once).
+TMAPI_QUEUE_POLL_INTERVAL = 0.05
 TMAPI_LIMITER_POLL_INTERVAL = 0.1
 #: Deliveries after which a request whose workers keep dying is recorded as failed.
 TMAPI_MAX_DELIVERIES = 5
