@@ -279,29 +279,37 @@ def test_mongodb_refusing_the_spool_does_not_stop_the_crawl(
 def test_a_distributed_worker_finds_an_answer_another_worker_spooled(
     mongod: MongodProcess, mongo_db_name: str,
 ) -> None:
-    """A worker that died after paying: the page delivered again to another worker is looked
-    up by ``_id`` (a worker cannot know the keys in advance)."""
+    """A worker that died after paying: the page its queue delivers again to another worker
+    (``may_hold``) is looked up by ``_id``, and so is any page spooled before a worker opened;
+    a page delivered for the first time is not looked up at all."""
     context = PageContext.from_dict({"query": {"cat_id": 5}, "page": 2})
 
-    async def main() -> tuple[Any, Any]:
+    async def main() -> tuple[Any, ...]:
         client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(
             mongod.uri + ONE_CONNECTION)
         try:
             db = client[mongo_db_name]
-            dead, alive = (crawler_for(project_settings()) for _ in range(2))
+            dead, alive, later = (crawler_for(project_settings()) for _ in range(3))
             for crawler in (dead, alive):
                 await Spool.of(crawler).open(db, "cluster-crawl", resumed=False,
                                              distributed=True)
             await Spool.of(dead).keep(context.key, context.to_dict(), b'{"code": 200}', status=200,
                                       encoding="utf-8", calls=3)
+            first_delivery = Spool.of(alive).replaying, await Spool.of(alive).answer(context.key)
+            Spool.of(alive).may_hold(context.key)
+            Spool.of(alive).may_hold(context.at(3, 3).key)
             found = await Spool.of(alive).answer(context.key)
             missing = await Spool.of(alive).answer(context.at(3, 3).key)
-            return found, missing
+            await Spool.of(later).open(db, "cluster-crawl", resumed=False, distributed=True)
+            held_at_open = await Spool.of(later).answer(context.key)
+            return first_delivery, found, missing, held_at_open
         finally:
             await client.close()
 
-    found, missing = asyncio.run(main())
+    first_delivery, found, missing, held_at_open = asyncio.run(main())
+    assert first_delivery == (False, None)
     assert found is not None
     assert bytes(found["body"]) == b'{"code": 200}'
     assert found["calls"] == 3
     assert missing is None
+    assert held_at_open is not None

@@ -29,6 +29,8 @@ from tests.cluster import (
     wait_until,
 )
 from tests.crawling import records
+from tmapi_crawler.frontier.context import PageContext
+from tmapi_crawler.spend import spool
 
 #: A worker's progress line: the cluster's, as `scrapy status` shows it (no per-worker queries).
 PROGRESS = re.compile(r"Progress: (pages \d+/\d+.*)$", re.MULTILINE)
@@ -138,7 +140,14 @@ def test_a_killed_worker_loses_nothing(
     victim.wait()
     held = leases_of(env, victim)
     assert held > 0
+    spooled = {(c.query.cat_id, c.page) for c in (
+        PageContext.from_dict(doc["page"])
+        for doc in mongo_client[env.database][spool.COLLECTION].find({}, {"page": 1}))}
     assert finish(survivors) == ["finished"] * 2
+    # Paid for but not stored at the kill: delivered again, it is handed back from the spool.
+    billed_twice = [page for page, n in Counter((r[0], r[3]) for r in records(
+        env.sandbox.stats())).items() if n > 1]
+    assert not spooled & set(billed_twice)
 
     products, pages = truth(env)
     assert sorted(stored_products(env, mongo_client)) == sorted(products)

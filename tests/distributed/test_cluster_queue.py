@@ -113,6 +113,24 @@ def pushes(settings: Settings, *contexts: PageContext) -> list[Push]:
     return [page_push(producer.page_request(c), dupefilter) for c in contexts]
 
 
+def test_a_lease_says_how_many_times_its_entry_was_delivered(cluster: Cluster) -> None:
+    """A clean give-back does not count; one counted (a worker that paid for the page and
+    stopped before storing it) does, and so does a lease taken back from a dead worker."""
+    async def scenario() -> list[int]:
+        crawl_id, _ = await cluster.begin_crawl(renew=True, worker_info=None)
+        queue = cluster.queue(crawl_id, "w1")
+        await queue.push(pushes(cluster.settings, PAGE))
+        seen = []
+        for counted in (False, True):
+            (leased,) = await queue.pop(1)
+            seen.append(leased.deliveries)
+            await queue.give_back([leased.id], counted=counted, reason="shutdown")
+        (leased,) = await queue.pop(1)
+        return [*seen, leased.deliveries]
+
+    assert run_with(cluster, scenario) == [1, 1, 2]
+
+
 def test_pages_of_equal_priority_are_leased_lowest_page_first(cluster: Cluster) -> None:
     """Not in the order of their ids (fingerprints, random), which could keep a query's early
     page queued to the crawl's end while it held a place in the query's window; a higher

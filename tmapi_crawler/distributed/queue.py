@@ -51,12 +51,15 @@ class Push:
 class Leased:
     """A popped entry: leased to this worker until acknowledged, failed or given back.
 
-    ``known`` is false for an id the crawl's dupefilter never saw: no worker queued it.
+    ``known`` is false for an id the crawl's dupefilter never saw: no worker queued it;
+    ``deliveries``: how many times the entry was handed out, this one included (more than one:
+    a worker that had it may have paid for its page, ``spend.spool``).
     """
 
     id: str
     entry: bytes
     known: bool
+    deliveries: int = 1
 
 
 #: Pages per priority step in a score: a page's number only orders pages of equal priority.
@@ -127,8 +130,8 @@ class SharedQueue:
             args=[self.crawl_id, count])
         if not result[0]:
             raise CrawlGone(self.crawl_id)
-        return [Leased(result[i].decode(), result[i + 1], bool(result[i + 2]))
-                for i in range(1, len(result), 3)]
+        return [Leased(result[i].decode(), result[i + 1], bool(result[i + 2]), result[i + 3])
+                for i in range(1, len(result), 4)]
 
     async def ack(self, ids: Sequence[str], snapshot: str, products: Sequence[int] = (),
                   memos: Sequence[str] = ()) -> int:

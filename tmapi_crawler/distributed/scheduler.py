@@ -65,6 +65,7 @@ from tmapi_crawler.distributed.queue import CrawlGone, Leased, Push, page_push
 from tmapi_crawler.distributed.status import CrawlTotals, read_status, read_totals
 from tmapi_crawler.frontier.context import META_KEY
 from tmapi_crawler.progress import Progress, Rate
+from tmapi_crawler.spend.spool import Spool
 from tmapi_crawler.storage.coverage import losses
 from tmapi_crawler.storage.writer import MongoPipeline
 
@@ -113,6 +114,8 @@ class _Page:
     products: int = 0
     #: Where the frontier remembers how the page was decided: dropped with its lease.
     memo: str = ""
+    #: The page's key (``PageContext.key``), its name in the answer spool.
+    key: str = ""
 
 
 @dataclass(slots=True)
@@ -257,7 +260,14 @@ class DistributedScheduler(BaseScheduler):
             return
         lost = self._stopping == REDIS_STATE_LOST
         if not lost:
-            self._give_back(list(self._pages), counted=False, reason="shutdown")
+            # A page whose answer is spooled but not stored stays counted as delivered, so
+            # that the worker it goes to next looks its answer up instead of paying again.
+            spool = Spool.of(self.crawler)
+            paid = {lease for lease, page in self._pages.items()
+                    if spool.holds_unrecorded(page.key)}
+            self._give_back(sorted(paid), counted=True, reason="shutdown")
+            self._give_back([lease for lease in self._pages if lease not in paid],
+                            counted=False, reason="shutdown")
             self._pages.clear()
             self._items.clear()
             self._buffer.clear()
@@ -370,8 +380,11 @@ class DistributedScheduler(BaseScheduler):
             self._categories.add(context.query.cat_id)
         request = self.spider.page_request(context)
         request.meta[LEASE_META] = lease
+        if leased.deliveries > 1:  # a worker that had it may have paid for it, then died
+            Spool.of(self.crawler).may_hold(context.key)
         self._pages[lease] = _Page(
-            memo=self.cluster.keys.frontier_page(self.crawl_id or "", context.key))
+            memo=self.cluster.keys.frontier_page(self.crawl_id or "", context.key),
+            key=context.key)
         self._injecting = request
         self.crawler.engine.crawl(request)
         if self._injecting is request:  # a request_scheduled handler dropped it

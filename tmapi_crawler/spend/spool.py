@@ -9,9 +9,11 @@ and storing. The ledger drops a page's answer once it recorded the page (``drop`
 crawl drops what is left (``finish``).
 
 A resumed crawl asks the spool before paying (``answer``): an answer it holds is handed back
-free. A local resume loads the keys of the pages spooled at open and looks up only those; a
-distributed worker looks up every page by ``_id`` (another worker may have died after paying
-for a page the queue now delivers again), off the permit path.
+free. Only pages that may be there are looked up, off the permit path: those spooled by the
+crawl's earlier runs (their keys are loaded at open, by a local resume and by every cluster
+worker), and in a cluster the pages the queue delivers again (``may_hold``: the worker that had
+one may have paid for it before it died). Looking up every page cost a cluster worker one
+acknowledged MongoDB read per page, most of it at the crawl's start (B5 in BENCHMARKS.md).
 
 The spool never stalls the crawl: each write or look-up is one attempt bounded by
 ``TIMEOUT``; a failure is counted and warned about once, and the page is merely unprotected.
@@ -78,10 +80,9 @@ class Spool:
         #: Keys of the answers this run sent (or was handed back) that the ledger has not
         #: dropped yet: a drop that deletes fewer was refused (``w=0`` shows nothing).
         self._sent: set[str] = set()
-        #: A local resume: the keys of the pages spooled by the interrupted runs.
+        #: Keys of the pages that may be here: spooled by the interrupted runs, or delivered
+        #: again in a cluster (``may_hold``).
         self._held: set[str] = set()
-        #: A distributed worker: any page may be spooled (by a worker that died since).
-        self._every_page = False
         self._paused_until = 0.0
         self._warned = False
 
@@ -95,7 +96,7 @@ class Spool:
     @property
     def replaying(self) -> bool:
         """Whether a page about to be paid for may have its answer here."""
-        return self._every_page or bool(self._held)
+        return bool(self._held)
 
     async def open(self, db: AsyncDatabase[dict[str, Any]], crawl_id: str, *, resumed: bool,
                    distributed: bool) -> None:
@@ -104,7 +105,7 @@ class Spool:
         try:
             await answers.create_index([("crawl_id", ASCENDING)], name="crawl")
             held: set[str] = set()
-            if resumed and not distributed:
+            if resumed or distributed:
                 prefix = len(self._id(crawl_id, ""))
                 async for doc in answers.find({"crawl_id": crawl_id}, {"_id": 1}):
                     held.add(doc["_id"][prefix:])
@@ -115,10 +116,10 @@ class Spool:
         self._answers, self.crawl_id = answers, crawl_id
         self._unacknowledged = answers.with_options(write_concern=UNACKNOWLEDGED)
         self._prefix = self._id(crawl_id, "")
-        self._held, self._every_page = held, distributed
+        self._held = held
         if held:
-            logger.info("Answer spool: %d answers paid for by the interrupted runs are "
-                        "replayed free", len(held))
+            logger.info("Answer spool: %d answers paid for and not stored yet are there; "
+                        "their pages are not paid for again", len(held))
 
     @staticmethod
     def _id(crawl_id: str, key: str) -> str:
@@ -154,11 +155,20 @@ class Spool:
         self._sent.add(key)
         self.stats.inc_value(stats_keys.SPOOL_KEPT)
 
+    def holds_unrecorded(self, key: str) -> bool:
+        """Whether this run spooled page ``key``'s answer and the ledger has not recorded it."""
+        return key in self._sent
+
+    def may_hold(self, key: str) -> None:
+        """Page ``key`` was delivered again by the cluster's queue: look it up before paying."""
+        if self._answers is not None:
+            self._held.add(key)
+
     async def answer(self, key: str) -> Mapping[str, Any] | None:
         """The spooled answer of page ``key`` of this crawl, if any (see ``replaying``)."""
         if self._answers is None or self.crawl_id is None or not self.replaying:
             return None
-        if not self._every_page and key not in self._held:
+        if key not in self._held:
             return None
         try:
             async with asyncio.timeout(TIMEOUT):
