@@ -7,30 +7,42 @@ Redis, and one truth about progress in ``scrapy status`` and in the workers' log
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pymongo
 import redis
+from scrapy.utils.test import get_crawler
 
 from tests.cluster import (
+    CATEGORIES,
     LIMIT,
     Env,
     Worker,
     assert_no_secret_or_pickle,
+    cluster_settings,
     finish,
     leases_of,
+    run_with,
     served,
     stored_products,
     truth,
     wait_until,
 )
-from tests.crawling import records
+from tests.crawling import TOKEN, records
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.distributed import entries
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.spend import spool
+from tmapi_crawler.spend.spool import Spool
+from tmapi_crawler.spiders.category_items import CategoryItemsSpider
+from tmapi_crawler.transport import credentials
 
 #: A worker's progress line: the cluster's, as `scrapy status` shows it (no per-worker queries).
 PROGRESS = re.compile(r"Progress: (pages \d+/\d+.*)$", re.MULTILINE)
@@ -160,6 +172,49 @@ def test_a_killed_worker_loses_nothing(
     # What it acknowledged before it died is counted, and nothing twice.
     assert status["cluster_progress"]["pages_done"] == len(pages)
     assert status["cluster_progress"]["items"] >= 20 * len(pages)
+
+
+def test_a_page_a_dead_worker_paid_for_is_handed_back_not_paid_again(
+    start_env: Callable[..., Env], workers: Callable[..., list[Worker]],
+    mongo_client: pymongo.MongoClient,
+) -> None:
+    """A worker leased page 1, paid for it, spooled the answer and died before storing it:
+    the queue delivers the page again, and the next worker is handed the spooled answer."""
+    env = start_env(latency=0.05, default_size=60)
+    assert env.seed(f"cat_id={','.join(map(str, CATEGORIES))}").returncode == 0
+    spider = CategoryItemsSpider.from_crawler(get_crawler(CategoryItemsSpider, dict(
+        cluster_settings(env.redis_uri, TMAPI_BASE_URL=env.sandbox.url,
+                         TWISTED_REACTOR_ENABLED=False))))
+
+    async def lease() -> tuple[str, PageContext]:
+        crawl_id, _ = await env.cluster.begin_crawl(renew=False,
+                                                    worker_info={"state": "running"})
+        (leased,) = await env.cluster.queue(crawl_id, env.cluster.worker_id).pop(1)
+        return crawl_id, entries.decode(leased.entry)[0]
+
+    async def pay_and_die(crawl_id: str, context: PageContext) -> None:
+        url = credentials.signed_url(spider.page_request(context).url, TOKEN)
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())
+        client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(
+            env.variables["MONGO_URI"])
+        try:
+            dead = Spool.of(get_crawler(settings_dict={"TWISTED_REACTOR_ENABLED": False}))
+            await dead.open(client[env.database], crawl_id, resumed=False, distributed=True)
+            await dead.keep(context.key, context.to_dict(), body, status=200,
+                            encoding="utf-8", calls=1)
+        finally:
+            await client.close()
+
+    crawl_id, context = run_with(env.cluster, lease)
+    (worker,) = workers(env, 1)
+    wait_until(lambda: "cluster crawl" in worker.log, "the worker joined")  # spool open
+    run_with(env.cluster, lambda: pay_and_die(crawl_id, context))  # no heartbeat ever again
+    assert finish([worker]) == ["finished"]
+    products, pages = truth(env)
+    assert sorted(stored_products(env, mongo_client)) == sorted(products)
+    assert Counter(records(env.sandbox.stats())) == dict.fromkeys(pages, 1)
+    assert worker.stats[stats_keys.SPOOL_REPLAYED] == 1
+    assert worker.stats[stats_keys.DISTRIBUTED_REAPED] == 1
 
 
 def test_stopped_workers_resume_without_fetching_a_page_twice(
