@@ -8,7 +8,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from scrapy import signals
 from scrapy.crawler import Crawler
@@ -81,7 +81,24 @@ class Interrupter:
         return result
 
 
-class FrozenStartup:
+class _WhileCrawling:
+    """An extension that sets something up when the spider opens and undoes it at close."""
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        extension = cls()
+        crawler.signals.connect(extension.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
+        return extension
+
+    def spider_opened(self) -> None:
+        raise NotImplementedError
+
+    def spider_closed(self) -> None:
+        raise NotImplementedError
+
+
+class FrozenStartup(_WhileCrawling):
     """Extension: what start-up allocated (Scrapy, Twisted, pymongo, aiohttp, the settings)
     stays out of the cyclic garbage collector's walks while the crawl runs.
 
@@ -91,13 +108,6 @@ class FrozenStartup:
     process that runs several crawls (the tests) keeps collecting what they left.
     """
 
-    @classmethod
-    def from_crawler(cls, crawler: Crawler) -> FrozenStartup:
-        extension = cls()
-        crawler.signals.connect(extension.spider_opened, signal=signals.spider_opened)
-        crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
-        return extension
-
     def spider_opened(self) -> None:
         gc.freeze()
 
@@ -105,7 +115,7 @@ class FrozenStartup:
         gc.unfreeze()
 
 
-class RootLogLevel:
+class RootLogLevel(_WhileCrawling):
     """Extension: while the crawl runs, the root logger has ``LOG_LEVEL``'s level, so records
     below it are never built.
 
@@ -119,13 +129,6 @@ class RootLogLevel:
 
     def __init__(self) -> None:
         self._before: int | None = None
-
-    @classmethod
-    def from_crawler(cls, crawler: Crawler) -> RootLogLevel:
-        extension = cls()
-        crawler.signals.connect(extension.spider_opened, signal=signals.spider_opened)
-        crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
-        return extension
 
     def spider_opened(self) -> None:
         handler = get_scrapy_root_handler()
