@@ -38,6 +38,7 @@ from tests.cluster import (
 from tests.crawling import TOKEN, records
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.distributed import entries
+from tmapi_crawler.distributed.cluster import Cluster
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.spend import spool
 from tmapi_crawler.spend.spool import Spool
@@ -186,10 +187,13 @@ def test_a_page_a_dead_worker_paid_for_is_handed_back_not_paid_again(
         cluster_settings(env.redis_uri, TMAPI_BASE_URL=env.sandbox.url,
                          TWISTED_REACTOR_ENABLED=False))))
 
+    # The dead worker, alive (a long heartbeat) until it has spooled the answer: a real worker
+    # taking its lease back before that would rightly pay for the page.
+    ghost = Cluster(cluster_settings(env.redis_uri, TMAPI_HEARTBEAT_TTL=300), "category_items")
+
     async def lease() -> tuple[str, PageContext]:
-        crawl_id, _ = await env.cluster.begin_crawl(renew=False,
-                                                    worker_info={"state": "running"})
-        (leased,) = await env.cluster.queue(crawl_id, env.cluster.worker_id).pop(1)
+        crawl_id, _ = await ghost.begin_crawl(renew=False, worker_info={"state": "running"})
+        (leased,) = await ghost.queue(crawl_id, ghost.worker_id).pop(1)
         return crawl_id, entries.decode(leased.entry)[0]
 
     async def pay_and_die(crawl_id: str, context: PageContext) -> None:
@@ -204,11 +208,12 @@ def test_a_page_a_dead_worker_paid_for_is_handed_back_not_paid_again(
                             encoding="utf-8", calls=1)
         finally:
             await client.close()
+        await ghost.client.delete(ghost.keys.alive(ghost.worker_id))  # its heartbeat expired
 
-    crawl_id, context = run_with(env.cluster, lease)
+    crawl_id, context = run_with(ghost, lease)
     (worker,) = workers(env, 1)
     wait_until(lambda: "cluster crawl" in worker.log, "the worker joined")  # spool open
-    run_with(env.cluster, lambda: pay_and_die(crawl_id, context))  # no heartbeat ever again
+    run_with(ghost, lambda: pay_and_die(crawl_id, context))
     assert finish([worker]) == ["finished"]
     products, pages = truth(env)
     assert sorted(stored_products(env, mongo_client)) == sorted(products)

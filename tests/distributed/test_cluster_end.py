@@ -35,8 +35,11 @@ def crawl_with_a_killed_worker(env: Env, workers: Callable[..., list[Worker]],
     """Seed the categories and crawl them with 3 workers, one killed with SIGKILL mid-crawl;
     the survivors once they exited, and the victim."""
     assert env.seed(*(f"cat_id={','.join(map(str, CATEGORIES))}",)).returncode == 0
-    victim, *survivors = workers(env, 3, prefix, TMAPI_PROGRESS_INTERVAL=0.2)
     start = served(env)
+    # The victim first: started with the others, it could join after they had done it all.
+    (victim,) = workers(env, 1, prefix, TMAPI_PROGRESS_INTERVAL=0.2)
+    wait_until(lambda: "cluster crawl" in victim.log, "the victim joined the crawl")
+    survivors = workers(env, 2, prefix, TMAPI_PROGRESS_INTERVAL=0.2)
     wait_until(lambda: served(env) >= start + 10 and leases_of(env, victim) > 0,
                "the victim is working on leased pages")
     victim.signal(signal.SIGKILL)
