@@ -115,7 +115,8 @@ def pushes(settings: Settings, *contexts: PageContext) -> list[Push]:
 
 def test_a_lease_says_how_many_times_its_entry_was_delivered(cluster: Cluster) -> None:
     """A clean give-back does not count; one counted (a worker that paid for the page and
-    stopped before storing it) does, and so does a lease taken back from a dead worker."""
+    stopped before storing it) does. (A lease taken back from a dead worker counts too:
+    test_cluster_crawls.py, the dead worker's spooled page.)"""
     async def scenario() -> list[int]:
         crawl_id, _ = await cluster.begin_crawl(renew=True, worker_info=None)
         queue = cluster.queue(crawl_id, "w1")
