@@ -14,6 +14,7 @@ import pytest
 
 from tests.cluster import LIMIT, Env, Worker, finish, stored_products
 from tests.crawling import crawl
+from tests.test_splitting import MODES, SMALL
 from tmapi_crawler import api
 
 REACH = 200
@@ -72,3 +73,36 @@ def test_three_workers_pay_what_one_process_pays(
     for cat_id, products in truth.items():
         assert len(found[cat_id] & products) >= 0.995 * len(products)
     assert stored == found[SPLIT] | found[WALKED]
+
+
+#: The real API's ways that move paging decisions (tests/test_splitting.py has them all).
+REAL_API_MODES = ("short pages", "promoted items", "a total of 1e12", "the last page forever")
+
+
+@pytest.mark.parametrize("mode", REAL_API_MODES)
+def test_two_workers_pay_what_one_process_pays_however_the_api_answers(
+    start_env: Callable[..., Env], workers: Callable[..., list[Worker]],
+    mongo_client: pymongo.MongoClient, tmp_path: Path, mode: str,
+) -> None:
+    env = start_env(latency=0.02, size={SMALL: 610}, **MODES[mode])
+    truth = set(env.sandbox.truth(cat_id=SMALL)["item_ids"])
+    settings = {"TMAPI_RESULT_CAP": REACH, "TMAPI_CONCURRENCY": LIMIT}
+    solo = crawl(tmp_path / "solo", f"cat_id={SMALL}", base_url=env.sandbox.url, store=False,
+                 feed=True, settings={**settings, "LOG_LEVEL": "INFO"})
+    assert solo.returncode == 0, solo.log[-3000:]
+    solo_calls = env.sandbox.stats(records=False)["pages_served"]
+    env.sandbox.reset()
+
+    assert env.seed(f"cat_id={SMALL}").returncode == 0
+    cluster = workers(env, 2, **settings)
+    assert finish(cluster) == ["finished"] * 2
+    billed = env.sandbox.stats()
+    # The same calls, give or take the pages in flight when the query turned out to end
+    # sooner than its window said; each page once; everything found.
+    assert abs(billed["pages_served"] - solo_calls) <= LIMIT, (billed["pages_served"], solo_calls)
+    pages = Counter((*(r.get(f) for f in QUERY_FIELDS), r["page"])
+                    for r in billed["records"] if r.get("ok"))
+    assert max(pages.values()) == 1
+    assert set(stored_products(env, mongo_client)) == truth
+    stopped = sum(w.stats.get("tmapi/paging/stopped_queries", 0) for w in cluster)
+    assert stopped == solo.stat("tmapi/paging/stopped_queries")
