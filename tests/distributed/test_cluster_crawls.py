@@ -41,7 +41,6 @@ from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.cluster import Cluster
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.spend import spool
-from tmapi_crawler.spend.spool import Spool
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
 from tmapi_crawler.transport import credentials
 
@@ -202,7 +201,7 @@ def test_a_page_a_dead_worker_paid_for_is_handed_back_not_paid_again(
         client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(
             env.variables["MONGO_URI"])
         try:
-            dead = Spool.of(get_crawler(settings_dict={"TWISTED_REACTOR_ENABLED": False}))
+            dead = spool.Spool.of(get_crawler(settings_dict={"TWISTED_REACTOR_ENABLED": False}))
             await dead.open(client[env.database], crawl_id, resumed=False, distributed=True)
             await dead.keep(context.key, context.to_dict(), body, status=200,
                             encoding="utf-8", calls=1)

@@ -59,7 +59,7 @@ class Leased:
     id: str
     entry: bytes
     known: bool
-    deliveries: int = 1
+    deliveries: int
 
 
 #: Pages per priority step in a score: a page's number only orders pages of equal priority.

@@ -166,9 +166,7 @@ class Spool:
 
     async def answer(self, key: str) -> Mapping[str, Any] | None:
         """The spooled answer of page ``key`` of this crawl, if any (see ``replaying``)."""
-        if self._answers is None or self.crawl_id is None or not self.replaying:
-            return None
-        if key not in self._held:
+        if self._answers is None or key not in self._held:
             return None
         try:
             async with asyncio.timeout(TIMEOUT):
