@@ -184,6 +184,29 @@ def served(env: Env) -> int:
     return int(env.sandbox.stats(records=False)["pages_served"])
 
 
+def joined_before_any_call(env: Env, workers: Callable[..., list[Worker]], count: int,
+                           prefix: str = "worker", **settings: Any) -> list[Worker]:
+    """``count`` workers that all joined the crawl before its first call, so that each takes
+    part: a stand-in holds the account's permits until then. Started together, one could
+    join, under load, after the others had crawled it all."""
+    keys = env.cluster.limiter_keys
+    held = [f"stand-in:{i}" for i in range(int(settings.get("TMAPI_CONCURRENCY", LIMIT)))]
+    client = redis.Redis.from_url(env.redis_uri)
+    try:
+        seconds, _ = client.time()
+        client.zadd(keys.permits, dict.fromkeys(held, (seconds + 600) * 1000))
+        before = served(env)
+        started = workers(env, count, prefix, **settings)
+        wait_until(lambda: all("cluster crawl" in w.log for w in started),
+                   "every worker joined")
+        assert served(env) == before
+        client.zrem(keys.permits, *held)
+        client.publish(keys.released_channel, "released")
+    finally:
+        client.close()
+    return started
+
+
 def leases_of(env: Env, worker: Worker) -> int:
     return sum(w["leased"] for w in env.status()["workers"] if w["pid"] == worker.pid)
 

@@ -28,6 +28,7 @@ from tests.cluster import (
     assert_no_secret_or_pickle,
     cluster_settings,
     finish,
+    joined_before_any_call,
     leases_of,
     run_with,
     served,
@@ -77,23 +78,6 @@ def test_seed_validates_like_crawl_and_sends_nothing(
     assert env.sandbox.stats()["requests"] == 0
 
 
-def joined_before_any_call(env: Env, workers: Callable[..., list[Worker]],
-                           redis_client: redis.Redis, count: int) -> list[Worker]:
-    """``count`` workers that all joined the crawl before its first call, so that each takes
-    part: a stand-in holds the account's permits until then. Started together, one joined,
-    under load, after the others had crawled it all."""
-    keys = env.cluster.limiter_keys
-    held = [f"stand-in:{i}" for i in range(LIMIT)]
-    seconds, _ = redis_client.time()
-    redis_client.zadd(keys.permits, dict.fromkeys(held, (seconds + 600) * 1000))
-    cluster = workers(env, count, TMAPI_PROGRESS_INTERVAL=0.2)
-    wait_until(lambda: all("cluster crawl" in w.log for w in cluster), "every worker joined")
-    assert served(env) == 0
-    redis_client.zrem(keys.permits, *held)
-    redis_client.publish(keys.released_channel, "released")
-    return cluster
-
-
 def test_three_workers_crawl_everything_once_within_the_limit(
     start_env: Callable[..., Env], workers: Callable[..., list[Worker]],
     mongo_client: pymongo.MongoClient, redis_client: redis.Redis,
@@ -101,7 +85,7 @@ def test_three_workers_crawl_everything_once_within_the_limit(
     env = start_env(latency=0.05, default_size=400)
     assert env.seed("cat_id=1,2,3").returncode == 0
     crawl_id = env.status()["crawl_id"]
-    cluster = joined_before_any_call(env, workers, redis_client, 3)
+    cluster = joined_before_any_call(env, workers, 3, TMAPI_PROGRESS_INTERVAL=0.2)
     # While they crawl, `scrapy status` never shows pages done without the products that go
     # with them (a page is done once its 20 products are stored).
     seen = []
@@ -161,7 +145,7 @@ def test_a_killed_worker_loses_nothing(
 ) -> None:
     env = start_env(latency=0.1, default_size=600)
     assert env.seed("cat_id=1,2,3").returncode == 0
-    victim, *survivors = workers(env, 3)
+    victim, *survivors = joined_before_any_call(env, workers, 3)
     wait_until(lambda: served(env) >= 10 and leases_of(env, victim) > 0,
                "the victim is working on leased pages")
     assert_no_secret_or_pickle(redis_client)  # mid-crawl: leases and permits are there too

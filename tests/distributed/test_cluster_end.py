@@ -19,6 +19,7 @@ from tests.cluster import (
     Env,
     Worker,
     finish,
+    joined_before_any_call,
     leases_of,
     served,
     stored_products,
@@ -36,10 +37,8 @@ def crawl_with_a_killed_worker(env: Env, workers: Callable[..., list[Worker]],
     the survivors once they exited, and the victim."""
     assert env.seed(*(f"cat_id={','.join(map(str, CATEGORIES))}",)).returncode == 0
     start = served(env)
-    # The victim first: started with the others, it could join after they had done it all.
-    (victim,) = workers(env, 1, prefix, TMAPI_PROGRESS_INTERVAL=0.2)
-    wait_until(lambda: "cluster crawl" in victim.log, "the victim joined the crawl")
-    survivors = workers(env, 2, prefix, TMAPI_PROGRESS_INTERVAL=0.2)
+    victim, *survivors = joined_before_any_call(env, workers, 3, prefix,
+                                                TMAPI_PROGRESS_INTERVAL=0.2)
     wait_until(lambda: served(env) >= start + 10 and leases_of(env, victim) > 0,
                "the victim is working on leased pages")
     victim.signal(signal.SIGKILL)
