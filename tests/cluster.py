@@ -187,8 +187,9 @@ def served(env: Env) -> int:
 def joined_before_any_call(env: Env, workers: Callable[..., list[Worker]], count: int,
                            prefix: str = "worker", **settings: Any) -> list[Worker]:
     """``count`` workers that all joined the crawl before its first call, so that each takes
-    part: a stand-in holds the account's permits until then. Started together, one could
-    join, under load, after the others had crawled it all."""
+    part and a signal sent mid-crawl reaches a crawling worker: a stand-in holds the account's
+    permits until then. Started together, one could join, under load, after the others had
+    crawled it all, or be interrupted before it had started."""
     keys = env.cluster.limiter_keys
     held = [f"stand-in:{i}" for i in range(int(settings.get("TMAPI_CONCURRENCY", LIMIT)))]
     client = redis.Redis.from_url(env.redis_uri)

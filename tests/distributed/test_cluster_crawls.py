@@ -228,7 +228,7 @@ def test_stopped_workers_resume_without_fetching_a_page_twice(
 ) -> None:
     env = start_env(latency=0.1, default_size=600)
     assert env.seed("cat_id=1,2,3").returncode == 0
-    first = workers(env, 3)
+    first = joined_before_any_call(env, workers, 3)
     wait_until(lambda: served(env) >= 20, "the crawl is under way")
     for worker in first:
         worker.signal(signal.SIGINT)

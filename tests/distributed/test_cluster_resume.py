@@ -23,6 +23,7 @@ from tests.cluster import (
     Worker,
     cluster_settings,
     finish,
+    joined_before_any_call,
     run_with,
     served,
     stored_products,
@@ -80,7 +81,8 @@ def test_a_crawl_redis_lost_is_resumed_by_seed_without_paying_twice(
     if interruption == "quota":
         env.sandbox.configure(quota=len(pages) // 2)
 
-    in_flight = interrupt(env, workers(env, 2), redis_client, interruption, len(pages))
+    in_flight = interrupt(env, joined_before_any_call(env, workers, 2), redis_client,
+                          interruption, len(pages))
     held_before = db.crawl_pages.count_documents({"crawl_id": crawl_id, "state": "stored"})
     assert held_before > 0
     assert db.crawl_runs.find_one({"_id": crawl_id})["finish_reason"] == REASONS[interruption]
@@ -138,7 +140,7 @@ def test_a_resumed_crawl_marks_vanished_products_as_an_uninterrupted_one(
     seeded = env.seed(PLAN)
     assert "into new crawl" in seeded.stdout
     crawl_id = env.status()["crawl_id"]
-    cluster = workers(env, 2, "interrupted")
+    cluster = joined_before_any_call(env, workers, 2, "interrupted")
     wait_until(lambda: db.crawl_pages.count_documents(
         {"crawl_id": crawl_id, "cat_id": 1, "state": "stored"}) == 2,
         "category 1 is held whole")
