@@ -373,6 +373,16 @@ def redis_url(redis_server: RedisProcess) -> str:
     return redis_server.uri
 
 
+def one_permit(limiter: str, request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """Settings module and settings for a limit of 1, with the local or the Redis limiter."""
+    settings: dict[str, Any] = {"TMAPI_CONCURRENCY": 1}
+    if limiter == "adaptive":
+        return "tmapi_crawler.settings", settings
+    settings.update(REDIS_URL=request.getfixturevalue("redis_url"),
+                    TMAPI_REDIS_PREFIX=f"t{uuid.uuid4().hex[:8]}")
+    return "settings_profiles.distributed", settings
+
+
 @pytest.mark.parametrize("limiter", ["adaptive", "redis"])
 def test_after_a_stop_no_request_waiting_for_a_permit_is_sent(
     sandbox: SandboxProcess, limiter: str, request: pytest.FixtureRequest
@@ -380,12 +390,7 @@ def test_after_a_stop_no_request_waiting_for_a_permit_is_sent(
     """Ctrl-C (Scrapy's graceful stop): the request in flight completes, no other is sent."""
     sandbox.configure(latency=0.5)
     requests = [api_request(sandbox.url, cat_id=101, page=p) for p in (1, 2, 3, 4)]
-    settings: dict[str, Any] = {"TMAPI_CONCURRENCY": 1}
-    module = "tmapi_crawler.settings"
-    if limiter == "redis":
-        module = "settings_profiles.distributed"
-        settings.update(REDIS_URL=request.getfixturevalue("redis_url"),
-                        TMAPI_REDIS_PREFIX=f"t{uuid.uuid4().hex[:8]}")
+    module, settings = one_permit(limiter, request)
 
     async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> list[Any]:
         pending = [asyncio.ensure_future(outcome(transport, r)) for r in requests]
@@ -399,6 +404,36 @@ def test_after_a_stop_no_request_waiting_for_a_permit_is_sent(
     assert sorted(o for o in outcomes if isinstance(o, str)) == ["not_sent"] * 3
     assert sandbox.stats()["requests"] == 1 == stats[stats_keys.REQUESTS]
     assert stats[stats_keys.REQUESTS_NOT_SENT] == 3
+
+
+@pytest.mark.parametrize("limiter", ["adaptive", "redis"])
+def test_a_freed_permit_sends_the_next_call_before_the_answer_goes_on(
+    sandbox: SandboxProcess, limiter: str, request: pytest.FixtureRequest
+) -> None:
+    """At a limit of 1, when the first answer leaves the transport (to be parsed and stored),
+    the page that waited for its permit has been sent already: the account's permit does not
+    sit idle behind the processing of answers."""
+    sandbox.configure(latency=0.2)  # the second page waits before the first is answered
+    first, second = (api_request(sandbox.url, cat_id=101, page=p) for p in (1, 2))
+    module, settings = one_permit(limiter, request)
+
+    async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> list[int]:
+        sent_when_answered: list[int] = []
+
+        async def answered(page: Request) -> None:
+            await transport.process_request(page)
+            sent_when_answered.append(crawler.stats.get_value(stats_keys.REQUESTS))
+
+        pages = [asyncio.ensure_future(answered(first))]
+        await until(lambda: crawler.stats.get_value(stats_keys.REQUESTS) == 1,
+                    what="the first call sent")
+        pages.append(asyncio.ensure_future(answered(second)))
+        await asyncio.wait_for(asyncio.gather(*pages), 30)
+        return sent_when_answered
+
+    sent_when_answered, stats = run(sandbox.url, scenario, module, **settings)
+    assert sent_when_answered == [2, 2]
+    assert sandbox.stats()["requests"] == 2 == stats[stats_keys.REQUESTS]
 
 
 def test_after_a_stop_a_request_backing_off_is_not_sent_again(sandbox: SandboxProcess) -> None:

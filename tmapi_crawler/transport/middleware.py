@@ -84,6 +84,8 @@ FOREIGN_REQUEST: Final = "foreign_request"
 #: What the token-bearing copy keeps of the request's headers: none of them can redirect it.
 _KEPT_HEADERS: Final = (b"Accept", b"Accept-Encoding", b"Accept-Language", b"User-Agent")
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+#: Event-loop rounds an answer lets go by after its release, before it is processed (``_attempt``).
+_ROUNDS_FOR_THE_NEXT_CALL: Final = 2
 
 
 class ApiError(IgnoreRequest):
@@ -270,6 +272,13 @@ class TmapiTransportMiddleware:
         request can take the freed permit before the limiter is closed — and a success until
         its answer is in the spool, so that no new call starts while a paid page is not
         durable.
+
+        Then this answer lets the event loop go round twice before it goes on to be parsed and
+        stored: the request the permit was handed to (woken by the release) sends its call
+        first, instead of waiting behind this answer's processing — and, when answers come
+        back together, every request their releases woke sends before any of them is
+        processed (one round would put the first answer's processing before the second
+        answer's woken request). Measured in B5 (BENCHMARKS.md, sixth round).
         """
         await self._permit()
         try:
@@ -285,6 +294,8 @@ class TmapiTransportMiddleware:
                 await self._stop(reason, answer)
         finally:
             await self.limiter.release()
+        for _ in range(_ROUNDS_FOR_THE_NEXT_CALL):
+            await asyncio.sleep(0)
         return answer, response
 
     async def _keep(self, page: Request, key: str, response: JsonResponse) -> None:
