@@ -15,8 +15,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from math import ceil
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +25,7 @@ import pymongo
 import redis
 from scrapy.settings import Settings
 
-from tests.crawling import PROJECT_ROOT, TOKEN
+from tests.crawling import PROJECT_ROOT, TOKEN, wait_until
 from tmapi_crawler.distributed.cluster import Cluster
 from tmapi_crawler.distributed.status import read_status
 from tmapi_crawler.sandbox.process import SandboxProcess
@@ -145,16 +145,6 @@ class Worker:
             self.process.wait()
 
 
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    """Poll ``condition`` until it is truthy (the event it describes happened)."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.02)
-    return result
-
-
 def finish(workers: list[Worker]) -> list[str]:
     """Wait for the workers to exit; their finish reasons."""
     for worker in workers:
@@ -210,6 +200,28 @@ def joined_before_any_call(env: Env, workers: Callable[..., list[Worker]], count
 
 def leases_of(env: Env, worker: Worker) -> int:
     return sum(w["leased"] for w in env.status()["workers"] if w["pid"] == worker.pid)
+
+
+@contextmanager
+def stalled_mid_crawl(env: Env, cluster: list[Worker], served_at_least: int
+                      ) -> Iterator[tuple[Worker, list[Worker]]]:
+    """Once the sandbox has served ``served_at_least`` pages, hold its answers back and yield
+    the worker holding the most leased pages (one to kill while it works) and the others.
+
+    Stalled, no page is acknowledged or queued, so what a worker holds stays put while
+    ``scrapy status`` looks — a short crawl could otherwise end between two looks. Which worker
+    holds pages is not known in advance: one can hold none, the others having leased all
+    there was. The answers flow again on leaving.
+    """
+    wait_until(lambda: served(env) >= served_at_least, "the crawl is under way")
+    env.sandbox.configure(stalled=True)
+    try:
+        leased = {w["pid"]: w["leased"] for w in env.status()["workers"]}
+        victim = max(cluster, key=lambda worker: leased.get(worker.pid, 0))
+        assert leased[victim.pid] > 0, leased
+        yield victim, [worker for worker in cluster if worker is not victim]
+    finally:
+        env.sandbox.configure(stalled=False)
 
 
 def redis_values(client: redis.Redis) -> Iterator[tuple[bytes, bytes]]:

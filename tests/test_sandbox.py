@@ -15,11 +15,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.crawling import wait_until
 from tmapi_crawler import api
 from tmapi_crawler.sandbox.__main__ import build_parser
 from tmapi_crawler.sandbox.catalog import (
@@ -598,6 +600,18 @@ def test_an_ignored_price_filter(sandbox: SandboxProcess) -> None:
     assert data["filters"] == {"price_start": "5", "price_end": "6"}
     assert data["total_count"] == 500
     assert sandbox.truth(cat_id=1001, price_start="5", price_end="6")["total"] == 500
+
+
+def test_a_stalled_api_answers_once_it_resumes(sandbox: SandboxProcess) -> None:
+    sandbox.configure(stalled=True)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(page, sandbox, cat_id=1001)
+        wait_until(lambda: sandbox.stats(records=False)["pages_served"] == 1,
+                   "the stalled call reached the sandbox")
+        # The sandbox answered its stats, but not the call before them.
+        assert not answer.done()
+        sandbox.configure(stalled=False)
+        assert len(answer.result(timeout=30)["items"]) == 20
 
 
 @pytest.mark.parametrize(("bad", "message"), [

@@ -1,8 +1,8 @@
 """Stopping a real ``scrapy crawl`` with real SIGINTs: once (graceful), and twice (forced).
 
 Every step waits for the line the crawl logs, or for the sandbox to hold requests in flight,
-never for a fixed time. The sandbox's latency is raised so that requests hang in flight: a
-graceful close would wait for them, which is what a second Ctrl-C cuts short.
+never for a fixed time. The sandbox stalls so that requests hang in flight: a graceful close
+would wait for them, which is what a second Ctrl-C cuts short.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import pymongo
 import pytest
 
-from tests.crawling import PROJECT_ROOT, TOKEN
+from tests.crawling import PROJECT_ROOT, TOKEN, wait_until
 from tests.servers import MongodProcess
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.sandbox.process import SandboxProcess
@@ -91,13 +91,6 @@ class Crawl:
         return "".join(self.lines)
 
 
-def wait_until(condition: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_a_second_ctrl_c_still_keeps_everything_parsed(
     sandbox: SandboxProcess, tmp_path: Path
 ) -> None:
@@ -109,8 +102,9 @@ def test_a_second_ctrl_c_still_keeps_everything_parsed(
         })
         try:
             crawl.wait_for(r"Scraped \d+ products", count=10)
-            sandbox.configure(latency=120)  # what is in flight from now on hangs
-            wait_until(lambda: sandbox.stats(records=False)["in_flight"] >= 1)
+            sandbox.configure(stalled=True)  # what is in flight hangs
+            wait_until(lambda: sandbox.stats(records=False)["in_flight"] >= 1,
+                       "a call is in flight")
             crawl.process.send_signal(signal.SIGINT)
             crawl.wait_for(GRACEFUL)
             crawl.process.send_signal(signal.SIGINT)
@@ -119,7 +113,7 @@ def test_a_second_ctrl_c_still_keeps_everything_parsed(
         finally:
             if crawl.process.poll() is None:
                 crawl.process.kill()
-            sandbox.configure(latency=0.0)
+            sandbox.configure(stalled=False)
         assert returncode == 1, crawl.log[-3000:]
         assert stats, f"no stats file:\n{crawl.log[-3000:]}"
         assert stats["finish_reason"] == "shutdown"

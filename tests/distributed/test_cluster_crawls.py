@@ -32,6 +32,7 @@ from tests.cluster import (
     leases_of,
     run_with,
     served,
+    stalled_mid_crawl,
     stored_products,
     truth,
     wait_until,
@@ -145,13 +146,12 @@ def test_a_killed_worker_loses_nothing(
 ) -> None:
     env = start_env(latency=0.1, default_size=600)
     assert env.seed("cat_id=1,2,3").returncode == 0
-    victim, *survivors = joined_before_any_call(env, workers, 3)
-    wait_until(lambda: served(env) >= 10 and leases_of(env, victim) > 0,
-               "the victim is working on leased pages")
-    assert_no_secret_or_pickle(redis_client)  # mid-crawl: leases and permits are there too
-    victim.signal(signal.SIGKILL)
-    victim.wait()
-    held = leases_of(env, victim)
+    cluster = joined_before_any_call(env, workers, 3)
+    with stalled_mid_crawl(env, cluster, 10) as (victim, survivors):
+        assert_no_secret_or_pickle(redis_client)  # mid-crawl: leases and permits are there too
+        victim.signal(signal.SIGKILL)
+        victim.wait()
+        held = leases_of(env, victim)
     assert held > 0
     spooled = {(c.query.cat_id, c.page) for c in (
         PageContext.from_dict(doc["page"])

@@ -20,11 +20,10 @@ from tests.cluster import (
     Worker,
     finish,
     joined_before_any_call,
-    leases_of,
     served,
+    stalled_mid_crawl,
     stored_products,
     truth,
-    wait_until,
 )
 
 COMPLETELY = "Crawled completely: categories 1, 2, 3;"
@@ -33,16 +32,14 @@ PROGRESS = re.compile(r"Progress: (pages \d+/\d+.*)$", re.MULTILINE)
 
 def crawl_with_a_killed_worker(env: Env, workers: Callable[..., list[Worker]],
                                prefix: str) -> tuple[list[Worker], Worker]:
-    """Seed the categories and crawl them with 3 workers, one killed with SIGKILL mid-crawl;
-    the survivors once they exited, and the victim."""
+    """Seed the categories and crawl them with 3 workers, one killed with SIGKILL mid-crawl
+    while it holds leased pages; the survivors once they exited, and the victim."""
     assert env.seed(*(f"cat_id={','.join(map(str, CATEGORIES))}",)).returncode == 0
     start = served(env)
-    victim, *survivors = joined_before_any_call(env, workers, 3, prefix,
-                                                TMAPI_PROGRESS_INTERVAL=0.2)
-    wait_until(lambda: served(env) >= start + 10 and leases_of(env, victim) > 0,
-               "the victim is working on leased pages")
-    victim.signal(signal.SIGKILL)
-    victim.wait()
+    cluster = joined_before_any_call(env, workers, 3, prefix, TMAPI_PROGRESS_INTERVAL=0.2)
+    with stalled_mid_crawl(env, cluster, start + 10) as (victim, survivors):
+        victim.signal(signal.SIGKILL)
+        victim.wait()
     assert finish(survivors) == ["finished"] * 2
     return survivors, victim
 

@@ -44,7 +44,7 @@ RUNTIME_SETTINGS: Final = frozenset({
     "latency", "latency_jitter", "concurrency_limit", "result_cap", "max_page_size", "sizes",
     # How the real API answers (see SandboxConfig).
     "totals", "short_page_rate", "promoted", "string_values", "page_size_limit", "claimed_total",
-    "repeat_last_page", "ignore_price_filter",
+    "repeat_last_page", "ignore_price_filter", "stalled",
 }) | misbehaviour.SETTINGS
 GARBAGE_BODY: Final = "<html>upstream error</html>"
 CONTROL_PREFIX: Final = "/_sandbox"
@@ -90,6 +90,9 @@ class SandboxConfig:
     claimed_total: str = ""  # a JSON value every answer claims as total_count, e.g. 1e12
     repeat_last_page: bool = False  # past the end, the last page again, has_next_page true
     ignore_price_filter: bool = False  # price_start/price_end echoed but not applied
+    # Answers wait, their latency up, until it is false again: an API that stops answering for
+    # a while, and how a test freezes a crawl at a known point (every call in flight).
+    stalled: bool = False
     # Misbehaving answers (sandbox/misbehaviour.py).
     compress: str = ""  # Content-Encoding of every API answer, whatever the client accepts
     message_bytes: int = 0  # error answers carry a `msg` of this many characters
@@ -262,7 +265,15 @@ class Sandbox:
         self.config = config
         self.catalog = self._catalog()
         self.in_flight: dict[str, int] = {}  # live, so it survives resets
+        self._answering = asyncio.Event()  # set unless the configuration says stalled
+        self._follow_stall()
         self.reset()
+
+    def _follow_stall(self) -> None:
+        if self.config.stalled:
+            self._answering.clear()
+        else:
+            self._answering.set()
 
     def _catalog(self) -> Catalog:
         config = self.config
@@ -299,6 +310,7 @@ class Sandbox:
             except ValueError:
                 self.config = previous
                 raise
+        self._follow_stall()
 
     def _reply(self, record: dict[str, Any], code: int, status: int, body: str, *,
                content_type: str = "application/json", ok: bool = False) -> web.Response:
@@ -364,6 +376,7 @@ class Sandbox:
         if (remaining := due - loop.time()) > 0:
             await asyncio.sleep(remaining)
             stats.last_answer_at = loop.time()
+        await self._answering.wait()
         return answer
 
     def _quota_spent(self) -> bool:
