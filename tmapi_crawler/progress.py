@@ -168,7 +168,7 @@ def _calls(progress: Progress) -> str:
             f"{max(progress.budget - progress.calls, 0)} left")
 
 
-def format_line(progress: Progress, rate: float, eta: float | None, *, queries: bool = True,
+def format_line(progress: Progress, rate: float, eta: float | None, *,
                 final: bool = False) -> str:
     """The log's progress line, e.g.
     ``queries 3/10 | pages 120/340 (35.3%), 2 failed | sightings 2400: 1100 new products,
@@ -177,8 +177,7 @@ def format_line(progress: Progress, rate: float, eta: float | None, *, queries: 
     A sighting is a product on a page; "new products" were first stored by it, "repeats" are
     sightings of products already stored (earlier in this crawl, or by an earlier one).
 
-    ``queries`` false leaves the queries out (a cluster's workers each see only part of a
-    query); ``final`` leaves the ETA out: nothing is left to wait for.
+    ``final`` leaves the ETA out: nothing is left to wait for.
     """
     pages = f"pages {_of(progress.pages_done, progress.pages_known)}"
     if progress.pages_known:
@@ -196,7 +195,7 @@ def format_line(progress: Progress, rate: float, eta: float | None, *, queries: 
         f"{rate:.1f} pages/s",
         f"ETA {format_duration(eta)}",
     ]
-    return " | ".join(parts[0 if queries else 1:-1 if final else None])
+    return " | ".join(parts[:-1] if final else parts)
 
 
 def format_bar(progress: Progress, rate: float, eta: float | None, width: int) -> str:

@@ -47,7 +47,7 @@ from tmapi_crawler.spiders.category_items import CategoryItemsSpider
 from tmapi_crawler.transport import credentials
 
 #: A worker's progress line: the cluster's, as `scrapy status` shows it (no per-worker queries).
-PROGRESS = re.compile(r"Progress: (pages \d+/\d+.*)$", re.MULTILINE)
+PROGRESS = re.compile(r"Progress: (queries \d+/\d+ \| pages \d+/\d+.*)$", re.MULTILINE)
 
 
 def test_seed_validates_like_crawl_and_sends_nothing(
@@ -76,6 +76,9 @@ def test_seed_validates_like_crawl_and_sends_nothing(
                                    f"into running crawl {crawl_id} ")
     status = env.status()
     assert (status["queued"], status["known"], status["state"]) == (4, 4, "waiting for workers")
+    # The queries each seed began add up: the cluster's progress knows the planned total.
+    assert status["cluster_progress"]["queries"] == 4
+    assert status["cluster_progress"]["line"].startswith("queries 0/4 | pages 0/4 ")
     assert env.sandbox.stats()["requests"] == 0
 
 
@@ -129,14 +132,14 @@ def test_three_workers_crawl_everything_once_within_the_limit(
     assert summed["cluster_progress"]["eta"] is None
     text = env.scrapy("status", "category_items").stdout
     assert f"crawl {crawl_id}: finished" in text
-    assert f"pages {len(pages)}/{len(pages)} (100.0%)" in text
+    assert f"queries 3/3 | pages {len(pages)}/{len(pages)} (100.0%)" in text
     assert "ETA" not in text
     # Each worker logged the cluster's line, and its last one, written when all was done,
     # says so, with no ETA.
     for worker in cluster:
         lines = PROGRESS.findall(worker.log)
         assert lines, worker.log[-2000:]
-        assert lines[-1].startswith(f"pages {len(pages)}/{len(pages)} (100.0%)")
+        assert lines[-1].startswith(f"queries 3/3 | pages {len(pages)}/{len(pages)} (100.0%)")
         assert "ETA" not in lines[-1]
 
 

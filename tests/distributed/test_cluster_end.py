@@ -27,7 +27,7 @@ from tests.cluster import (
 )
 
 COMPLETELY = "Crawled completely: categories 1, 2, 3;"
-PROGRESS = re.compile(r"Progress: (pages \d+/\d+.*)$", re.MULTILINE)
+PROGRESS = re.compile(r"Progress: (queries \d+/\d+ \| pages \d+/\d+.*)$", re.MULTILINE)
 
 
 def crawl_with_a_killed_worker(env: Env, workers: Callable[..., list[Worker]],
@@ -69,6 +69,8 @@ def test_one_worker_finalises_the_crawl_with_every_workers_counts(
     progress = status["cluster_progress"]
     assert (progress["pages"], progress["items"]) == (counts["pages"], counts["items"])
     assert progress["answers"] == run["answers"]
+    # Each query counted once, although the victim's pages were decided again.
+    assert (progress["queries"], progress["queries_done"]) == (3, 3)
     assert progress["eta"] is None
     # The victim is dead, in Redis and in crawl_runs; the survivors closed.
     (victim_id,) = [w["id"] for w in status["workers"] if w["pid"] == victim.pid]

@@ -42,7 +42,8 @@ Redis key layout (``P`` = ``TMAPI_REDIS_PREFIX``, ``S`` = the spider's name, ``W
                                 what its replay of the held pages counted and noticed
     P:S:sightings       string  products of the acknowledged pages (each page counted once)
     P:S:frontier        hash    the frontier's numbers and claims (``frontier.state``): queries
-                                begun, decided, split; windows, edges, the detected cap
+                                begun, decided, split; windows, edges, the detected cap; how
+                                many queries the crawl began and finished
     P:S:frontier:ids:K  set     ids of a query's last pages (K: the frontier's key), dropped
                                 when the query is done
     P:S:frontier:sets   set     names of the id sets, so a new crawl drops them all

@@ -4,7 +4,8 @@ Everything is read by one script (``lua/status.lua``), so every number comes fro
 moment, and every view is computed here from the same counters: the pages come from the
 queue's own counters (done, failed, every entry ever queued), the sightings from the counter
 the acknowledgements add each page's products to (so a page fetched twice, by a worker killed
-before its acknowledgement and by the one that took it back, counts once), the rest (answers,
+before its acknowledgement and by the one that took it back, counts once), the queries begun
+and done from the frontier's shared counters (each query is decided once), the rest (answers,
 rejected, new products) from the progress counters each worker writes together with its
 acknowledgements and failures. So "done" and the progress line can never disagree, a worker
 whose heartbeat expired shows as ``lost``, and a crawl that is over shows no ETA. The crawl's
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.keys import redact_url
+from tmapi_crawler.frontier.decisions import QUERIES_BEGUN, QUERIES_DONE
 from tmapi_crawler.progress import Progress, eta_seconds, format_line
 
 if TYPE_CHECKING:
@@ -37,8 +39,9 @@ async def _read_raw(cluster: Cluster) -> dict[str, Any]:
     keys, lkeys = cluster.keys, cluster.limiter_keys
     raw = await cluster.scripts["status"](
         keys=[keys.crawl, keys.queue, keys.dupefilter, keys.done, keys.failed, keys.workers,
-              keys.progress, lkeys.limit, lkeys.permits, lkeys.stop, keys.sightings],
-        args=[keys.base],
+              keys.progress, lkeys.limit, lkeys.permits, lkeys.stop, keys.sightings,
+              keys.frontier],
+        args=[keys.base, QUERIES_BEGUN, QUERIES_DONE],
     )
     return dict(json.loads(raw))
 
@@ -85,6 +88,7 @@ def describe_state(cluster: Cluster, raw: dict[str, Any], *, final: bool = False
                    stop=stop_info, now=now)
     progress = _progress(snapshots, done=done, failed=failed_known, known=known,
                          sightings=int(raw["sightings"]),
+                         queries=(int(raw["queries"]), int(raw["queries_done"])),
                          over=final or state in ("finished", "empty") or state.startswith("lost"))
     return {
         "redis": redact_url(cluster.url),
@@ -126,11 +130,14 @@ def _state(crawl: dict[str, Any], *, live: int, left: int, known: int,
 
 
 def _progress(snapshots: list[tuple[bool, dict[str, Any]]], *, done: int, failed: int,
-              known: int, sightings: int, over: bool) -> dict[str, Any]:
-    """The crawl's progress: pages and sightings from the queue's counters, the rest summed
-    over every worker (lost and exited ones too), the rate of the live ones."""
+              known: int, sightings: int, queries: tuple[int, int], over: bool
+              ) -> dict[str, Any]:
+    """The crawl's progress: pages and sightings from the queue's counters, the queries (begun,
+    done) from the frontier's, the rest summed over every worker (lost and exited ones too),
+    the rate of the live ones."""
     total = Progress.total(Progress.from_snapshot(s) for _, s in snapshots)
-    total = replace(total, pages=done, pages_failed=failed, pages_known=known, items=sightings)
+    total = replace(total, pages=done, pages_failed=failed, pages_known=known, items=sightings,
+                    queries=queries[0], queries_done=queries[1])
     rate = 0.0 if over else sum(float(s.get("rate", 0.0)) for alive, s in snapshots if alive)
     eta = None if over else eta_seconds(total, rate)
     return {
@@ -139,7 +146,7 @@ def _progress(snapshots: list[tuple[bool, dict[str, Any]]], *, done: int, failed
         "pages_left": total.pages_left,
         "rate": rate,
         "eta": eta,
-        "line": format_line(total, rate, eta, queries=False, final=over),
+        "line": format_line(total, rate, eta, final=over),
     }
 
 

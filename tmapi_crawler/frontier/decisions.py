@@ -105,6 +105,11 @@ _CAP: Final = "cap"
 _CAP_LEARNED: Final = "cap|learned"
 _CELLS_OPEN: Final = "cells|open"
 _PRICE_FILTER_NOTICE: Final = "notice|price_filter_ignored"
+#: The queries begun and done, counted in the state as each is decided: the workers of a
+#: cluster and its seeds decide each query once (a replayed decision answers from its memo), so
+#: on a shared state these are the cluster crawl's totals (``distributed.status``).
+QUERIES_BEGUN: Final = "queries|begun"
+QUERIES_DONE: Final = "queries|done"
 
 
 class Frontier:
@@ -200,6 +205,7 @@ class Frontier:
         if not await self.state.claim(_key(key, "started")):
             return False
         await self.state.add(_key(key, "open"), 1)
+        await self.state.add(QUERIES_BEGUN, 1)
         decision.counters[stats_keys.QUERIES] += 1
         decision.counters[stats_keys.PAGES_KNOWN] += 1
         decision.follow.append(context)
@@ -567,6 +573,7 @@ class Frontier:
     async def _done(self, decision: Decision, context: PageContext, hi: int) -> None:
         """A query with no page left: count it, forget its state, settle its cell."""
         key = context.query.key()
+        await self.state.add(QUERIES_DONE, 1)
         decision.counters[stats_keys.QUERIES_DONE] += 1
         decision.done.append(key)
         # Ids are kept for the sets around the last pages with items, which lie at most a

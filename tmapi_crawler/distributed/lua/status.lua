@@ -2,7 +2,8 @@
 -- every number comes from the same moment: the crawl, its queue counters, each worker with its
 -- heartbeat, leases and progress counters, and the limiter.
 -- KEYS: crawl, queue, dupefilter, done, failed, workers, progress, limiter limit, limiter
---       permits, limiter stop, sightings. ARGV: base.
+--       permits, limiter stop, sightings, frontier. ARGV: base, then the frontier's fields of
+--       the queries begun and done.
 -- Returns one JSON object.
 local function hash(key)
   local flat, out = redis.call('HGETALL', key), {}
@@ -35,6 +36,8 @@ return cjson.encode({
   known = redis.call('SCARD', KEYS[3]),
   done = tonumber(redis.call('GET', KEYS[4]) or '0'),
   sightings = tonumber(redis.call('GET', KEYS[11]) or '0'),
+  queries = tonumber(redis.call('HGET', KEYS[12], ARGV[2]) or '0'),
+  queries_done = tonumber(redis.call('HGET', KEYS[12], ARGV[3]) or '0'),
   failed = #failed / 2,
   failed_known = failed_known,
   refused = refused,
