@@ -66,6 +66,11 @@ def test_three_workers_pay_what_one_process_pays(
     assert splits == solo.stat("tmapi/split/queries")
     assert sum(w.stats.get("tmapi/queries/done", 0) for w in cluster) == solo.stat(
         "tmapi/queries/done")
+    # The cluster's count of queries, splits included, is the process's.
+    progress = env.status()["cluster_progress"]
+    assert (progress["queries"], progress["queries_done"]) == (
+        solo.stat("tmapi/queries"), solo.stat("tmapi/queries/done"))
+    assert progress["queries"] > 2  # split
     if not cap:  # learned once, by the cluster as by the process
         assert "Paging reaches only 200 results" in solo.log
         assert sum("Paging reaches only 200 results" in w.log for w in cluster) == 1
