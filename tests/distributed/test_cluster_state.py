@@ -16,7 +16,7 @@ from tests.servers import RedisProcess
 from tmapi_crawler.distributed.cluster import Cluster
 from tmapi_crawler.distributed.queue import CrawlGone, Push
 from tmapi_crawler.distributed.state import RedisState
-from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings
+from tmapi_crawler.frontier.decisions import QUERIES_BEGUN, Decision, Frontier, FrontierSettings
 from tmapi_crawler.frontier.state import FrontierState, MemoryState
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Query
@@ -147,6 +147,7 @@ def test_a_page_decided_again_asks_for_what_it_asked_for_the_first_time(
         (first,) = (await victim.plan([Query(cat_id=7)])).follow
         decided = await victim.on_page(first, capped)
         again = await heir.on_page(first, capped)
+        begun = redis_client.hget(cluster.keys.frontier, QUERIES_BEGUN)
         # Another page of the same query, decided once: nothing is remembered for it.
         other = await third.on_page(first.at(3, 5), empty)
         memo = cluster.keys.frontier_page(crawl_id, first.key)
@@ -159,11 +160,12 @@ def test_a_page_decided_again_asks_for_what_it_asked_for_the_first_time(
         await late.ack([lease.id], "{}", [20], [memo])  # too late: kept for the heir
         kept = redis_client.exists(memo)
         await queue.ack([lease.id], "{}", [20], [memo])
-        return [decided, again, other, remembered, kept, redis_client.exists(memo)]
+        return [decided, again, other, remembered, kept, redis_client.exists(memo), begun]
 
-    decided, again, other, remembered, kept, left = run_with(cluster, scenario)
+    decided, again, other, remembered, kept, left, begun = run_with(cluster, scenario)
     assert isinstance(decided, Decision)
     assert [c.query.sort for c in decided.follow] == ["price_up"]  # the split, claimed once
     assert again.follow == decided.follow
     assert (decided.replayed, again.replayed, other.replayed) == (False, True, False)
+    assert begun == b"2"  # the planned query and its split, not the split again
     assert (remembered, kept, left) == (1, 1, 0)
