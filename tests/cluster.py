@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,9 @@ from tmapi_crawler.distributed.status import read_status
 from tmapi_crawler.sandbox.process import SandboxProcess
 
 T = TypeVar("T")
+
+#: A worker's progress line: the cluster's, as `scrapy status` shows it.
+PROGRESS = re.compile(r"Progress: (queries \d+/\d+ \| pages \d+/\d+.*)$", re.MULTILINE)
 
 CATEGORIES = (1, 2, 3)
 LIMIT = 4

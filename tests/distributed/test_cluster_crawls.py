@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import urllib.request
 from collections import Counter
@@ -23,6 +22,7 @@ from scrapy.utils.test import get_crawler
 from tests.cluster import (
     CATEGORIES,
     LIMIT,
+    PROGRESS,
     Env,
     Worker,
     assert_no_secret_or_pickle,
@@ -45,9 +45,6 @@ from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.spend import spool
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
 from tmapi_crawler.transport import credentials
-
-#: A worker's progress line: the cluster's, as `scrapy status` shows it (no per-worker queries).
-PROGRESS = re.compile(r"Progress: (queries \d+/\d+ \| pages \d+/\d+.*)$", re.MULTILINE)
 
 
 def test_seed_validates_like_crawl_and_sends_nothing(

@@ -8,7 +8,6 @@ killed worker is marked dead. ``scrapy status`` shows the same counts.
 
 from __future__ import annotations
 
-import re
 import signal
 from collections.abc import Callable
 
@@ -16,6 +15,7 @@ import pymongo
 
 from tests.cluster import (
     CATEGORIES,
+    PROGRESS,
     Env,
     Worker,
     finish,
@@ -27,7 +27,6 @@ from tests.cluster import (
 )
 
 COMPLETELY = "Crawled completely: categories 1, 2, 3;"
-PROGRESS = re.compile(r"Progress: (queries \d+/\d+ \| pages \d+/\d+.*)$", re.MULTILINE)
 
 
 def crawl_with_a_killed_worker(env: Env, workers: Callable[..., list[Worker]],
