@@ -165,19 +165,27 @@ def limit_efficiency(bench: Bench, faults: dict[int, float]) -> dict[str, Any]:
 
 #: B5 rounds: each runs a single process and then 1, 2 and 4 workers on the same work.
 B5_ROUNDS = 5
+#: B5's categories (of ``PAGES_PER_CATEGORY`` pages): 400 pages, 10 s at the limit.
+B5_CATEGORIES = 16
+#: B5L's: 1,600 pages, 40 s at the limit. A crawl's first and last few answers (workers
+#: starting, the last calls' answers coming in one by one) cost the same whatever its length;
+#: in 10 s they weigh four times what they do in 40 s (BENCHMARKS.md, seventh round).
+B5L_CATEGORIES = 64
 
 
-def distributed(bench: Bench) -> dict[str, Any]:
-    """B5: a single process, then 1, 2 and 4 workers on this machine sharing one limit of 8
-    at 200 ms, 400 pages each, side by side, ``B5_ROUNDS`` times; the spread of each."""
+def distributed(bench: Bench, count: int = B5_CATEGORIES) -> dict[str, Any]:
+    """B5 (B5L): a single process, then 1, 2 and 4 workers on this machine sharing one limit
+    of 8 at 200 ms, ``count`` categories each, side by side, ``B5_ROUNDS`` times; the spread
+    of each."""
     redis = RedisProcess(bench.workdir / "redis", persistent=True).start()
     measured: dict[str, list[dict[str, Any]]] = {}
     try:
         for round_ in range(B5_ROUNDS):
             for workers in (0, 1, 2, 4):  # 0: the single process
-                first = 6001 + 1000 * round_ + 100 * workers
+                # Every crawl its own categories (B5's as they always were).
+                first = 6001 + 100 * -(-count // B5_CATEGORIES) * (10 * round_ + workers)
                 measured.setdefault(f"workers_{workers}" if workers else "single", []).append(
-                    _b5_run(bench, redis, workers, categories(16, first),
+                    _b5_run(bench, redis, workers, categories(count, first),
                             f"bench{round_}x{workers}"))
     finally:
         redis.stop()
@@ -222,7 +230,7 @@ def _b5_run(bench: Bench, redis: RedisProcess, workers: int, category_ids: list[
             if any(p.wait() for p in processes):
                 raise RuntimeError(f"a worker of {workers} failed")
         result = efficiency(sandbox, LIMIT, LATENCY)
-    if result["pages"] < 16 * PAGES_PER_CATEGORY:
+    if result["pages"] < len(category_ids) * PAGES_PER_CATEGORY:
         raise RuntimeError(f"{workers} workers fetched only {result['pages']} pages")
     return result
 
@@ -367,6 +375,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "B3": ("CPU per 1,000 stored items", cpu_per_item),
     "B4": ("memory of one worker", memory),
     "B5": ("distributed: workers sharing one limit, beside a single process", distributed),
+    "B5L": ("B5 on a crawl four times as long", lambda b: distributed(b, B5L_CATEGORIES)),
     "B6": ("capped categories: calls and coverage against the ideal", capped_categories),
     "B7": ("pages paid twice after a SIGKILL and a resume", paid_twice_after_a_kill),
 }
