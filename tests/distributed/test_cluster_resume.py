@@ -109,6 +109,11 @@ def test_a_crawl_redis_lost_is_resumed_by_seed_without_paying_twice(
     assert set(billed) == pages
     assert paid_twice(env) <= in_flight
     assert len(billed) == len(pages) + paid_twice(env)
+    # The cluster's count of queries over both runs (the seed's replay begins, and ends, those
+    # of the pages held): each query once, and all of them done.
+    progress = env.status()["cluster_progress"]
+    queries = len({page[:3] for page in pages})
+    assert (progress["queries"], progress["queries_done"]) == (queries, queries)
     # One record of the crawl, finished, with its resume.
     (run,) = db.crawl_runs.find()
     assert run["_id"] == crawl_id
