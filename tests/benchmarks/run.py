@@ -183,7 +183,7 @@ def distributed(bench: Bench, count: int = B5_CATEGORIES) -> dict[str, Any]:
         for round_ in range(B5_ROUNDS):
             for workers in (0, 1, 2, 4):  # 0: the single process
                 # Every crawl its own categories (B5's as they always were).
-                first = 6001 + 100 * -(-count // B5_CATEGORIES) * (10 * round_ + workers)
+                first = 6001 + 100 * max(1, count // B5_CATEGORIES) * (10 * round_ + workers)
                 measured.setdefault(f"workers_{workers}" if workers else "single", []).append(
                     _b5_run(bench, redis, workers, categories(count, first),
                             f"bench{round_}x{workers}"))
