@@ -27,6 +27,7 @@ from typing import Final
 from tmapi_crawler import api
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.frontier import paging, splitting
+from tmapi_crawler.frontier.completeness import Loss
 from tmapi_crawler.frontier.context import CellRef, PageContext
 from tmapi_crawler.frontier.state import FrontierState, MemoryState
 from tmapi_crawler.frontier.summary import PageSummary
@@ -63,6 +64,8 @@ class Decision:
     cap: int | None = None
     #: Keys of the queries this answer finished.
     done: list[str] = field(default_factory=list)
+    #: Parts of categories this answer showed the crawl will not read (the crawl's record).
+    losses: list[Loss] = field(default_factory=list)
     #: The page was decided before, by a worker that died before it was acknowledged: what
     #: it asks for may be queued already, and such a copy, dropped as a duplicate, is no news.
     replayed: bool = False
