@@ -196,12 +196,14 @@ def test_a_page_past_the_total_reads_on_at_the_pace_of_its_new_products() -> Non
     f = frontier(window=3)
     first = begin(f, Query(cat_id=CAT))
     follow = run(f.on_page(first, page(total=60))).follow
-    assert pages_of(run(f.on_page(follow[0], page(first_id=21, total=60)))) == []
-    # Page 3, the last the total implies, says more and brings 9 new (11 repeat): 60
-    # products at 9 a page end at page 7.
-    paced = PageSummary(items=20, ids=(*ids(1, 11), *ids(41, 9)), total_count=60,
-                        has_next_page=True)
-    decision = run(f.on_page(follow[1], paced))
+
+    def slotted(first_id: int) -> PageSummary:  # 11 promoted items, then 9 of the listing
+        return PageSummary(items=20, ids=(*ids(1, 11), *ids(first_id, 9)), total_count=60,
+                           has_next_page=True)
+
+    assert pages_of(run(f.on_page(follow[0], slotted(21)))) == []
+    # Page 3, the last the total implies, says more: 60 products at 9 a page end at page 7.
+    decision = run(f.on_page(follow[1], slotted(30)))
     assert pages_of(decision) == [4, 5, 6]
     assert all(c.last == 7 for c in decision.follow)
     assert decision.counters[stats_keys.PAGES_KNOWN] == 4

@@ -20,9 +20,9 @@ bring 9 new products each and are never stale, whatever repeats; a listing stuck
 brings none. ``STALE_LIMIT`` stale pages stop the query, and the stop is reported as a
 ``Loss`` (``completeness.STALE_STOPPED``). Such a listing goes on past the last page its
 ``total_count`` implies (``has_next_page`` says so): a page at or past that last page that
-brought new products moves the last page to where its new products per page would end the
-total (``paging.last_page``), bounded by the reach like every last page, so its pages are
-read a window at a time rather than one by one.
+brought new products moves the last page to where the query's pace — the most new products
+a page after the first brought — would end the total (``paging.last_page``), bounded by the
+reach like every last page, so its pages are read a window at a time rather than one by one.
 """
 
 from __future__ import annotations
@@ -564,10 +564,8 @@ class Frontier:
             if end is not None:
                 await state.lower_to(_key(key, "end"), end)
             else:
-                fresh = new if new is not None and new >= stale_below(context.page_size) \
-                    else None
                 grown = paging.last_page(page, context.last, summary, context.page_size,
-                                         new=fresh)
+                                         new=await self._pace(context, new))
                 before = await state.raise_to(_key(key, "last"),
                                               self._bounded(grown, context, reach))
                 known_last = max(known_last, before or 0)
@@ -584,6 +582,16 @@ class Frontier:
         decision.follow.extend(own)
         if await state.add(_key(key, "open"), len(own) - 1) == 0:
             await self._done(decision, context, hi)
+
+    async def _pace(self, context: PageContext, new: int | None) -> int | None:
+        """New products a page of the query brings: the most any page after the first did
+        (page 1 shows promoted items as new; a listing page showing one of them again brings
+        one fewer). None while no page that is not stale says."""
+        if new is None or new < stale_below(context.page_size):
+            return None
+        if context.page in (1, context.ahead):  # nothing before it to compare with
+            return await self.state.get(_key(context.query.key(), "pace"))
+        return max(new, await self.state.raise_to(_key(context.query.key(), "pace"), new) or 0)
 
     async def _known(self, context: PageContext) -> int:
         """Pages of the query known so far: up to its last page, or requested."""
@@ -619,7 +627,8 @@ class Frontier:
         ids = {_key(key, f"ids{n}") for n in (*range(last_span - 3, last_span + 2),
                                                 *range(ahead_span - 1, ahead_span + 2))}
         await self.state.forget(*(_key(key, n) for n in (
-            "open", "hi", "last", "end", "stale", "stopped", "decided", "ahead", "cut")), *ids)
+            "open", "hi", "last", "end", "stale", "stopped", "decided", "ahead", "cut", "pace")),
+            *ids)
         if await self.state.get(_key(key, "resume")):
             await self.state.forget(_key(key, "resume"))
             await self._walk_from(decision, context, await self._kept_edge(context), None)
