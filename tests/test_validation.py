@@ -64,9 +64,6 @@ def test_the_shipped_defaults_pass(profile: str, monkeypatch: pytest.MonkeyPatch
         if OWN.match(name):
             monkeypatch.delenv(name)
     monkeypatch.setenv("SCRAPY_PROJECT", profile)
-    # Set, then removed: get_project_settings() sets it, and it must not leak to other tests.
-    monkeypatch.setenv("SCRAPY_SETTINGS_MODULE", "")
-    monkeypatch.delenv("SCRAPY_SETTINGS_MODULE")
     settings = get_project_settings()
     check_settings(settings)
     assert not list(unknown_settings(settings))
