@@ -44,6 +44,7 @@ from scrapy.utils.misc import load_object
 from tmapi_crawler import api
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.accounting import Completeness, loss_to_dict
 from tmapi_crawler.aio import wait_set
 from tmapi_crawler.closing import (
     FINISHED,
@@ -478,7 +479,9 @@ class DistributedScheduler(BaseScheduler):
         self._rate.add(time.monotonic(), progress.pages_done)
         return json.dumps({**asdict(progress), "rate": self._rate.per_second(),
                            "state": state, "crawl_id": self.crawl_id, **losses(stats),
-                           "categories": sorted(self._categories)})
+                           "categories": sorted(self._categories),
+                           "losses": [loss_to_dict(loss)
+                                      for loss in Completeness.of(self.crawler).losses()]})
 
     # The acknowledgement ledger.
 

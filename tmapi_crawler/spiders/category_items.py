@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from tmapi_crawler import api
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.accounting import Completeness
 from tmapi_crawler.closing import PROBED
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings, priority
@@ -259,8 +260,10 @@ class CategoryItemsSpider(scrapy.Spider):
                            document["key"], exc)
 
     def _apply(self, decision: Decision) -> list[scrapy.Request]:
-        """Count and log what the frontier learned; the requests it asks for."""
+        """Count and log what the frontier learned, hand its losses to the accounting; the
+        requests it asks for."""
         stats = self.crawler.stats
+        Completeness.of(self.crawler).apply(decision)
         for key, amount in decision.counters.items():
             if amount:
                 stats.inc_value(key, amount)
