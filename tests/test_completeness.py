@@ -8,17 +8,29 @@ the crawl's stop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.crawling import TOKEN, CrawlResult, crawl
+from tests.inprocess import crawler_for, project_settings
 from tests.servers import MongodProcess
 from tests.stand_in_frontier import SPIDER_MODULES
+from tmapi_crawler import signals as tmapi_signals
+from tmapi_crawler.accounting import Completeness, loss_from_dict, loss_to_dict
+from tmapi_crawler.commands.report import summary
+from tmapi_crawler.distributed.status import completeness
+from tmapi_crawler.frontier.completeness import PAGES_GIVEN_UP, STALE_STOPPED, STOPPED, Loss
+from tmapi_crawler.frontier.context import PageContext
+from tmapi_crawler.frontier.decisions import Decision
+from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.catalog import PRICE_POINT_CENTS, format_price
 from tmapi_crawler.sandbox.process import SandboxProcess
+from tmapi_crawler.transport.middleware import NOT_SENT
 
 POINTED = 701  # most of it at one price, more there than the reach
 WHOLE = 702
@@ -74,6 +86,9 @@ def test_a_category_with_an_unreachable_part_is_recorded_incomplete_and_exits_3(
     assert final.endswith(f"; incomplete: categories {POINTED} (unreachable)")
     assert db.products.count_documents({"vanished": {"$exists": True}}) == 0
     assert f"Crawled completely: categories {WHOLE};" in result.log
+    read = summary(db, "here").splitlines()
+    assert f"  read      incomplete: categories {POINTED} (unreachable: {stored} stored of " \
+        f"{len(truth)} claimed, at least {len(truth) - stored} unreached)" in read
     print(f"\nunreachable: exit {result.returncode}, complete {run_record['complete']}, "
           f"incomplete.{POINTED} {entry}, of {len(truth)} products, "
           f"{result.stat('tmapi/requests')} calls")
@@ -116,3 +131,44 @@ def test_a_stopped_crawl_names_every_category_it_left_pages_of_and_exits_1(
     record = mongo_client[mongo_db_name].crawl_runs.find_one(
         {"_id": result.stat("tmapi/crawl_id")})
     assert (record["complete"], record["incomplete"]) == (True, {})
+
+
+def test_a_crawl_recorded_before_completeness_existed_shows_not_recorded(
+    mongo_client, mongo_db_name
+) -> None:
+    db = mongo_client[mongo_db_name]
+    db.crawl_runs.insert_one({"_id": "old", "started_at": datetime.now(UTC),
+                              "finish_reason": "finished", "status": "closed"})
+    assert "  read      not recorded" in summary(db, "here").splitlines()
+    assert completeness({"id": "old", "completed_at": "1"}, "finished") == "not recorded"
+    assert completeness({"id": "c", "complete": "0", "incomplete": "7 (stale_stopped)"},
+                        "finished") == "incomplete: categories 7 (stale_stopped)"
+    assert completeness({"id": "c"}, "running") is None
+
+
+def test_the_accounting_gathers_decisions_given_up_pages_and_what_a_stop_left() -> None:
+    """In-process: the losses of one process, as the recorder and a cluster worker read them."""
+    async def scenario() -> list[list[Loss]]:
+        crawler = crawler_for(project_settings(), cat_id="5,6")
+        spider = crawler.spider
+        account = Completeness.of(crawler)
+        spider._apply(Decision(follow=[PageContext(Query(5)), PageContext(Query(6))]))
+        spider._apply(Decision(done=[Query(6).key()], losses=[
+            Loss(6, STALE_STOPPED, Query(6).key()), Loss(6, STALE_STOPPED, Query(6).key(), 40)]))
+        failed = spider.page_request(PageContext(Query(5), page=3))
+        crawler.signals.send_catch_log(tmapi_signals.page_failed, request=failed,
+                                       reason="417")
+        seen = [account.losses(), account.losses("finished"), account.losses("shutdown")]
+        not_sent = spider.page_request(PageContext(Query(5), page=4))
+        crawler.signals.send_catch_log(tmapi_signals.page_failed, request=not_sent,
+                                       reason=NOT_SENT)
+        return [*seen, account.losses()]
+
+    running, finished, stopped, kept_back = asyncio.run(scenario())
+    five, six = Query(5).key(), Query(6).key()
+    assert running == finished == [Loss(5, PAGES_GIVEN_UP, five), Loss(6, STALE_STOPPED, six, 40)]
+    # Stopped: the query of 5 still had pages, 6 was done.
+    assert stopped == [Loss(5, PAGES_GIVEN_UP, five), Loss(5, STOPPED, five),
+                       Loss(6, STALE_STOPPED, six, 40)]
+    assert kept_back == stopped, "a page the stop kept from being sent is the stop's"
+    assert [loss_from_dict(loss_to_dict(loss)) for loss in stopped] == stopped

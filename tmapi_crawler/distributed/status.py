@@ -24,9 +24,27 @@ from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.frontier.completeness import PAGES_GIVEN_UP, Loss
 from tmapi_crawler.frontier.decisions import QUERIES_BEGUN, QUERIES_DONE
 from tmapi_crawler.progress import Progress, eta_seconds, format_line
+from tmapi_crawler.storage.completeness import NOT_RECORDED
 
 if TYPE_CHECKING:
     from tmapi_crawler.distributed.cluster import Cluster
+
+
+#: Fields of the crawl's hash the finaliser sets (``crawl_runs.complete`` and the incomplete
+#: categories, as the final line names them); absent for a crawl finished before they existed.
+COMPLETE_FIELD = "complete"
+INCOMPLETE_FIELD = "incomplete"
+
+
+def completeness(crawl: dict[str, Any], state: str) -> str | None:
+    """What ``scrapy status`` says of a crawl's completeness: None while it runs."""
+    if state != "finished":
+        return None
+    if COMPLETE_FIELD not in crawl:
+        return NOT_RECORDED
+    if str(crawl[COMPLETE_FIELD]) == "1":
+        return "complete"
+    return f"incomplete: categories {crawl.get(INCOMPLETE_FIELD, '')}"
 
 
 async def read_status(cluster: Cluster, *, final: bool = False) -> dict[str, Any]:
@@ -97,6 +115,7 @@ def describe_state(cluster: Cluster, raw: dict[str, Any], *, final: bool = False
         "key": cluster.keys.base,
         "crawl_id": crawl.get("id"),
         "state": state,
+        "completeness": completeness(crawl, state),
         "queued": int(raw["queued"]),
         "in_flight": in_flight,
         "in_flight_lost": lost,

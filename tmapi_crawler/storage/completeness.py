@@ -58,6 +58,32 @@ async def record(store: ProductStore, crawl_id: str, losses: Iterable[Loss]
     return {"complete": not incomplete, "incomplete": incomplete}
 
 
+#: What the report and the status say of a crawl recorded before ``complete`` existed.
+NOT_RECORDED = "not recorded"
+
+
+def shown(run: dict[str, Any]) -> str:
+    """A ``crawl_runs`` document's completeness, for ``scrapy report``."""
+    if "complete" not in run:
+        return "still running" if "finish_reason" not in run else NOT_RECORDED
+    if run["complete"]:
+        return "complete: every category read whole" + _limited(run)
+    parts = []
+    for cat_id, entry in sorted(run["incomplete"].items(), key=lambda kv: int(kv[0])):
+        counts = f"{entry['stored']} stored"
+        if entry.get("claimed") is not None:
+            counts += f" of {entry['claimed']} claimed"
+        if entry.get("unreached") is not None:
+            counts += f", at least {entry['unreached']} unreached"
+        parts.append(f"{cat_id} ({', '.join(entry['reasons'])}: {counts})")
+    return f"incomplete: categories {'; '.join(parts)}" + _limited(run)
+
+
+def _limited(run: dict[str, Any]) -> str:
+    limited = run.get("limited")
+    return f" (limited by you: max_pages={limited['max_pages']})" if limited else ""
+
+
 def described(incomplete: dict[str, Any]) -> str:
     """``301 (unreachable), 5 (stopped)``: the categories and why, for a line of text."""
     return ", ".join(f"{cat_id} ({', '.join(entry['reasons'])})"

@@ -349,6 +349,7 @@ class CrawlRunRecorder:
             if self._finaliser and status == CLOSED and reason == FINISHED:
                 record = await self._completeness(list(totals.losses), reason)
                 crawl.update(record)
+                await self._share_completeness(record)
                 crawl["counts"]["vanished"] = await self._vanish_cluster(totals, record)
                 await Spool.of(self.crawler).finish()
                 crawl["completed_by"] = self.worker_id
@@ -358,6 +359,15 @@ class CrawlRunRecorder:
         await self._record_cost(crawl["counts"].get("products_seen"))
         for name, value in products.items():
             self.stats.set_value(stats_keys.product_count(name), value)
+
+    async def _share_completeness(self, record: dict[str, Any]) -> None:
+        """Tell ``scrapy status`` too (the crawl's Redis hash)."""
+        try:
+            await self.crawler.engine.scheduler.record_completeness(
+                record["complete"], completeness.described(record["incomplete"]))
+        except RedisError as exc:
+            logger.error("Could not record in Redis whether crawl %s is complete (%s); "
+                         "crawl_runs has it", self.crawl_id, exc)
 
     async def _cluster_totals(self) -> CrawlTotals | None:
         read = getattr(self.crawler.engine.scheduler, "cluster_totals", None)
