@@ -70,3 +70,27 @@ def test_a_local_crawl_during_a_cluster_crawl_makes_no_listed_product_look_gone(
     status = env.status()
     assert status["completeness"] == "complete"
     assert "  read       complete" in describe(status).splitlines()
+
+
+def test_the_finaliser_of_an_incomplete_cluster_crawl_exits_3_the_other_workers_0(
+    start_env: Callable[..., Env], workers: Callable[..., list[Worker]],
+    mongo_client: pymongo.MongoClient,
+) -> None:
+    env = start_env(default_size=60)
+    env.sandbox.configure(fault_rates={"417": 1.0})  # every page given up, after no retry
+    assert env.seed("cat_id=1,2").returncode == 0
+    cluster = joined_before_any_call(env, workers, 2, "cluster", TMAPI_RETRY_TIMES=0)
+    assert finish(cluster) == ["finished"] * 2
+    codes = sorted(w.wait() for w in cluster)
+    finalisers = [w for w in cluster if w.stats.get("tmapi/completeness/complete") is False]
+    assert len(finalisers) == 1
+    assert codes == [0, 3]
+    run = mongo_client[env.database].crawl_runs.find_one({"_id": env.status()["crawl_id"]})
+    assert run["complete"] is False
+    assert sorted(run["incomplete"]) == ["1", "2"]
+    for entry in run["incomplete"].values():
+        assert (entry["reasons"], entry["stored"], entry["claimed"]) == (
+            ["pages_given_up"], 0, None)
+    status = env.status()
+    assert status["completeness"] == "incomplete: categories 1 (pages_given_up), " \
+        "2 (pages_given_up)"

@@ -233,11 +233,10 @@ class CategoryItemsSpider(scrapy.Spider):
 
     async def page_failed(self, failure: Failure) -> None:
         """A page given up on is counted by reason (the transport already logged why); its
-        query's window moves on."""
+        query's window moves on. Its loss is the accounting's (``page_failed``)."""
         reason = failure.value.reason if isinstance(failure.value, ApiError) else "error"
         self.crawler.stats.inc_value(stats_keys.failed_by_reason(reason))
         context = PageContext.from_dict(failure.request.meta[META_KEY])
-        mark_incomplete(self.crawler.stats, context.query.cat_id)
         store = ProductStore.of(self.crawler)
         calls = failure.request.meta.get(CALLS_META, 0)
         count_page(self.crawler.stats, context, calls, ok=False, probe=self.probe)
