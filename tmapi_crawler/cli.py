@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 #: Exit status of a command refused before it did anything (bad argument or setting).
 USAGE_ERROR = 2
+#: Exit status of a crawl that ran to its end without reading everything it was asked for
+#: (``crawl_runs.complete`` false): a part no split reaches, a stale stop, pages given up.
+INCOMPLETE = 3
 #: Exit status of a command whose reader went away, as if SIGPIPE had ended it (128 + 13).
 BROKEN_PIPE = 128 + signal.SIGPIPE
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -106,6 +106,7 @@ EXTENSIONS = {
     "tmapi_crawler.aio.RootLogLevel": 0,
     "tmapi_crawler.progress.ProgressReporter": 500,
     "tmapi_crawler.storage.runs.CrawlRunRecorder": 510,
+    "tmapi_crawler.accounting.Completeness": 0,
     "scrapy.extensions.feedexport.FeedExporter": None,
     "tmapi_crawler.exporters.FeedExporter": 0,
 }

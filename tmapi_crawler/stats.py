@@ -76,6 +76,14 @@ DB_FLUSH_ERRORS: Final = f"{PREFIX}/db/flush_errors"
 PRODUCTS: Final = f"{PREFIX}/products/"
 COVERAGE_INCOMPLETE: Final = f"{PREFIX}/coverage/incomplete/"
 
+# Completeness (tmapi_crawler/accounting.py): what the crawl could not read.
+#: Losses by reason (``frontier.completeness``): ``completeness/losses/<reason>``.
+COMPLETENESS_LOSSES: Final = f"{PREFIX}/completeness/losses/"
+#: True when the crawl read everything it was asked for (set where ``crawl_runs`` records it).
+COMPLETENESS_COMPLETE: Final = f"{PREFIX}/completeness/complete"
+#: The incomplete categories and why, as the final line names them: ``301 (unreachable)``.
+COMPLETENESS_INCOMPLETE: Final = f"{PREFIX}/completeness/incomplete"
+
 # Stopping.
 #: 1 when a second Ctrl-C forced the stop (what was parsed was still saved).
 FORCED_STOP: Final = f"{PREFIX}/stop/forced"
@@ -143,6 +151,11 @@ def product_count(name: str) -> str:
 def incomplete(cat_id: int) -> str:
     """Losses noticed in one category (see ``storage.coverage``)."""
     return f"{COVERAGE_INCOMPLETE}{cat_id}"
+
+
+def completeness_loss(reason: str) -> str:
+    """Losses of one reason (``frontier.completeness.REASONS``)."""
+    return f"{COMPLETENESS_LOSSES}{reason}"
 
 
 def cost_by_category(cat_id: int) -> str:

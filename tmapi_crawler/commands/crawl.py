@@ -23,7 +23,7 @@ from scrapy.spiderloader import get_spider_loader
 
 from settings_profiles import SCRAPYD_JOB
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.cli import USAGE_ERROR, ProjectCommand, fail
+from tmapi_crawler.cli import INCOMPLETE, USAGE_ERROR, ProjectCommand, fail
 from tmapi_crawler.distributed.embedded import resolve_redis_url
 from tmapi_crawler.plan import PlanError
 from tmapi_crawler.servers import EmbeddedServerError, ServerNotFound, find_mongod
@@ -96,6 +96,8 @@ def summary_line(stats: dict[str, Any], log_file: str | None) -> str:
                      f"{seen - new} seen before)")
     parts.append(f"{stats.get(stats_keys.ITEMS_REJECTED, 0)} rejected")
     line = f"{head}: {', '.join(parts)}"
+    if stats.get(stats_keys.COMPLETENESS_INCOMPLETE):
+        line += f"; incomplete: categories {stats[stats_keys.COMPLETENESS_INCOMPLETE]}"
     return f"{line}; log in {log_file}" if log_file else line
 
 
@@ -122,6 +124,9 @@ class Command(ProjectCommand, ScrapyCrawlCommand):
         self.crawler_process.start()
         if self.crawler_process.bootstrap_failed or reasons != ["finished"]:
             self.exitcode = 1
+        elif crawler.stats is not None and \
+                crawler.stats.get_value(stats_keys.COMPLETENESS_COMPLETE) is False:
+            self.exitcode = INCOMPLETE
         settings = crawler.settings
         log_file = settings.get("LOG_FILE")
         assert crawler.stats is not None

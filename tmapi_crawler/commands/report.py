@@ -17,6 +17,7 @@ from pymongo.errors import PyMongoError
 from tmapi_crawler.cli import ProjectCommand, command_line, note
 from tmapi_crawler.server_command import redact
 from tmapi_crawler.spend.cost import format_cost
+from tmapi_crawler.storage import completeness
 from tmapi_crawler.storage import embedded as embedded_mongo
 from tmapi_crawler.storage.history import HISTORY
 from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, REJECTED
@@ -162,6 +163,7 @@ def summary(db: Any, where: str) -> str:
         f"  found     {counts.get('items', 0)} sightings of {seen} products: {new} new, "
         f"{seen - new} seen before; {counts.get('rejected', 0)} rejected; "
         f"{counts.get('pages', 0)} pages, {failed} given up",
+        f"  read      {completeness.shown(run)}",
         f"  changed   {_changed_line(changes_of(db, run['_id']))}",
         f"  vanished  {counts.get('vanished', 0)} listings (product in category) no longer "
         "listed" + ("" if run.get("finish_reason") == "finished"

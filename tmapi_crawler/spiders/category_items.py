@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from tmapi_crawler import api
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.accounting import Completeness
 from tmapi_crawler.closing import PROBED
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings, priority
@@ -232,11 +233,10 @@ class CategoryItemsSpider(scrapy.Spider):
 
     async def page_failed(self, failure: Failure) -> None:
         """A page given up on is counted by reason (the transport already logged why); its
-        query's window moves on."""
+        query's window moves on. Its loss is the accounting's (``page_failed``)."""
         reason = failure.value.reason if isinstance(failure.value, ApiError) else "error"
         self.crawler.stats.inc_value(stats_keys.failed_by_reason(reason))
         context = PageContext.from_dict(failure.request.meta[META_KEY])
-        mark_incomplete(self.crawler.stats, context.query.cat_id)
         store = ProductStore.of(self.crawler)
         calls = failure.request.meta.get(CALLS_META, 0)
         count_page(self.crawler.stats, context, calls, ok=False, probe=self.probe)
@@ -259,8 +259,10 @@ class CategoryItemsSpider(scrapy.Spider):
                            document["key"], exc)
 
     def _apply(self, decision: Decision) -> list[scrapy.Request]:
-        """Count and log what the frontier learned; the requests it asks for."""
+        """Count and log what the frontier learned, hand its losses to the accounting; the
+        requests it asks for."""
         stats = self.crawler.stats
+        Completeness.of(self.crawler).apply(decision)
         for key, amount in decision.counters.items():
             if amount:
                 stats.inc_value(key, amount)
