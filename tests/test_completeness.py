@@ -2,8 +2,7 @@
 exit status, the final line, and what vanishes.
 
 Real crawls of the sandbox into a real mongod; the losses come from the frontier's decisions
-(``tests/stand_in_frontier.py`` reports a part no split reaches), the pages given up on, and
-the crawl's stop.
+(a part no split reaches), the pages given up on, and the crawl's stop.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import pytest
 from tests.crawling import TOKEN, CrawlResult, crawl
 from tests.inprocess import crawler_for, project_settings
 from tests.servers import MongodProcess
-from tests.stand_in_frontier import SPIDER_MODULES
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler.accounting import Completeness, loss_from_dict, loss_to_dict
 from tmapi_crawler.commands.report import summary
@@ -48,8 +46,8 @@ def sandbox() -> Iterator[SandboxProcess]:
 def run(tmp_path: Path, sandbox: SandboxProcess, mongod: MongodProcess, database: str,
         *arguments: str, **settings: Any) -> CrawlResult:
     return crawl(tmp_path, *arguments, base_url=sandbox.url, mongo_uri=mongod.uri,
-                 database=database, spider="category_items_stand_in", timeout=180,
-                 settings={"SPIDER_MODULES": SPIDER_MODULES, "TMAPI_RESULT_CAP": POINT_CAP,
+                 database=database, timeout=180,
+                 settings={"TMAPI_RESULT_CAP": POINT_CAP,
                            "LOG_LEVEL": "INFO", **settings})
 
 
