@@ -218,3 +218,43 @@ def test_a_probed_page_1_gives_exact_pages_under_the_reach_and_a_floor_over_it(
 ) -> None:
     figure = _figure(summary, reach, max_pages)
     assert (figure.calls, figure.at_least, figure.probed) == (calls, at_least, True)
+
+
+# A split category: walks, flag cells and sort cells all count toward the planned query.
+
+SPLIT = "901"
+SPLIT_CAP = 100
+
+
+@pytest.fixture(scope="module")
+def split_sandbox() -> Iterator[SandboxProcess]:
+    """Most of a 2,500-product category at one price, over a reach of 100: the crawl walks the
+    prices and reads the price point in flag cells and under every sort."""
+    with SandboxProcess(token=[TOKEN], size={SPLIT: 2500}, result_cap=SPLIT_CAP,
+                        price_point_share=0.8, latency=0.002) as server:
+        yield server
+
+
+def test_the_estimate_of_a_split_category_is_what_its_re_crawl_pays(
+    split_sandbox: SandboxProcess, mongod: MongodProcess, mongo_db_name: str, tmp_path: Path
+) -> None:
+    sandbox = split_sandbox
+    arguments = (f"cat_id={SPLIT}", "page_size=50")
+    settings = {"TMAPI_CONCURRENCY": 2, "TMAPI_RESULT_CAP": SPLIT_CAP, "LOG_LEVEL": "INFO"}
+    sandbox.reset()
+    first = crawl(tmp_path / "1", *arguments, base_url=sandbox.url, mongo_uri=mongod.uri,
+                  database=mongo_db_name, settings=settings)
+    assert first.stat("finish_reason") == "finished", first.log[-3000:]
+    assert first.stat("tmapi/split/by/flag") > 0
+    assert first.stat("tmapi/split/by/sort") > 0
+    code, out = estimate(mongod, mongo_db_name, *arguments, TMAPI_RESULT_CAP=str(SPLIT_CAP))
+    assert code == 0, out
+    quoted, known = total(out)
+    assert known == 1
+    sandbox.reset()
+    again = crawl(tmp_path / "2", *arguments, "fresh=true", base_url=sandbox.url,
+                  mongo_uri=mongod.uri, database=mongo_db_name, settings=settings)
+    assert again.stat("finish_reason") == "finished"
+    paid = sandbox.stats()["requests"]
+    print(f"split category re-crawl: quoted {quoted} calls, paid {paid}")
+    assert abs(paid - quoted) <= 0.05 * paid, (paid, quoted)
