@@ -82,6 +82,41 @@ def test_the_estimate_from_history_matches_the_next_crawl(
     assert abs(paid - calls) <= 0.05 * paid, (paid, calls)
 
 
+def test_a_pending_resume_is_shown_with_the_calls_still_to_pay(
+    sandbox: SandboxProcess, mongod: MongodProcess, mongo_db_name: str, tmp_path: Path
+) -> None:
+    sandbox.reset()
+    whole = crawl(tmp_path / "1", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
+                  database=mongo_db_name)
+    assert whole.stat("finish_reason") == "finished"
+    ideal = sandbox.stats()["requests"]
+    code, out = estimate(mongod, mongo_db_name, *ARGUMENTS, TMAPI_BASE_URL=sandbox.url)
+    assert "Pending" not in out
+    sandbox.reset()
+    stopped = crawl(tmp_path / "2", *ARGUMENTS, "fresh=true", base_url=sandbox.url,
+                    mongo_uri=mongod.uri, database=mongo_db_name,
+                    settings={"TMAPI_MAX_REQUESTS": 5})
+    assert stopped.stat("finish_reason") == "tmapi_budget_exhausted"
+    code, out = estimate(mongod, mongo_db_name, *ARGUMENTS, TMAPI_BASE_URL=sandbox.url)
+    assert code == 0, out
+    assert total(out) == (ideal, 4)
+    crawl_id = stopped.stat(stats_keys.CRAWL_ID)
+    match = re.search(rf"Pending: crawl {crawl_id} \(tmapi_budget_exhausted\) holds (\d+) "
+                      r"pages, 5 calls paid; the next crawl with these arguments resumes it: "
+                      r"(\d+) calls still to pay for the known queries", out)
+    assert match, out
+    assert (int(match[1]), int(match[2])) == (5, ideal - 5)
+    # With fresh=true nothing is resumed, and nothing pending is shown.
+    code, out = estimate(mongod, mongo_db_name, *ARGUMENTS, "fresh=true",
+                         TMAPI_BASE_URL=sandbox.url)
+    assert "Pending" not in out
+    sandbox.reset()
+    resumed = crawl(tmp_path / "3", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
+                    database=mongo_db_name)
+    assert resumed.stat(stats_keys.CRAWL_ID) == crawl_id
+    assert sandbox.stats()["requests"] == int(match[2])
+
+
 # --probe: page 1 of each planned query, paid once.
 
 
