@@ -23,6 +23,7 @@ from tests.crawling import PROJECT_ROOT, TOKEN, CrawlResult, crawl, records
 from tests.servers import MongodProcess
 from tests.test_progress import matches_stats, read_lines
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.commands.crawl import summary_line
 from tmapi_crawler.sandbox.process import SandboxProcess
 
 SIZES = {"101": 95, "102": 40}
@@ -139,6 +140,11 @@ def test_a_crawl_run_several_times_counts_the_whole_crawl_and_each_saving_once(
     assert record["counts"]["pages"] == sum(pages) == PAGES
     assert [r["counts"]["pages"] for r in record["resumes"]] == pages[1:]
     assert record["counts"]["items"] == sum(r.stat(stats_keys.ITEMS) for r in runs)
+    # Sightings beside products, both of the whole crawl: never fewer sightings than products.
+    sightings, seen = record["counts"]["items"], record["counts"]["products_seen"]
+    assert sightings >= seen == len(truth(fresh))
+    assert runs[-1].stat(stats_keys.ITEMS) < seen, "the last run alone saw fewer"
+    assert f"{sightings} sightings of {seen} products" in summary_line(runs[-1].stats, None)
 
 
 def test_fresh_true_starts_a_new_crawl_of_an_interrupted_plan(

@@ -135,6 +135,11 @@ def split_by(how: str) -> str:
     return f"{SPLIT_BY}{how}"
 
 
+#: Sightings of the whole crawl, over all its runs (``crawl_runs.counts.items``), set at close:
+#: the figure the crawl's products are counted beside.
+CRAWL_SIGHTINGS: Final = f"{PRODUCTS}sightings"
+
+
 def product_count(name: str) -> str:
     """Products counted from the database at close: ``products/{new,updated,changed,...}``."""
     return f"{PRODUCTS}{name}"

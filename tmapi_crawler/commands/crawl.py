@@ -86,7 +86,8 @@ def summary_line(stats: dict[str, Any], log_file: str | None) -> str:
         format_cost(cost_of(stats, stats.get(stats_keys.product_count("products_seen")))),
         f"{pages} pages" + (f" ({failed} given up)" if failed else ""),
     ]
-    sightings = stats.get(stats_keys.ITEMS, 0)
+    # The crawl's products are counted over all its runs: so are the sightings beside them.
+    sightings = stats.get(stats_keys.CRAWL_SIGHTINGS, stats.get(stats_keys.ITEMS, 0))
     seen = stats.get(stats_keys.product_count("products_seen"))
     if seen is None:
         parts.append(f"{sightings} product sightings")

@@ -279,6 +279,8 @@ class CrawlRunRecorder:
         await self._record_cost(counts.get("products_seen"))
         for name, value in counts.items():
             self.stats.set_value(stats_keys.product_count(name), value)
+        # Beside the crawl's products, its sightings over all its runs (a resume's included).
+        self.stats.set_value(stats_keys.CRAWL_SIGHTINGS, own["items"])
 
     async def _mark_vanished(self, reason: str) -> int:
         """Mark products gone from the categories this crawl saw whole (``coverage``).
