@@ -102,6 +102,8 @@ def test_the_line_shows_every_counter() -> None:
     assert "| calls 130, budget 500, 370 left |" in format_line(budgeted, 1.0, None)
     # A cluster's workers share one budget: their calls add up, the budget does not.
     assert Progress.total([budgeted, budgeted]).budget == 500
+    # A crawl that ended has no rate to show.
+    assert format_line(progress, None, None, final=True).endswith("| calls 130")
     # A closing line: nothing left to wait for.
     assert format_line(progress, 12.5, None, final=True) == (
         "queries 3/10 | pages 120/340 (35.3%), 2 failed | sightings 2400: 1100 new products, "

@@ -178,7 +178,7 @@ def _calls(progress: Progress) -> str:
             f"{max(progress.budget - progress.calls, 0)} left")
 
 
-def format_line(progress: Progress, rate: float, eta: float | None, *,
+def format_line(progress: Progress, rate: float | None, eta: float | None, *,
                 final: bool = False) -> str:
     """The log's progress line, e.g.
     ``queries 3/10 | pages 120/340 (35.3%), 2 failed | sightings 2400: 1100 new products,
@@ -187,7 +187,8 @@ def format_line(progress: Progress, rate: float, eta: float | None, *,
     A sighting is a product on a page; "new products" were first stored by it, "repeats" are
     sightings of products already stored (earlier in this crawl, or by an earlier one).
 
-    ``final`` leaves the ETA out: nothing is left to wait for.
+    ``final`` leaves the ETA out: nothing is left to wait for; ``rate`` None leaves the rate
+    out (a crawl that ended has none).
     """
     pages = f"pages {_of(progress.pages_done, progress.pages_known)}"
     if progress.pages_known:
@@ -202,10 +203,10 @@ def format_line(progress: Progress, rate: float, eta: float | None, *,
         f"{progress.rejected} rejected",
         f"answers {answers}",
         _calls(progress),
-        f"{rate:.1f} pages/s",
-        f"ETA {format_duration(eta)}",
+        *([] if rate is None else [f"{rate:.1f} pages/s"]),
+        *([] if final else [f"ETA {format_duration(eta)}"]),
     ]
-    return " | ".join(parts[:-1] if final else parts)
+    return " | ".join(parts)
 
 
 def format_bar(progress: Progress, rate: float, eta: float | None, width: int) -> str:
