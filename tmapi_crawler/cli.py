@@ -4,8 +4,9 @@ Kept outside ``tmapi_crawler.commands``: Scrapy takes every command class define
 command of its own.
 
 * Every command checks the settings before it does anything (``tmapi_crawler.validation``): a
-  bad value ends it with one line and exit status 2, before any API call or server start; a
-  token given with ``-s`` draws a warning.
+  bad value or a misspelt name ends it with one line and exit status 2, before any API call or
+  server start; a token given with ``-s``, or a ``TMAPI_*`` environment variable that names no
+  setting, draws a warning.
 * Output cut short by its reader (``scrapy status | head``) ends a command quietly, as it
   does for any Unix tool, instead of with a ``BrokenPipeError`` traceback.
 * A command that tells the user what to run next names it so that it works as printed, from
