@@ -17,8 +17,7 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
     """Make ``path`` and any missing parent 0700; a folder that exists already is left as
     it is (it may be the user's own choice, shared on purpose)."""
     folder = Path(path)
-    missing = [folder, *folder.parents]
-    missing = [p for p in missing if not p.exists()]
+    missing = [part for part in (folder, *folder.parents) if not part.exists()]
     for part in reversed(missing):
         try:
             part.mkdir(mode=PRIVATE)
