@@ -118,6 +118,9 @@ DISTRIBUTED_FAILED: Final = f"{DISTRIBUTED}/failed"
 DISTRIBUTED_REAPED: Final = f"{DISTRIBUTED}/reaped"
 DISTRIBUTED_REFUSED: Final = f"{DISTRIBUTED}/refused"
 DISTRIBUTED_MISSING: Final = f"{DISTRIBUTED}/missing"
+#: Seconds a worker waited with nothing left before it closed (``MAX_IDLE_TIME_BEFORE_CLOSE``):
+#: no part of the crawl's duration.
+DISTRIBUTED_IDLE: Final = f"{DISTRIBUTED}/idle_before_close"
 
 
 def answer(code: int | str) -> str:
