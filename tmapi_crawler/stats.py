@@ -126,6 +126,9 @@ DISTRIBUTED_FAILED: Final = f"{DISTRIBUTED}/failed"
 DISTRIBUTED_REAPED: Final = f"{DISTRIBUTED}/reaped"
 DISTRIBUTED_REFUSED: Final = f"{DISTRIBUTED}/refused"
 DISTRIBUTED_MISSING: Final = f"{DISTRIBUTED}/missing"
+#: Seconds a worker waited with nothing left before it closed (``MAX_IDLE_TIME_BEFORE_CLOSE``):
+#: no part of the crawl's duration.
+DISTRIBUTED_IDLE: Final = f"{DISTRIBUTED}/idle_before_close"
 
 
 def answer(code: int | str) -> str:
@@ -141,6 +144,11 @@ def failed_by_reason(reason: str) -> str:
 
 def split_by(how: str) -> str:
     return f"{SPLIT_BY}{how}"
+
+
+#: Sightings of the whole crawl, over all its runs (``crawl_runs.counts.items``), set at close:
+#: the figure the crawl's products are counted beside.
+CRAWL_SIGHTINGS: Final = f"{PRODUCTS}sightings"
 
 
 def product_count(name: str) -> str:

@@ -76,7 +76,9 @@ def summary_line(stats: dict[str, Any], log_file: str | None) -> str:
     """How the crawl ended, in one line: what it cost, what it found, what it stored."""
     reason = stats.get("finish_reason", "not started")
     elapsed = stats.get("elapsed_time_seconds")
-    took = f" in {elapsed:.1f} s" if isinstance(elapsed, int | float) else ""
+    # A cluster worker's wait with nothing left before it closed is no part of the crawl.
+    idle = stats.get(stats_keys.DISTRIBUTED_IDLE, 0)
+    took = f" in {elapsed - idle:.1f} s" if isinstance(elapsed, int | float) else ""
     crawl_id = stats.get(stats_keys.CRAWL_ID)
     head = f"crawl {crawl_id}" if crawl_id else "crawl"
     head += f" finished{took}" if reason == "finished" else f" stopped ({reason}){took}"
@@ -86,7 +88,8 @@ def summary_line(stats: dict[str, Any], log_file: str | None) -> str:
         format_cost(cost_of(stats, stats.get(stats_keys.product_count("products_seen")))),
         f"{pages} pages" + (f" ({failed} given up)" if failed else ""),
     ]
-    sightings = stats.get(stats_keys.ITEMS, 0)
+    # The crawl's products are counted over all its runs: so are the sightings beside them.
+    sightings = stats.get(stats_keys.CRAWL_SIGHTINGS, stats.get(stats_keys.ITEMS, 0))
     seen = stats.get(stats_keys.product_count("products_seen"))
     if seen is None:
         parts.append(f"{sightings} product sightings")

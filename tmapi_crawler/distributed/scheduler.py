@@ -627,6 +627,7 @@ class DistributedScheduler(BaseScheduler):
             self._idle_since = now
         if now - self._idle_since < self.max_idle:
             return None
+        self.stats.set_value(stats_keys.DISTRIBUTED_IDLE, round(now - self._idle_since, 3))
         return await self.cluster.complete(self.crawl_id or "")
 
     async def _give_back_lost(self) -> None:

@@ -109,7 +109,8 @@ def describe_state(cluster: Cluster, raw: dict[str, Any], *, final: bool = False
     progress = _progress(snapshots, done=done, failed=failed_known, known=known,
                          sightings=int(raw["sightings"]),
                          queries=(int(raw["queries"]), int(raw["queries_done"])),
-                         over=final or state in ("finished", "empty") or state.startswith("lost"))
+                         over=final or state in ("finished", "empty")
+                         or state.startswith(("lost", "stopped")))
     return {
         "redis": redact_url(cluster.url),
         "key": cluster.keys.base,
@@ -159,8 +160,9 @@ def _progress(snapshots: list[tuple[bool, dict[str, Any]]], *, done: int, failed
     total = Progress.total(Progress.from_snapshot(s) for _, s in snapshots)
     total = replace(total, pages=done, pages_failed=failed, pages_known=known, items=sightings,
                     queries=queries[0], queries_done=queries[1])
-    rate = 0.0 if over else sum(float(s.get("rate", 0.0)) for alive, s in snapshots if alive)
-    eta = None if over else eta_seconds(total, rate)
+    # A crawl that ended has no rate: 0.0 pages/s would read as a stalled one.
+    rate = None if over else sum(float(s.get("rate", 0.0)) for alive, s in snapshots if alive)
+    eta = None if rate is None else eta_seconds(total, rate)
     return {
         **asdict(total),
         "pages_done": total.pages_done,

@@ -119,9 +119,10 @@ async def record_seeded(store: ProductStore, document: dict[str, Any]) -> None:
 async def record_resume(store: ProductStore, resume: Resume, *, saved: int = 0,
                         **extra: int) -> None:
     """The run (or the seed) that resumes a crawl is listed under its ``resumes``; ``saved``:
-    the calls its replay saved, when no run's stats count them (``scrapy seed``)."""
+    the calls its replay saved, when no run's stats count them (``scrapy seed``). Each resume
+    replays every page held before it, so the latest one's saving counts each page once."""
     await store.db[CRAWL_RUNS].update_one({"_id": resume.crawl_id}, {
-        **({"$inc": {"cost.saved_by_resume": saved}} if saved else {}),
+        **({"$max": {"cost.saved_by_resume": saved}} if saved else {}),
         "$set": {"status": RUNNING},
         "$unset": {"finish_reason": "", "finished_at": ""},
         "$push": {"resumes": {"started_at": datetime.now(UTC),
@@ -140,6 +141,20 @@ def _own_counts(stats: dict[str, Any]) -> dict[str, int]:
         "spilled": stats.get(stats_keys.ITEMS_SPILLED, 0),
         "failed_pages": stats.get(stats_keys.PAGES_FAILED, 0),
     }
+
+
+async def whole_crawl_counts(store: ProductStore, crawl_id_: str, own: dict[str, int]
+                             ) -> dict[str, int]:
+    """A resumed crawl's counts are the whole crawl's: this run's added to what its earlier
+    runs recorded; this run's share goes under its entry in ``resumes``."""
+    run = await store.db[CRAWL_RUNS].find_one({"_id": crawl_id_}, {"counts": 1, "resumes": 1})
+    resumes = (run or {}).get("resumes") or []
+    if not resumes:
+        return own
+    before = run.get("counts") or {}
+    await store.db[CRAWL_RUNS].update_one(
+        {"_id": crawl_id_}, {"$set": {f"resumes.{len(resumes) - 1}.counts": own}})
+    return {name: int(before.get(name, 0)) + value for name, value in own.items()}
 
 
 class CrawlRunRecorder:
@@ -207,12 +222,15 @@ class CrawlRunRecorder:
     async def _record_cost(self, products: int | None) -> None:
         """``crawl_runs.cost``: added up over the crawl's runs (resumes) and workers."""
         cost = cost_of(self.stats.get_stats())
+        saved = cost.pop("saved_by_resume")
         increments = {f"cost.{name}": value for name, value in cost.items()
                       if isinstance(value, int) and value}
         increments |= {f"cost.by_category.{cat}": n for cat, n in cost["by_category"].items()}
-        if increments:
-            await self.store.db[CRAWL_RUNS].update_one({"_id": self.crawl_id},
-                                                       {"$inc": increments})
+        update: dict[str, Any] = {"$inc": increments} if increments else {}
+        if saved:  # each resume replays every page held before it: counted once, not per run
+            update["$max"] = {"cost.saved_by_resume": saved}
+        if update:
+            await self.store.db[CRAWL_RUNS].update_one({"_id": self.crawl_id}, update)
         run = await self.store.db[CRAWL_RUNS].find_one({"_id": self.crawl_id}, {"cost": 1})
         calls = ((run or {}).get("cost") or {}).get("calls", 0)
         if products and calls:
@@ -253,11 +271,12 @@ class CrawlRunRecorder:
             await Spool.of(self.crawler).finish()
         counts = {**await self.store.run_counts(self.crawl_id), "vanished": vanished}
         stats = self.stats.get_stats()
+        own = await whole_crawl_counts(self.store, self.crawl_id, _own_counts(stats))
         await self.store.finish_run(self.crawl_id, {
             "status": status,
             "finished_at": datetime.now(UTC),
             "finish_reason": reason,
-            "counts": {**_own_counts(stats), **counts},
+            "counts": {**own, **counts},
             "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
             **record,
         })
@@ -265,6 +284,8 @@ class CrawlRunRecorder:
         await self._record_cost(counts.get("products_seen"))
         for name, value in counts.items():
             self.stats.set_value(stats_keys.product_count(name), value)
+        # Beside the crawl's products, its sightings over all its runs (a resume's included).
+        self.stats.set_value(stats_keys.CRAWL_SIGHTINGS, own["items"])
 
     async def _mark_vanished(self, reason: str, record: dict[str, Any]) -> int:
         """Mark products gone from the categories this crawl saw whole (``coverage``), none
