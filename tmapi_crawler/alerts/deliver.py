@@ -6,8 +6,9 @@ destination gets a daemon thread that tries a few times while the deadline allow
 joins them all against that one deadline and counts a thread still running as a failure. A
 daemon thread left behind never keeps the process from exiting.
 
-Apprise logs the URLs it loads and posts to (hosts, paths, sometimes keys): its logger is
-silenced here, and failures are logged by the caller by service name only.
+Apprise logs the URLs it loads and posts to (hosts, paths, sometimes keys), and so does
+urllib3 under it: their loggers are silenced here, and failures are logged by the caller by
+service name only.
 """
 
 from __future__ import annotations
@@ -24,16 +25,20 @@ from typing import Final
 #: each time).
 ATTEMPTS: Final = 3
 BACKOFF: Final = 0.25
+#: Apprise and the HTTP client under it (urllib3 logs every request's path at DEBUG): nothing
+#: else in the crawler uses them.
+QUIET_LOGGERS: Final = ("apprise", "requests", "urllib3", "requests_oauthlib", "oauthlib")
 
 
 def apprise_module() -> ModuleType:
     """Apprise, imported on first use (alerts configured), with its logging silenced."""
     import apprise  # noqa: PLC0415 - an optional cost: only when alerts are configured
 
-    quiet = logging.getLogger("apprise")
-    if not quiet.handlers:
-        quiet.addHandler(logging.NullHandler())  # not Python's last-resort stderr handler
-    quiet.propagate = False
+    for name in QUIET_LOGGERS:
+        quiet = logging.getLogger(name)
+        if not quiet.handlers:
+            quiet.addHandler(logging.NullHandler())  # not Python's last-resort stderr handler
+        quiet.propagate = False
     return apprise
 
 
