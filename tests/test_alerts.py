@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,14 @@ import pymongo
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests.crawling import TOKEN, CrawlResult, crawl
+from tests.crawling import PROJECT_ROOT, TOKEN, CrawlResult, crawl
 from tests.servers import MongodProcess
 from tests.webhook import Webhook
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.alerts.evaluate import MAX_LINES
 from tmapi_crawler.alerts.extension import ALERTS_SENT, Outcome, check_crawl
 from tmapi_crawler.alerts.rules import AlertsConfig, Rule, load
+from tmapi_crawler.commands.alerts import SAMPLE_TITLE
 from tmapi_crawler.sandbox.catalog import Catalog
 from tmapi_crawler.sandbox.process import SandboxProcess
 
@@ -234,3 +237,47 @@ def test_a_dead_or_hanging_service_changes_nothing_of_the_crawl(  # noqa: PLR091
         assert secret not in result.log
         assert secret not in json.dumps(result.stats)
         assert secret not in stored
+
+
+def test_alerts_test_says_which_services_worked_without_their_secrets(tmp_path: Path) -> None:
+    with Webhook() as working, Webhook("fail") as failing:
+        path = tmp_path / "alerts.yaml"
+        path.write_text(f"notify: {json.dumps([working.url, failing.url])}\n"
+                        "rules: [{kind: new}]\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "scrapy", "alerts", "test", "-s", f"TMAPI_ALERTS_FILE={path}",
+             "-s", "TMAPI_ALERTS_TIMEOUT=2"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 1, done.stderr
+        assert done.stdout.splitlines() == [
+            "1. json: ok", "2. json: FAILED (not delivered within 2 s)"]
+        assert working.titles() == [SAMPLE_TITLE]
+        assert failing.requests == 3
+        for secret in (working.secret, failing.secret):
+            assert secret not in done.stdout + done.stderr
+
+
+def test_incomplete_sends_the_completeness_record_of_the_crawl(
+    mongod: MongodProcess, mongo_client: pymongo.MongoClient, mongo_db_name: str
+) -> None:
+    """A ``crawl_runs`` document as the crawl's completeness record writes it."""
+    db = mongo_client[mongo_db_name]
+    db.crawl_runs.insert_many([
+        {"_id": "c-partial", "finish_reason": "finished", "complete": False, "incomplete": {
+            "301": {"reasons": ["pages_failed"], "stored": 80, "claimed": 100, "unreached": 20,
+                    "queries": ["301:en:default"]},
+            "302": {"reasons": ["result_cap"], "stored": 2000, "claimed": 2400,
+                    "unreached": 400, "queries": ["302:en:default"]}}},
+        {"_id": "c-whole", "finish_reason": "finished", "complete": True, "incomplete": {}},
+    ])
+    rules = (Rule("incomplete", cat_id=frozenset({302})),)
+    with Webhook() as hook:
+        config = AlertsConfig((hook.url,), rules)
+        whole = check_again(mongod.uri, mongo_db_name, "c-whole", config)
+        partial = check_again(mongod.uri, mongo_db_name, "c-partial", config)
+        again = check_again(mongod.uri, mongo_db_name, "c-partial", config)
+        assert [(m["title"], m["message"]) for m in hook.take()] == [(
+            "tmapi: crawl incomplete (categories 302): 1 problem",
+            "category 302: result_cap; 2000 of 2400 products stored; 400 unreached\n"
+            "crawl c-partial")]
+    assert (whole.sent, partial.sent, again.sent, again.already_sent) == (0, 1, 0, 1)
