@@ -21,7 +21,14 @@ from tmapi_crawler.alerts.evaluate import (
     message,
     select,
 )
-from tmapi_crawler.alerts.rules import Rule, RulesError, destination_key, parse, service_of
+from tmapi_crawler.alerts.rules import (
+    Rule,
+    RulesError,
+    destination_key,
+    load,
+    parse,
+    service_of,
+)
 from tmapi_crawler.cli import USAGE_ERROR
 from tmapi_crawler.validation import SettingError, check_settings
 
@@ -211,3 +218,10 @@ def test_a_long_message_is_cut_with_the_count_of_the_rest() -> None:
     _, body = message(Rule("price_drop", min_pct=10), "c", huge)
     assert len(body) < 3500
     assert body.splitlines()[-2].startswith("… and ")
+
+
+def test_the_example_file_is_valid() -> None:
+    config = load(str(PROJECT_ROOT / "examples" / "alerts.yaml"))
+    assert [rule.kind for rule in config.rules] == [
+        "price_drop", "price_rise", "below", "new", "vanished", "incomplete"]
+    assert [service_of(url) for url in config.notify] == ["tgram", "json"]
