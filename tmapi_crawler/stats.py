@@ -116,6 +116,15 @@ COST_FAILURES: Final = f"{COST}failures"
 COST_PROBES: Final = f"{COST}probes"
 COST_BY_CATEGORY: Final = f"{PREFIX}/cost_by_category/"
 
+# Alerts (tmapi_crawler/alerts/): messages of the rules that fired when the crawl ended.
+ALERTS: Final = f"{PREFIX}/alerts/"
+#: Messages delivered, and not delivered within ``TMAPI_ALERTS_TIMEOUT`` (one per rule and
+#: destination); the changes the delivered ones listed; changes skipped as sent before.
+ALERTS_SENT: Final = f"{ALERTS}sent"
+ALERTS_FAILED: Final = f"{ALERTS}failed"
+ALERTS_PRODUCTS: Final = f"{ALERTS}products"
+ALERTS_ALREADY_SENT: Final = f"{ALERTS}already_sent"
+
 # Distributed workers.
 DISTRIBUTED: Final = f"{PREFIX}/distributed"
 WORKER_ID: Final = f"{DISTRIBUTED}/worker_id"

@@ -33,6 +33,9 @@ from scrapy.settings import SETTINGS_PRIORITIES, default_settings
 from scrapy.utils.misc import load_object
 from scrapy_redis import defaults as scrapy_redis_defaults
 
+from tmapi_crawler.alerts.rules import RulesError
+from tmapi_crawler.alerts.rules import load as load_alerts
+
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
@@ -233,6 +236,9 @@ SETTINGS: Final[dict[str, Rule]] = {
     # Progress.
     "TMAPI_PROGRESS_INTERVAL": seconds(zero=True),
     "TMAPI_PROGRESS_BAR": BOOLEAN,
+    # Alerts.
+    "TMAPI_ALERTS_FILE": path(empty=True),
+    "TMAPI_ALERTS_TIMEOUT": seconds(),
     # Distributed crawling.
     "TMAPI_DISTRIBUTED": BOOLEAN,
     "TMAPI_PROFILE": choice("", "local", "distributed", "production"),
@@ -293,6 +299,11 @@ def check_settings(settings: BaseSettings) -> None:
             word = "greater than" if relation.strict else "at least"
             raise SettingError(f"{relation.larger}={high:g} must be {word} "
                                f"{relation.smaller}={low:g}: {relation.why}")
+    if alerts_file := settings.get("TMAPI_ALERTS_FILE"):
+        try:
+            load_alerts(alerts_file)
+        except RulesError as exc:
+            raise SettingError(f"TMAPI_ALERTS_FILE: {exc}") from None
 
 
 @functools.cache

@@ -244,6 +244,9 @@ class CrawlRunRecorder:
         try:
             if self._started and not self._finished:
                 await self._finish(reason, KILLED if self._killed else CLOSED)
+                await self.crawler.signals.send_catch_log_async(
+                    tmapi_signals.crawl_recorded, crawl_id=self.crawl_id,
+                    final=self.worker_id is None or self._finaliser)
         except (StorageUnavailable, PyMongoError) as exc:
             logger.error("Could not record the end of crawl %s: %s", self.crawl_id, exc)
         finally:
