@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from bson import ObjectId
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from pymongo import AsyncMongoClient
 from pymongo.monitoring import CommandListener
 from starlette.applications import Starlette
@@ -55,7 +56,8 @@ class JSON(JSONResponse):
         return to_json(content).encode()
 
 
-_TEMPLATES.filters["tojson_safe"] = lambda v: to_json(v).replace("<", "\\u003c")
+#: JSON inside a <script> element: nothing in it can close the element.
+_TEMPLATES.filters["tojson_safe"] = lambda v: Markup(to_json(v).replace("<", "\\u003c"))
 _TEMPLATES.globals["max_rows"] = tables.MAX_ROWS
 
 
