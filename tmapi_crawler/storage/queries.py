@@ -26,14 +26,15 @@ from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS
 #: Boolean product fields a list can be filtered on (``free_shipping=true``).
 FLAGS: Final = ("free_shipping", "ship_in_48h", "is_super_factory", "is_powerful_seller",
                 "low_refund_rate", "one_piece_min_order")
-#: Sort names → MongoDB sort; ``_id`` last so pages never overlap.
+#: Sort names → MongoDB sort; ``_id`` last so pages never overlap, in the direction of the
+#: index that gives the order (``storage.store.PRODUCT_INDEXES``).
 SORTS: Final[Mapping[str, list[tuple[str, int]]]] = {
     "sales": [("sales_90d", DESCENDING), ("_id", ASCENDING)],
     "price": [("price", ASCENDING), ("_id", ASCENDING)],
-    "-price": [("price", DESCENDING), ("_id", ASCENDING)],
+    "-price": [("price", DESCENDING), ("_id", DESCENDING)],
     "change": [("price_stats.last_change.pct", ASCENDING), ("_id", ASCENDING)],
     "-change": [("price_stats.last_change.pct", DESCENDING), ("_id", ASCENDING)],
-    "first_seen": [("first_seen", DESCENDING), ("_id", ASCENDING)],
+    "first_seen": [("first_seen", DESCENDING), ("_id", DESCENDING)],
 }
 DEFAULT_SORT: Final = "sales"
 PER_PAGE: Final = 50
@@ -363,14 +364,12 @@ async def movers(db: AsyncDatabase[dict[str, Any]], query: MoversQuery,
             return {"crawl": None, "days": None, "drops": [], "rises": [], "new": [],
                     "vanished": []}
         window = {"crawl_id": crawl["_id"]}
-    moved = await _price_moves(db, {**base, **window, "changes.price": {"$exists": True}},
-                               query.limit, one_crawl=crawl is not None)
+    found = await _changed(db, {**base, **window}, query, one_crawl=crawl is not None)
     new_filter = {**base, **({"first_crawl_id": crawl["_id"]} if crawl
                              else {"first_seen": window["at"]})}
     new = await db[PRODUCTS].find(new_filter, LIST_FIELDS).sort(SORTS["sales"]) \
         .limit(query.limit).to_list()
-    return {"crawl": crawl and crawl["_id"], "days": query.days, **moved, "new": new,
-            "vanished": await _vanished(db, {**base, **window}, query),
+    return {"crawl": crawl and crawl["_id"], "days": query.days, **found, "new": new,
             **await _stats_lists(db, base, query.limit)}
 
 
@@ -389,11 +388,13 @@ async def _stats_lists(db: AsyncDatabase[dict[str, Any]], base: dict[str, Any],
     return found
 
 
-async def _price_moves(db: AsyncDatabase[dict[str, Any]], match: dict[str, Any],
-                       limit: int, *, one_crawl: bool) -> dict[str, list[dict[str, Any]]]:
-    """Per product: the first old and last new price of the matching changes, ranked by %.
+async def _changed(db: AsyncDatabase[dict[str, Any]], match: dict[str, Any],
+                   query: MoversQuery, *, one_crawl: bool) -> dict[str, list[dict[str, Any]]]:
+    """Drops, rises and vanished listings, from one pass over the matching changes.
 
-    ``one_crawl``: a crawl writes one change document per product, so nothing is grouped.
+    Drops and rises: per product, the first old and last new price, ranked by %
+    (``one_crawl``: a crawl writes one change document per product, so nothing is grouped).
+    Vanished: availability changes that removed a category (this one, when given).
     """
     ends = [{"$project": {"_id": "$item_id", "at": 1,
                           "from": {"$arrayElemAt": ["$changes.price", 0]},
@@ -404,20 +405,30 @@ async def _price_moves(db: AsyncDatabase[dict[str, Any]], match: dict[str, Any],
                     "to": {"$last": {"$arrayElemAt": ["$changes.price", 1]}},
                     "at": {"$last": "$at"}}},
     ]
-    pipeline: list[dict[str, Any]] = [
-        {"$match": match}, *ends,
+    moves: list[dict[str, Any]] = [
+        {"$match": {"changes.price": {"$exists": True}}}, *ends,
         {"$match": {"from": {"$gt": 0}, "to": {"$ne": None}}},
         {"$set": {"change": {"$subtract": ["$to", "$from"]},
                   "pct": {"$multiply": [100, {"$divide": [{"$subtract": ["$to", "$from"]},
                                                           "$from"]}]}}},
     ]
-    result = {}
-    for kind, order, condition in (("drops", 1, {"$lt": 0}), ("rises", -1, {"$gt": 0})):
-        result[kind] = await (await db[HISTORY].aggregate([
-            *pipeline, {"$match": {"pct": condition}},
-            {"$sort": {"pct": order, "_id": 1}}, {"$limit": limit}, *_with_product(),
-        ])).to_list()
-    return result
+    facets = {kind: [*moves, {"$match": {"pct": condition}}, {"$sort": {"pct": order, "_id": 1}},
+                     {"$limit": query.limit}, *_with_product()]
+              for kind, order, condition in (("drops", 1, {"$lt": 0}), ("rises", -1, {"$gt": 0}))}
+    before, after = ({"$ifNull": [{"$arrayElemAt": [f"$changes.{AVAILABLE_IN}", i]}, []]}
+                     for i in (0, 1))
+    removed = (query.category if query.category is not None
+               else {"$first": {"$setDifference": [before, after]}})
+    facets["vanished"] = [
+        {"$match": {f"changes.{AVAILABLE_IN}": {"$exists": True}}},
+        {"$match": {"$expr": {"$and": [{"$in": [removed, before]},
+                                       {"$not": {"$in": [removed, after]}}]}}},
+        {"$sort": {"at": -1, "_id": 1}}, {"$limit": query.limit},
+        {"$project": {"_id": "$item_id", "at": 1, "crawl_id": 1, "from": before, "to": after}},
+        *_with_product(),
+    ]
+    found = await (await db[HISTORY].aggregate([{"$match": match}, {"$facet": facets}])).to_list()
+    return found[0]
 
 
 def _with_product() -> list[dict[str, Any]]:
@@ -427,25 +438,6 @@ def _with_product() -> list[dict[str, Any]]:
                      "as": "product", "pipeline": [{"$project": LIST_FIELDS}]}},
         {"$set": {"product": {"$first": "$product"}}},
     ]
-
-
-async def _vanished(db: AsyncDatabase[dict[str, Any]], match: dict[str, Any],
-                    query: MoversQuery) -> list[dict[str, Any]]:
-    """Listings gone: availability changes that removed a category (this one, when given)."""
-    before, after = ({"$ifNull": [{"$arrayElemAt": [f"$changes.{AVAILABLE_IN}", i]}, []]}
-                     for i in (0, 1))
-    gone = ({"$expr": {"$and": [{"$in": [query.category, before]},
-                                {"$not": {"$in": [query.category, after]}}]}}
-            if query.category is not None else {})
-    rows = await (await db[HISTORY].aggregate([
-        {"$match": {**match, f"changes.{AVAILABLE_IN}": {"$exists": True}, **gone}},
-        {"$sort": {"at": -1, "_id": 1}}, {"$limit": query.limit},
-        {"$project": {"_id": "$item_id", "at": 1, "crawl_id": 1,
-                      "from": {"$arrayElemAt": [f"$changes.{AVAILABLE_IN}", 0]},
-                      "to": {"$arrayElemAt": [f"$changes.{AVAILABLE_IN}", 1]}}},
-        *_with_product(),
-    ])).to_list()
-    return [row for row in rows if set(row["from"] or ()) - set(row["to"] or ())]
 
 
 async def crawls(db: AsyncDatabase[dict[str, Any]], limit: int = 500) -> list[dict[str, Any]]:

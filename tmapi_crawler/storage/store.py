@@ -62,13 +62,20 @@ PRODUCT_INDEXES = [
     IndexModel([("categories", ASCENDING), ("free_shipping", ASCENDING), ("price", ASCENDING)],
                name="category_free_shipping_price"),
     IndexModel([("categories", ASCENDING), ("sales_90d", DESCENDING)], name="category_sales"),
-    # Catalogue lists (storage.queries): a category's price range by sales, read in the index.
-    IndexModel([("categories", ASCENDING), ("sales_90d", DESCENDING), ("price", ASCENDING)],
-               name="category_sales_price"),
+    # Catalogue lists (storage.queries): each sort with its ``_id`` tie-break, so that the index
+    # gives the order (no in-memory sort) and pages never overlap; a category's price range by
+    # sales is read in the index.
+    IndexModel([("categories", ASCENDING), ("sales_90d", DESCENDING), ("_id", ASCENDING),
+                ("price", ASCENDING)], name="category_sales_id_price"),
+    IndexModel([("categories", ASCENDING), ("price", ASCENDING), ("_id", ASCENDING)],
+               name="category_price_id"),
+    IndexModel([("categories", ASCENDING), ("first_seen", DESCENDING), ("_id", DESCENDING)],
+               name="category_first_seen_id"),
+    IndexModel([("sales_90d", DESCENDING), ("_id", ASCENDING)], name="sales_id"),
+    IndexModel([("price", ASCENDING), ("_id", ASCENDING)], name="price_id"),
+    IndexModel([("first_seen", DESCENDING), ("_id", DESCENDING)], name="first_seen_id"),
     IndexModel([("categories", ASCENDING), ("first_crawl_id", ASCENDING)],
                name="category_first_crawl"),
-    IndexModel([("categories", ASCENDING), ("first_seen", DESCENDING)],
-               name="category_first_seen"),
     IndexModel([("price", ASCENDING)], name="price"),
     IndexModel([("sales_90d", DESCENDING)], name="sales"),
     IndexModel([("is_super_factory", ASCENDING), ("sales_90d", DESCENDING)], name="shop_sales"),
