@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pymongo
@@ -22,6 +25,7 @@ from pymongo.monitoring import (
 )
 from starlette.testclient import TestClient
 
+from tests.crawling import PROJECT_ROOT
 from tests.web_data import Crawled
 from tmapi_crawler.storage.history import HISTORY
 from tmapi_crawler.storage.store import PRODUCTS
@@ -245,3 +249,26 @@ def test_hostile_query_strings_are_400_before_mongodb(app: TestClient, commands:
     assert response.status_code == 400, response.text[:300]
     assert commands.sent[before:] == []
     assert not any("$where" in repr(c) for c in commands.sent)
+
+
+def test_serve_warns_off_localhost_and_never_starts_mongodb(crawled_twice: Crawled,
+                                                            tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "scrapy", "serve", "--port", "0"]
+    absent = subprocess.run([*command, "-s", f"MONGO_EMBEDDED_DIR={tmp_path}"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert absent.returncode == 1
+    assert "no crawl has stored anything here yet" in absent.stderr
+    assert not any(tmp_path.iterdir())
+
+    process = subprocess.Popen(
+        [*command, "--host", "127.0.0.2", "-s", f"MONGO_URI={crawled_twice.uri}",
+         "-s", f"MONGO_DATABASE={crawled_twice.database}"],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "http://127.0.0.2:" in line
+    finally:
+        process.terminate()
+        _, errors = process.communicate(timeout=30)
+    assert "warning: listening on 127.0.0.2: the app has no login" in errors
