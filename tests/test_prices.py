@@ -227,10 +227,22 @@ def test_price_stats_equal_what_history_implies_after_crawls_with_moved_prices(
     moved = recomputed_from_history(db)
     assert moved > 0.2 * db[PRODUCTS].count_documents({})
     assert db[PRODUCTS].count_documents({"price_stats.last_change": {"$ne": None}}) == moved
-    # The two lookups the README shows use their indexes.
-    for field in ("price_stats.vs_avg90", "price_stats.vs_min"):
-        plan = db[PRODUCTS].find({field: {"$lte": 0.85}}).explain()["queryPlanner"]
-        assert "IXSCAN" in str(plan["winningPlan"]), plan
+    # The README's two lookups: each one index range, reading only the products it returns.
+    lookups = {
+        "vs_avg90": ({"price_stats.vs_avg90": {"$lte": 0.85}}, "price_stats.vs_avg90"),
+        "vs_min_drop": ({"price_stats.vs_min": 1, "price_stats.last_change.pct": {"$lt": 0}},
+                        "price_stats.last_change.pct"),
+    }
+    for index, (query, order) in lookups.items():
+        found = list(db[PRODUCTS].find(query).sort(order, 1))
+        assert found, index
+        explained = db.command("explain", {"find": PRODUCTS, "filter": query,
+                                           "sort": {order: 1}}, verbosity="executionStats")
+        assert f"'indexName': '{index}'" in str(explained["queryPlanner"]["winningPlan"])
+        run = explained["executionStats"]
+        assert run["nReturned"] == run["totalKeysExamined"] == run["totalDocsExamined"] \
+            == len(found), run
+        assert "'stage': 'SORT'" not in str(explained), "sorted by the index"
 
 
 CATALOG = Catalog(sizes={7: 40, 9: 40}, overlap=0.0)
