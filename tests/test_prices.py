@@ -136,7 +136,7 @@ def test_a_price_that_never_changed_is_the_current_one_from_the_first_sighting()
     # is the current price throughout, and it never grows.
     steps, stats, _ = sighted([(T0, 10.0, False), (T0 + DAY, 11.0, False),
                                (T0 + 400 * DAY, 11.0, False)])
-    assert steps["points"] == [[T0, 11.0]]
+    assert steps["points"] == [[prices.ms(T0), 11.0]]
     assert stats["all"] == {"min": 11.0, "max": 11.0, "avg": 11.0}
     assert stats["d30"] == stats["all"]
     assert stats == slow_stats(T0, T0 + 400 * DAY, 11.0, [])
@@ -177,7 +177,7 @@ def test_windows_slide_over_a_year_and_the_state_stays_bounded() -> None:
                     at)
         in_window = [c for c in changes if c[0] > at - 180 * DAY]
         assert len(steps["points"]) <= len(in_window) + 1
-    assert steps["secs"] > 0, "points left the window and were folded"
+    assert steps["ms"] > 0, "points left the window and were folded"
 
 
 def test_a_null_price_has_no_statistics_until_there_is_one() -> None:
@@ -284,4 +284,4 @@ def test_windows_slide_over_months_of_crawls_and_older_products_catch_up(
     assert moved > 0.5 * db[PRODUCTS].count_documents({})
     longest = max(len(p["price_steps"]["points"]) for p in db[PRODUCTS].find())
     assert longest <= 180 // 9 + 1, "points older than the longest window are folded away"
-    assert db[PRODUCTS].count_documents({"price_steps.secs": {"$gt": 0}}) > 0
+    assert db[PRODUCTS].count_documents({"price_steps.ms": {"$gt": 0}}) > 0
