@@ -28,6 +28,14 @@ from tmapi_crawler.sandbox.server import RUNTIME_SETTINGS, SandboxConfig  # noqa
 #: The sandbox's runtime settings as it starts: what a test's changes are undone to.
 SANDBOX_DEFAULTS = {name: getattr(SandboxConfig(), name) for name in RUNTIME_SETTINGS}
 
+@pytest.fixture(autouse=True)
+def _project_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``get_project_settings()`` exports ``SCRAPY_SETTINGS_MODULE``: undone after each test, or
+    crawler subprocesses of later tests inherit the profile it picked."""
+    monkeypatch.setenv("SCRAPY_SETTINGS_MODULE", "")
+    monkeypatch.delenv("SCRAPY_SETTINGS_MODULE")
+
+
 # Servers.
 
 

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from tmapi_crawler.frontier.completeness import Loss
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings, Note, priority
 from tmapi_crawler.frontier.summary import PageSummary
@@ -34,6 +35,7 @@ class Simulated:
     sightings: int = 0
     counters: Counter[str] = field(default_factory=Counter)
     notes: list[Note] = field(default_factory=list)
+    losses: list[Loss] = field(default_factory=list)
     caps: list[int] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     peak_outstanding: dict[str, int] = field(default_factory=dict)
@@ -78,6 +80,7 @@ async def _crawl(sandbox: Sandbox, frontier: Frontier, queries: list[Query], *,
         nonlocal order
         result.counters.update(decision.counters)
         result.notes.extend(decision.notes)
+        result.losses.extend(decision.losses)
         result.done.extend(decision.done)
         if decision.cap is not None:
             result.caps.append(decision.cap)

@@ -10,16 +10,21 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pymongo
 import pytest
 import redis
 
 from tests.crawling import PROJECT_ROOT, TOKEN
 from tests.servers import MongodProcess, RedisProcess
 from tmapi_crawler.cli import command_line
+from tmapi_crawler.commands.report import summary
 from tmapi_crawler.sandbox.process import SandboxProcess
+from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
 from tmapi_crawler.storage import embedded as embedded_mongo
+from tmapi_crawler.storage.store import CRAWL_RUNS
 
 #: Environment variables of the project, left out so a developer's shell changes nothing here.
 OWN = re.compile(r"(TMAPI|MONGO|REDIS)_|SCRAPY_(SETTINGS_MODULE|PROJECT)$")
@@ -182,6 +187,22 @@ def test_report_shows_cost_and_changes_and_never_starts_mongodb(
     assert nothing.returncode == 1
     assert "no crawl has stored anything here yet" in nothing.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_the_reports_duration_leaves_out_the_wait_before_closing(
+    mongo_client: pymongo.MongoClient, mongo_db_name: str
+) -> None:
+    """A cluster worker waits MAX_IDLE_TIME_BEFORE_CLOSE (30 s) with nothing left before it
+    closes: the crawl took until its last page was recorded, not until then."""
+    db = mongo_client[mongo_db_name]
+    start = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    db[CRAWL_RUNS].insert_one({"_id": "c1", "started_at": start, "finish_reason": "finished",
+                               "finished_at": start + timedelta(seconds=42)})
+    db[LEDGER].insert_many([{"crawl_id": "c1", "key": f"q#{n}", "seq": n,
+                             "at": start + timedelta(seconds=4 * n)} for n in (1, 3, 2)])
+    assert "started 2026-12-05 12:00 UTC, took 12 s: finished" in summary(db, "here")
+    db[LEDGER].delete_many({})  # no page recorded: until it closed
+    assert "took 42 s: finished" in summary(db, "here")
 
 
 def test_status_finds_the_embedded_redis_that_seed_started(

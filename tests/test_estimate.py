@@ -82,6 +82,41 @@ def test_the_estimate_from_history_matches_the_next_crawl(
     assert abs(paid - calls) <= 0.05 * paid, (paid, calls)
 
 
+def test_a_pending_resume_is_shown_with_the_calls_still_to_pay(
+    sandbox: SandboxProcess, mongod: MongodProcess, mongo_db_name: str, tmp_path: Path
+) -> None:
+    sandbox.reset()
+    whole = crawl(tmp_path / "1", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
+                  database=mongo_db_name)
+    assert whole.stat("finish_reason") == "finished"
+    ideal = sandbox.stats()["requests"]
+    code, out = estimate(mongod, mongo_db_name, *ARGUMENTS, TMAPI_BASE_URL=sandbox.url)
+    assert "Pending" not in out
+    sandbox.reset()
+    stopped = crawl(tmp_path / "2", *ARGUMENTS, "fresh=true", base_url=sandbox.url,
+                    mongo_uri=mongod.uri, database=mongo_db_name,
+                    settings={"TMAPI_MAX_REQUESTS": 5})
+    assert stopped.stat("finish_reason") == "tmapi_budget_exhausted"
+    code, out = estimate(mongod, mongo_db_name, *ARGUMENTS, TMAPI_BASE_URL=sandbox.url)
+    assert code == 0, out
+    assert total(out) == (ideal, 4)
+    crawl_id = stopped.stat(stats_keys.CRAWL_ID)
+    match = re.search(rf"Pending: crawl {crawl_id} \(tmapi_budget_exhausted\) holds (\d+) "
+                      r"pages, 5 calls paid; the next crawl with these arguments resumes it: "
+                      r"(\d+) calls still to pay for the known queries", out)
+    assert match, out
+    assert (int(match[1]), int(match[2])) == (5, ideal - 5)
+    # With fresh=true nothing is resumed, and nothing pending is shown.
+    code, out = estimate(mongod, mongo_db_name, *ARGUMENTS, "fresh=true",
+                         TMAPI_BASE_URL=sandbox.url)
+    assert "Pending" not in out
+    sandbox.reset()
+    resumed = crawl(tmp_path / "3", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
+                    database=mongo_db_name)
+    assert resumed.stat(stats_keys.CRAWL_ID) == crawl_id
+    assert sandbox.stats()["requests"] == int(match[2])
+
+
 # --probe: page 1 of each planned query, paid once.
 
 
@@ -218,3 +253,43 @@ def test_a_probed_page_1_gives_exact_pages_under_the_reach_and_a_floor_over_it(
 ) -> None:
     figure = _figure(summary, reach, max_pages)
     assert (figure.calls, figure.at_least, figure.probed) == (calls, at_least, True)
+
+
+# A split category: walks, flag cells and sort cells all count toward the planned query.
+
+SPLIT = "901"
+SPLIT_CAP = 100
+
+
+@pytest.fixture(scope="module")
+def split_sandbox() -> Iterator[SandboxProcess]:
+    """Most of a 2,500-product category at one price, over a reach of 100: the crawl walks the
+    prices and reads the price point in flag cells and under every sort."""
+    with SandboxProcess(token=[TOKEN], size={SPLIT: 2500}, result_cap=SPLIT_CAP,
+                        price_point_share=0.8, latency=0.002) as server:
+        yield server
+
+
+def test_the_estimate_of_a_split_category_is_what_its_re_crawl_pays(
+    split_sandbox: SandboxProcess, mongod: MongodProcess, mongo_db_name: str, tmp_path: Path
+) -> None:
+    sandbox = split_sandbox
+    arguments = (f"cat_id={SPLIT}", "page_size=50")
+    settings = {"TMAPI_CONCURRENCY": 2, "TMAPI_RESULT_CAP": SPLIT_CAP, "LOG_LEVEL": "INFO"}
+    sandbox.reset()
+    first = crawl(tmp_path / "1", *arguments, base_url=sandbox.url, mongo_uri=mongod.uri,
+                  database=mongo_db_name, settings=settings)
+    assert first.stat("finish_reason") == "finished", first.log[-3000:]
+    assert first.stat("tmapi/split/by/flag") > 0
+    assert first.stat("tmapi/split/by/sort") > 0
+    code, out = estimate(mongod, mongo_db_name, *arguments, TMAPI_RESULT_CAP=str(SPLIT_CAP))
+    assert code == 0, out
+    quoted, known = total(out)
+    assert known == 1
+    sandbox.reset()
+    again = crawl(tmp_path / "2", *arguments, "fresh=true", base_url=sandbox.url,
+                  mongo_uri=mongod.uri, database=mongo_db_name, settings=settings)
+    assert again.stat("finish_reason") == "finished"
+    paid = sandbox.stats()["requests"]
+    print(f"split category re-crawl: quoted {quoted} calls, paid {paid}")
+    assert abs(paid - quoted) <= 0.05 * paid, (paid, quoted)

@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.simulated import answer, crawl, summarise
+from tmapi_crawler import api
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.frontier.completeness import STALE_STOPPED, UNREACHABLE, Loss
 from tmapi_crawler.frontier.context import CellRef, PageContext
 from tmapi_crawler.frontier.decisions import (
     STALE_LIMIT,
@@ -25,6 +27,7 @@ from tmapi_crawler.frontier.decisions import (
     Frontier,
     FrontierSettings,
     priority,
+    stale_below,
 )
 from tmapi_crawler.frontier.state import MemoryState
 from tmapi_crawler.frontier.summary import PageSummary
@@ -173,6 +176,37 @@ def test_pages_that_repeat_earlier_pages_stop_the_query_after_a_few() -> None:
     (note,) = [n for n in result.notes if "repeated" in n.message]
     assert note.cat_id == CAT
     assert Query(cat_id=CAT).key() in note.message
+    # The crawl's record learns it did not read the query to its end.
+    assert result.losses == [Loss(CAT, STALE_STOPPED, Query(cat_id=CAT).key())]
+
+
+def test_a_page_bringing_a_tenth_of_a_page_new_is_not_stale() -> None:
+    assert [stale_below(size) for size in (1, 9, 10, 20, 50, 100)] == [1, 1, 1, 2, 5, 10]
+    f = frontier(window=2)
+    first = begin(f, Query(cat_id=CAT))
+    second, third = run(f.on_page(first, page(total=200))).follow
+    # 18 of page 2's 20 were on page 1: 2 new, not stale; page 3 brings 1 new: stale.
+    fresh = run(f.on_page(second, page(first_id=3, total=200)))
+    assert stats_keys.PAGING_STALE not in fresh.counters
+    repeated = run(f.on_page(third, page(first_id=4, total=200)))
+    assert repeated.counters[stats_keys.PAGING_STALE] == 1
+
+
+def test_a_page_past_the_total_reads_on_at_the_pace_of_its_new_products() -> None:
+    f = frontier(window=3)
+    first = begin(f, Query(cat_id=CAT))
+    follow = run(f.on_page(first, page(total=60))).follow
+
+    def slotted(first_id: int) -> PageSummary:  # 11 promoted items, then 9 of the listing
+        return PageSummary(items=20, ids=(*ids(1, 11), *ids(first_id, 9)), total_count=60,
+                           has_next_page=True)
+
+    assert pages_of(run(f.on_page(follow[0], slotted(21)))) == []
+    # Page 3, the last the total implies, says more: 60 products at 9 a page end at page 7.
+    decision = run(f.on_page(follow[1], slotted(30)))
+    assert pages_of(decision) == [4, 5, 6]
+    assert all(c.last == 7 for c in decision.follow)
+    assert decision.counters[stats_keys.PAGES_KNOWN] == 4
 
 
 def test_a_page_repeated_in_the_middle_counts_but_one_alone_stops_nothing() -> None:
@@ -227,6 +261,7 @@ def test_a_category_over_the_reach_costs_at_most_a_tenth_more_than_ideal(
     assert result.ids <= expected
     assert result.calls <= 1.10 * ideal(config)
     assert stats_keys.SPLIT_UNREACHABLE not in result.counters
+    assert result.losses == []  # read whole: nothing for the crawl's record
 
 
 @pytest.mark.parametrize("totals", ["true", "capped"])
@@ -268,8 +303,10 @@ def test_a_price_crowding_the_last_reachable_page_gets_a_query_of_its_own() -> N
     walk = begin(f, Query(cat_id=CAT, sort="price_up", price_start="1"))
     ahead = run(f.on_page(walk, page(total=40, prices=(D(1),) * 20))).follow[0]
     decision = run(f.on_page(ahead, page(total=40, first_id=21, prices=(D("9.9"),) * 20)))
+    # That price and the next fen (a price between them, 9.905, is in neither of two fen
+    # points), then the rest from the next fen on, read twice rather than lost.
     assert {(c.query.price_start, c.query.price_end) for c in decision.follow} == {
-        ("9.9", "9.9"), ("9.91", None)}
+        ("9.9", "9.91"), ("9.91", None)}
 
 
 def test_a_price_over_the_reach_is_split_by_flags_then_sorts_and_its_loss_counted() -> None:
@@ -289,6 +326,11 @@ def test_a_price_over_the_reach_is_split_by_flags_then_sorts_and_its_loss_counte
     assert warned
     assert all(n.cat_id == CAT and "price_start=9.9&price_end=9.9" in n.message
                for n in warned)
+    # Each part out of reach is a loss for the crawl's record, with how many it missed.
+    assert result.losses
+    assert {(loss.cat_id, loss.reason) for loss in result.losses} == {(CAT, UNREACHABLE)}
+    assert sum(loss.unreached or 0 for loss in result.losses) == missed
+    assert all("price_start=9.9&price_end=9.9" in loss.query for loss in result.losses)
     assert stats_keys.SPLIT_UNSETTLED_CELLS not in result.counters
     assert result.counters[stats_keys.QUERIES] == result.counters[stats_keys.QUERIES_DONE]
 
@@ -300,6 +342,64 @@ def test_with_capped_totals_a_cells_loss_is_said_to_be_unknown() -> None:
     assert stats_keys.SPLIT_UNREACHABLE not in result.counters
     assert result.counters[stats_keys.SPLIT_UNREACHABLE_UNKNOWN] > 0
     assert any("is unknown" in n.message and n.cat_id == CAT for n in result.notes)
+    assert len(result.losses) == result.counters[stats_keys.SPLIT_UNREACHABLE_UNKNOWN]
+    assert {(loss.cat_id, loss.reason) for loss in result.losses} == {(CAT, UNREACHABLE)}
+
+
+def test_a_walk_whose_last_reachable_page_shows_no_price_is_a_loss() -> None:
+    f = frontier(window=2, reach=40)
+    walk = begin(f, Query(cat_id=CAT, sort="price_up", price_start="1"))
+    ahead = run(f.on_page(walk, page(total=100, prices=(D(1),) * 20))).follow[0]
+    decision = run(f.on_page(ahead, page(total=100, first_id=21, prices=(None,) * 20)))
+    assert decision.losses == [Loss(CAT, UNREACHABLE, walk.query.key(), 100 - 40)]
+    assert decision.counters[stats_keys.SPLIT_UNREACHABLE] == 60
+
+
+# Whole fen.
+
+
+def test_walk_edges_are_whole_fen_rounded_so_a_price_between_is_read_twice() -> None:
+    f = frontier(window=2, reach=40)
+    up = begin(f, Query(cat_id=CAT, sort="price_up", price_start="1"))
+    ahead = run(f.on_page(up, page(total=100, prices=(D(1),) * 20))).follow[0]
+    prices = (*(D(2),) * 19, D("9.995"))
+    decision = run(f.on_page(ahead, page(total=100, first_id=21, prices=prices)))
+    (following,) = [c for c in decision.follow if c.query != up.query]
+    assert (following.query.price_start, following.query.price_end) == ("9.99", None)
+    down = begin(f, Query(cat_id=CAT, sort="price_down", price_end="50"))
+    ahead = run(f.on_page(down, page(total=100, prices=(D(50),) * 20))).follow[0]
+    decision = run(f.on_page(ahead, page(total=100, first_id=21,
+                                         prices=(*(D(40),) * 19, D("9.995")))))
+    (following,) = [c for c in decision.follow if c.query != down.query]
+    assert (following.query.price_start, following.query.price_end) == (None, "10")
+
+
+@pytest.mark.parametrize("sort", ["default", "price_up", "price_down"])
+def test_a_walk_over_three_decimal_prices_reads_them_all_and_sends_whole_fen(sort: str) -> None:
+    config = SandboxConfig(sizes={CAT: 5000}, result_cap=400, three_decimal_share=0.3)
+    result = crawl(config, [Query(cat_id=CAT, sort=sort)], reach=400, window=8)
+    assert result.ids == truth(config)
+    assert result.counters[stats_keys.split_by("walk")] >= 5000 // 400
+    bounds = [D(value) for key, _ in result.pages for name, value in
+              (part.split("=") for part in key.split("&")) if name in api.PRICE_FILTERS]
+    assert bounds
+    assert all(price == price.quantize(api.PRICE_STEP) for price in bounds)
+    assert result.calls <= 1.10 * ideal(config)
+
+
+def test_a_crowded_three_decimal_price_is_read_with_its_neighbours_or_its_loss_said() -> None:
+    """Most products at 9.90 or 9.905, more than the reach: every product elsewhere is read,
+    and what no split reaches is counted exactly — none falls between two fen unsaid."""
+    config = SandboxConfig(sizes={CAT: 5000}, result_cap=100, price_point_share=0.6,
+                           three_decimal_share=0.5)
+    result = crawl(config, [Query(cat_id=CAT, page_size=50)], reach=100, window=4)
+    expected = truth(config)
+    near = truth(config, price_start="9.9", price_end="9.91")
+    assert expected - near <= result.ids
+    missed = len(expected - result.ids)
+    assert missed > 0
+    assert result.counters[stats_keys.SPLIT_UNREACHABLE] == missed
+    assert sum(loss.unreached or 0 for loss in result.losses) == missed
 
 
 def test_an_ignored_price_filter_is_seen_in_the_prices() -> None:

@@ -17,9 +17,14 @@ import pytest
 
 from tests.crawling import TOKEN, CrawlResult, crawl
 from tests.servers import MongodProcess
+from tmapi_crawler.frontier.context import PageContext
+from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.items import ProductItem, QueryContext
+from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.catalog import Catalog, build_item
 from tmapi_crawler.sandbox.process import SandboxProcess
+from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
+from tmapi_crawler.spend.ledger import ledger_document
 from tmapi_crawler.storage.documents import batch_now, updates_by_id
 from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY, TRACKED_FIELDS
 from tmapi_crawler.storage.store import PRODUCTS, ProductStore
@@ -237,3 +242,74 @@ def test_availability_changes_across_categories_merge_into_one_document_per_craw
     assert not stored["vanished"]
     assert stored["seen_in"] == {"7": "c3", "9": "c3"}
 
+
+
+def ledger_page(crawl_id: str, page: int, items: list[ProductItem]) -> dict[str, Any]:
+    """The ``crawl_pages`` document of a page of category 7 showing ``items``."""
+    summary = PageSummary(len(items), tuple(i.item_id for i in items if i.item_id))
+    return ledger_document(crawl_id, PageContext(Query(7), page), summary, 1, batch_now(),
+                           planned=Query(7).key())
+
+
+def listed_marked_vanished(db: Any, listed: list[int], cat_id: int) -> int:
+    return db[PRODUCTS].count_documents({"_id": {"$in": listed},
+                                         f"vanished.{cat_id}": {"$exists": True}})
+
+
+def test_another_crawl_between_two_runs_of_a_crawl_makes_no_listed_product_look_gone(
+    fresh, mongod, mongo_client, mongo_db_name, tmp_path: Path
+) -> None:
+    db = mongo_client[mongo_db_name]
+    run(tmp_path, "0", fresh, mongod, mongo_db_name, "cat_id=301")
+    fresh.configure(sizes={"301": 100})
+    listed = fresh.truth(cat_id=301)["item_ids"]
+    gone = set(products(db)) - set(listed)
+    assert len(gone) == 20
+
+    stopped = crawl(tmp_path / "1", "cat_id=301", base_url=fresh.url, mongo_uri=mongod.uri,
+                    database=mongo_db_name, settings={"MONGO_BATCH_SIZE": "50",
+                                                      "TMAPI_MAX_REQUESTS": "2"})
+    assert stopped.returncode == 1, stopped.log[-3000:]
+    # Another plan of the same category, crawled whole while the first waits to be resumed.
+    other = run(tmp_path, "2", fresh, mongod, mongo_db_name, "cat_id=301,303")
+    assert other.stat("tmapi/products/vanished") == len(gone)
+    resumed = run(tmp_path, "3", fresh, mongod, mongo_db_name, "cat_id=301")
+    assert resumed.stat("tmapi/crawl_id") == stopped.stat("tmapi/crawl_id")
+    assert resumed.stat("tmapi/resume/pages_held") == 2
+
+    assert listed_marked_vanished(db, listed, 301) == 0
+    assert {i for i, d in products(db).items() if d.get("vanished")} == gone
+    assert resumed.stat("tmapi/products/vanished") == 0
+
+
+def test_two_crawls_of_one_category_at_once_make_no_listed_product_look_gone(
+    mongod, mongo_client, mongo_db_name
+) -> None:
+    """Each crawl's sightings interleaved with the other's, batch by batch, as two crawls at
+    once write them: each marks only what is gone from the category."""
+    listed, delisted = sightings(7, 0)[:24], sightings(7, 0)[24:]
+
+    async def scenario() -> dict[str, int]:
+        store = ProductStore(mongod.uri, mongo_db_name, retry_timeout=10)
+        await store.open()
+        try:
+            now = batch_now()
+            await store.write_products(updates_by_id(listed + delisted, "old", now), "old", now)
+            for page, start in enumerate(range(0, len(listed), 8), start=1):
+                for crawl_id in ("a", "b"):
+                    batch = listed[start:start + 8]
+                    now = batch_now()
+                    await store.write_products(updates_by_id(batch, crawl_id, now),
+                                               crawl_id, now)
+                    await store.db[LEDGER].insert_one(ledger_page(crawl_id, page, batch))
+            return {crawl_id: await store.mark_vanished(crawl_id, [7], datetime.now(UTC))
+                    for crawl_id in ("a", "b")}
+        finally:
+            await store.close()
+
+    marked = asyncio.run(scenario())
+    db = mongo_client[mongo_db_name]
+    assert listed_marked_vanished(db, [i.item_id for i in listed], 7) == 0
+    assert marked == {"a": len(delisted), "b": 0}
+    assert {d["_id"] for d in db[PRODUCTS].find({"vanished.7": {"$exists": True}})} == {
+        i.item_id for i in delisted}

@@ -81,3 +81,16 @@ def test_a_page_is_filed_under_the_planned_query_it_descends_from() -> None:
     narrow = PageContext(Query(cat_id=5, price_start="10", price_end="20"))
     assert planned_key(narrow, planned[2:]) == planned[2].key()
     assert planned_key(PageContext(Query(cat_id=6)), planned) == Query(cat_id=6).key()
+    # A walk, a flag cell and a sort cell of a flag cell: all the unfiltered query's pages.
+    walk = PageContext(Query(cat_id=5, sort="price_up", price_start="9.91"), page=2, depth=1)
+    assert planned_key(walk, planned[:1]) == planned[0].key()
+    flagged = Query(cat_id=5, price_start="9.9", price_end="9.9", new_arrival=True)
+    assert planned_key(PageContext(flagged, depth=3), planned[:1]) == planned[0].key()
+    sorted_cell = PageContext(Query(cat_id=5, sort="price_down", price_start="9.9",
+                                    price_end="9.9", new_arrival=False, free_shipping=True))
+    assert planned_key(sorted_cell, planned[:1]) == planned[0].key()
+    # Where the plan has the cell's flags itself, the closer planned query takes the page.
+    with_flag = Query(cat_id=5, new_arrival=True)
+    assert planned_key(PageContext(flagged), [planned[0], with_flag]) == with_flag.key()
+    assert planned_key(PageContext(Query(cat_id=5, new_arrival=False)),
+                       [planned[0], with_flag]) == planned[0].key()

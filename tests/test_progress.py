@@ -102,6 +102,8 @@ def test_the_line_shows_every_counter() -> None:
     assert "| calls 130, budget 500, 370 left |" in format_line(budgeted, 1.0, None)
     # A cluster's workers share one budget: their calls add up, the budget does not.
     assert Progress.total([budgeted, budgeted]).budget == 500
+    # A crawl that ended has no rate to show.
+    assert format_line(progress, None, None, final=True).endswith("| calls 130")
     # A closing line: nothing left to wait for.
     assert format_line(progress, 12.5, None, final=True) == (
         "queries 3/10 | pages 120/340 (35.3%), 2 failed | sightings 2400: 1100 new products, "
@@ -178,8 +180,12 @@ def matches_stats(line: dict[str, Any], stats: dict[str, Any]) -> None:
     """The closing progress line says what the final stats say."""
     assert int(line["queries"]) == stats["tmapi/queries"]
     assert int(line["queries_done"]) == stats["tmapi/queries/done"]
-    assert int(line["pages_done"]) == stats["tmapi/pages"] + stats.get("tmapi/pages/failed", 0)
-    assert int(line["pages_known"]) == stats["tmapi/pages/known"]
+    assert int(line["pages_done"]) == (stats["tmapi/pages"] + stats.get("tmapi/pages/failed", 0)
+                                       + stats.get("tmapi/resume/pages_held", 0))
+    if stats["finish_reason"] == "finished":  # all its pages, whatever was known on the way
+        assert line["pages_known"] == line["pages_done"]
+    else:
+        assert int(line["pages_known"]) == stats["tmapi/pages/known"]
     assert int(line["items"]) == stats["tmapi/items"]
     assert int(line["new"]) == stats["tmapi/db/created"]
     assert int(line["updated"]) == stats["tmapi/db/sightings"] - stats["tmapi/db/created"]

@@ -21,7 +21,9 @@ import pytest
 
 from tests.crawling import PROJECT_ROOT, TOKEN, CrawlResult, crawl, records
 from tests.servers import MongodProcess
+from tests.test_progress import matches_stats, read_lines
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.commands.crawl import summary_line
 from tmapi_crawler.sandbox.process import SandboxProcess
 
 SIZES = {"101": 95, "102": 40}
@@ -102,10 +104,47 @@ def test_a_stopped_crawl_resumes_without_paying_twice(  # noqa: PLR0917
     assert sum(cost["by_category"].values()) == cost["calls"]
     assert second.stat(stats_keys.RESUME_CALLS_SAVED) == held
     assert f"a resume saved {held}" in second.log
+    # The figures add up: what was left is what was fetched, the last progress line says all
+    # the crawl's pages, and the run record counts both runs, each one's share under resumes.
+    fetched = second.stat(stats_keys.PAGES) + second.stat(stats_keys.PAGES_FAILED)
+    assert f"{fetched} pages left to fetch as far as is known" in second.log
+    assert "found on the way" not in second.log
+    last = read_lines(second.log)[-1]
+    matches_stats(last, second.stats)
+    assert int(last["pages_done"]) == int(last["pages_known"]) == held + fetched
+    assert runs[0]["counts"]["pages"] == first.stat(stats_keys.PAGES) + second.stat(
+        stats_keys.PAGES) == cost["pages"]
+    assert runs[0]["resumes"][0]["counts"]["pages"] == second.stat(stats_keys.PAGES)
     # Finished now: the same command starts a new crawl, which pays for everything again.
     third = run(tmp_path / "3", fresh, mongod, mongo_db_name, "fresh=false")
     assert third.stat(stats_keys.CRAWL_ID) != first.stat(stats_keys.CRAWL_ID)
     assert third.stat(stats_keys.RESUME_PAGES_HELD) == 0
+
+
+def test_a_crawl_run_several_times_counts_the_whole_crawl_and_each_saving_once(
+    fresh: SandboxProcess, mongod: MongodProcess, mongo_client: pymongo.MongoClient,
+    mongo_db_name: str, tmp_path: Path,
+) -> None:
+    runs = [run(tmp_path / str(n), fresh, mongod, mongo_db_name, TMAPI_MAX_REQUESTS=4)
+            for n in range(3)]
+    runs.append(run(tmp_path / "3", fresh, mongod, mongo_db_name))
+    assert [r.stat("finish_reason") for r in runs] == [
+        *["tmapi_budget_exhausted"] * 3, "finished"]
+    record = mongo_client[mongo_db_name]["crawl_runs"].find_one()
+    paid = fresh.stats()["requests"]
+    assert record["cost"]["calls"] == paid == PAGES
+    # Each replayed page is saved once: the last resume replayed every page held before it.
+    assert record["cost"]["saved_by_resume"] == runs[-1].stat(stats_keys.RESUME_CALLS_SAVED)
+    assert record["cost"]["saved_by_resume"] < paid
+    pages = [r.stat(stats_keys.PAGES) for r in runs]
+    assert record["counts"]["pages"] == sum(pages) == PAGES
+    assert [r["counts"]["pages"] for r in record["resumes"]] == pages[1:]
+    assert record["counts"]["items"] == sum(r.stat(stats_keys.ITEMS) for r in runs)
+    # Sightings beside products, both of the whole crawl: never fewer sightings than products.
+    sightings, seen = record["counts"]["items"], record["counts"]["products_seen"]
+    assert sightings >= seen == len(truth(fresh))
+    assert runs[-1].stat(stats_keys.ITEMS) < seen, "the last run alone saw fewer"
+    assert f"{sightings} sightings of {seen} products" in summary_line(runs[-1].stats, None)
 
 
 def test_fresh_true_starts_a_new_crawl_of_an_interrupted_plan(

@@ -7,6 +7,7 @@ import io
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from tests.servers import MongodProcess, RedisProcess, ServerStartError
 from tmapi_crawler import servers
 from tmapi_crawler.commands.mongo import Command as MongoCommand
 from tmapi_crawler.distributed import embedded as embedded_redis
+from tmapi_crawler.folders import private_dir
 from tmapi_crawler.servers import ServerNotFound
 from tmapi_crawler.storage import embedded as embedded_mongo
 
@@ -168,6 +170,9 @@ def test_embedded_is_reused_then_stopped(embedded_dir: Path) -> None:
     assert not second.started_here
     assert (second.port, second.pid) == (first.port, first.pid)
     assert embedded_mongo.running(embedded_dir) == second
+    # The data and its log are the user's alone.
+    for folder in (embedded_dir, *(p for p in embedded_dir.iterdir() if p.is_dir())):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
     assert embedded_mongo.stop(embedded_dir) == second
     assert not servers.port_open(first.port)
@@ -393,6 +398,7 @@ def test_embedded_redis_is_reused_persists_and_stops(redis_dir: Path) -> None:
     assert not again.started_here
     assert (again.port, again.pid) == (first.port, first.pid)
     assert first.uri == f"redis://127.0.0.1:{first.port}/0"
+    assert stat.S_IMODE(redis_dir.stat().st_mode) == 0o700
     client = redis.Redis.from_url(first.uri)
     assert client.config_get("appendonly") == {"appendonly": "yes"}
     client.set("queued", "1")
@@ -464,3 +470,21 @@ def test_cli_redis_has_the_shape_of_cli_mongo(project: Path) -> None:
         assert "REDIS_URL is set (redis://***@cache.example:6379/0)" in external.stderr
     finally:
         embedded_redis.RedisServer(project / embedded_redis.DEFAULT_DIR).stop()
+
+
+def test_data_folders_are_made_for_the_user_alone(tmp_path: Path) -> None:
+    """Every missing folder on the way is 0700, whatever the umask; one that exists (the user's
+    choice) is left as it was."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    before = os.umask(0o002)
+    try:
+        made = private_dir(shared / ".data" / "unsaved")
+    finally:
+        os.umask(before)
+    assert made.is_dir()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    assert stat.S_IMODE((shared / ".data").stat().st_mode) == 0o700
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    assert private_dir(made) == made

@@ -21,7 +21,14 @@ from scrapy.utils.project import get_project_settings
 
 from tests.crawling import PROJECT_ROOT, TOKEN, crawl
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.validation import SETTINGS, SettingError, check_settings, unknown_settings
+from tmapi_crawler.validation import (
+    SETTINGS,
+    SettingError,
+    check_names,
+    check_settings,
+    library_settings,
+    unknown_settings,
+)
 
 SETTINGS_SOURCES = [PROJECT_ROOT / "tmapi_crawler" / "settings.py",
                     *sorted((PROJECT_ROOT / "settings_profiles").glob("*.py"))]
@@ -64,9 +71,6 @@ def test_the_shipped_defaults_pass(profile: str, monkeypatch: pytest.MonkeyPatch
         if OWN.match(name):
             monkeypatch.delenv(name)
     monkeypatch.setenv("SCRAPY_PROJECT", profile)
-    # Set, then removed: get_project_settings() sets it, and it must not leak to other tests.
-    monkeypatch.setenv("SCRAPY_SETTINGS_MODULE", "")
-    monkeypatch.delenv("SCRAPY_SETTINGS_MODULE")
     settings = get_project_settings()
     check_settings(settings)
     assert not list(unknown_settings(settings))
@@ -139,6 +143,28 @@ def test_unknown_names_under_the_projects_prefixes_get_a_suggestion() -> None:
                                                 "REDIS_QWERTY_ZZZ": None}
 
 
+def test_an_unknown_name_is_refused_in_one_line_wherever_it_was_set() -> None:
+    given = Settings()
+    given.set("TMAPI_MAX_REQUEST", "10", priority="cmdline")
+    with pytest.raises(SettingError) as refused:
+        check_names(given)
+    assert str(refused.value) == ("unknown setting TMAPI_MAX_REQUEST (given with -s): did you "
+                                  "mean TMAPI_MAX_REQUESTS?")
+    from_a_profile = Settings()
+    from_a_profile.set("REDIS_QWERTY_ZZZ", 1, priority="project")
+    with pytest.raises(SettingError, match=r"^unknown setting REDIS_QWERTY_ZZZ: tmapi-crawler, "
+                                           r"Scrapy and scrapy-redis have no such setting$"):
+        check_names(from_a_profile)
+
+
+def test_the_redis_settings_of_scrapy_redis_stay_allowed() -> None:
+    """Read from the installed scrapy-redis, so its own settings are never taken for typos."""
+    assert {"REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PARAMS", "REDIS_URL",
+            "REDIS_ENCODING", "REDIS_START_URLS_KEY", "REDIS_ITEMS_KEY"} <= library_settings()
+    check_names(Settings({"REDIS_HOST": "h", "REDIS_PORT": 6380, "REDIS_PARAMS": {},
+                          "REDIS_START_URLS_AS_SET": True}))
+
+
 # Through the real commands.
 
 
@@ -155,6 +181,8 @@ def sandbox() -> Iterator[SandboxProcess]:
     ({}, {"TMAPI_CONCURRENCY": "abc"}, "error: TMAPI_CONCURRENCY='abc': expected a whole"),
     ({"MONGO_BATCH_SIZE": "-5"}, {}, "error: MONGO_BATCH_SIZE='-5' (given with -s)"),
     ({"MONGO_URI": "db.example:27017"}, {}, "error: MONGO_URI='db.example:27017'"),
+    ({"TMAPI_MAX_REQUEST": "10"}, {}, "error: unknown setting TMAPI_MAX_REQUEST (given with -s): "
+                                      "did you mean TMAPI_MAX_REQUESTS?"),
 ])
 def test_a_crawl_with_a_bad_setting_sends_nothing(
     sandbox: SandboxProcess, tmp_path: Path, settings: dict[str, str], env: dict[str, str],
@@ -202,8 +230,10 @@ def test_a_token_on_the_command_line_draws_a_warning(tmp_path: Path) -> None:
     assert "warning" not in quiet.stderr
 
 
-def test_a_misspelt_setting_draws_a_warning() -> None:
-    done = run_scrapy("crawl", "category_items", "-a", "cat_id=x", "-s", "TMAPI_CONCURENCY=2",
-                      env={"TMAPI_TOKEN": TOKEN})
-    assert done.stderr.splitlines()[0] == ("warning: unknown setting TMAPI_CONCURENCY (did you "
-                                           "mean TMAPI_CONCURRENCY?): it is ignored")
+def test_a_misspelt_environment_variable_draws_a_warning() -> None:
+    done = run_scrapy("crawl", "category_items", "-a", "cat_id=x",
+                      env={"TMAPI_TOKEN": TOKEN, "TMAPI_MAX_REQUEST": "10"})
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == ("warning: environment variable TMAPI_MAX_REQUEST names no setting (did "
+                        "you mean TMAPI_MAX_REQUESTS?): it is ignored")
+    assert lines[1].startswith("error: cat_id: 'x' is not an integer")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,7 @@ def test_mongodb_gone_for_good_spills_the_batch_and_stops(
     assert [json.loads(line)["item_id"] for line in spill.read_text().splitlines()] == [
         raw["item_id"] for raw in items]
     assert stats[stats_keys.ITEMS_SPILLED] == len(items)
+    assert stat.S_IMODE(spill.parent.stat().st_mode) == 0o700  # the user's alone
     assert reason == closing.MONGODB_UNAVAILABLE
 
 

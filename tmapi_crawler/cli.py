@@ -4,8 +4,9 @@ Kept outside ``tmapi_crawler.commands``: Scrapy takes every command class define
 command of its own.
 
 * Every command checks the settings before it does anything (``tmapi_crawler.validation``): a
-  bad value ends it with one line and exit status 2, before any API call or server start; a
-  token given with ``-s`` draws a warning.
+  bad value or a misspelt name ends it with one line and exit status 2, before any API call or
+  server start; a token given with ``-s``, or a ``TMAPI_*`` environment variable that names no
+  setting, draws a warning.
 * Output cut short by its reader (``scrapy status | head``) ends a command quietly, as it
   does for any Unix tool, instead of with a ``BrokenPipeError`` traceback.
 * A command that tells the user what to run next names it so that it works as printed, from
@@ -30,7 +31,12 @@ from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.utils.conf import arglist_to_dict
 
 from settings_profiles import apply_profile
-from tmapi_crawler.validation import SettingError, check_settings, unknown_settings
+from tmapi_crawler.validation import (
+    SettingError,
+    check_names,
+    check_settings,
+    unknown_environment,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -39,6 +45,9 @@ if TYPE_CHECKING:
 
 #: Exit status of a command refused before it did anything (bad argument or setting).
 USAGE_ERROR = 2
+#: Exit status of a crawl that ran to its end without reading everything it was asked for
+#: (``crawl_runs.complete`` false): a part no split reaches, a stale stop, pages given up.
+INCOMPLETE = 3
 #: Exit status of a command whose reader went away, as if SIGPIPE had ended it (128 + 13).
 BROKEN_PIPE = 128 + signal.SIGPIPE
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -134,16 +143,18 @@ class SpiderArguments(ScrapyCommand):
 
 
 def check_project_settings(settings: BaseSettings) -> None:
-    """Exit 2 with one line on a bad setting; warn about a token on the command line and
-    about unknown names of the project's prefixes (a typo would be silently ignored)."""
+    """Exit 2 with one line on a bad setting or an unknown name under the project's prefixes;
+    warn about a token on the command line and about ``TMAPI_*`` environment variables that
+    name no setting (a typo would be silently ignored)."""
     if (settings.get("TMAPI_TOKEN")
             and settings.getpriority("TMAPI_TOKEN") == SETTINGS_PRIORITIES["cmdline"]):
         note("warning: TMAPI_TOKEN given with -s is visible to every user of this machine "
              "(ps) and stays in your shell history; export TMAPI_TOKEN=... instead")
-    for name, suggestion in unknown_settings(settings):
+    for name, suggestion in unknown_environment(os.environ):
         hint = f" (did you mean {suggestion}?)" if suggestion else ""
-        note(f"warning: unknown setting {name}{hint}: it is ignored")
+        note(f"warning: environment variable {name} names no setting{hint}: it is ignored")
     try:
+        check_names(settings)
         check_settings(settings)
     except SettingError as exc:
         fail(str(exc))

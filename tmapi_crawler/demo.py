@@ -24,6 +24,7 @@ from scrapy.utils.project import get_project_settings
 
 from tmapi_crawler.cli import PROJECT_ROOT, command_line
 from tmapi_crawler.commands.report import summary
+from tmapi_crawler.folders import private_dir
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.servers import EmbeddedServerError, ServerNotFound
 from tmapi_crawler.storage import embedded as embedded_mongo
@@ -69,7 +70,7 @@ def main() -> int:
     with pymongo.MongoClient(mongo.uri, tz_aware=True) as client:
         step = client[database][CRAWL_RUNS].count_documents({})
     log_file = LOG_DIR / f"demo-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(log_file.parent)
     faults = {code: args.faults / 4 for code in (417, 499, 500, 503)}
     say("tmapi-crawler demo: the bundled API sandbox (offline, no token) crawled into the "
         "embedded MongoDB.")

@@ -4,7 +4,9 @@ Everything is read from the stats on a timer, never per item or per page, so it 
 nothing; ``TMAPI_PROGRESS_INTERVAL = 0`` turns it off entirely. The numbers:
 
 * queries done / planned (``tmapi/queries/done``, ``tmapi/queries``);
-* pages done / known (``tmapi/pages`` + ``tmapi/pages/failed``, ``tmapi/pages/known``);
+* pages done / known (``tmapi/pages`` + ``tmapi/pages/failed``, and the pages a resume holds,
+  ``tmapi/resume/pages_held``, / ``tmapi/pages/known``); a finished crawl's closing line has
+  done all its pages, the known ones it did not need (a query that ended sooner) left out;
 * product sightings yielded, and of those stored: new products (``tmapi/db/created``) and
   repeats, sightings of products already stored (the rest of ``tmapi/db/sightings``), and
   rejected (``tmapi/items/rejected``);
@@ -25,7 +27,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Self, TextIO
 
 from scrapy import signals
@@ -33,6 +35,7 @@ from scrapy.exceptions import NotConfigured
 
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.aio import wait_set
+from tmapi_crawler.closing import FINISHED
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -58,6 +61,8 @@ class Progress:
     pages: int = 0
     pages_failed: int = 0
     pages_known: int = 0
+    #: Pages a resume holds from the crawl's earlier runs: replayed, done without a fetch.
+    pages_held: int = 0
     items: int = 0
     stored: int = 0
     new: int = 0
@@ -75,6 +80,7 @@ class Progress:
             pages=stats.get(stats_keys.PAGES, 0),
             pages_failed=stats.get(stats_keys.PAGES_FAILED, 0),
             pages_known=stats.get(stats_keys.PAGES_KNOWN, 0),
+            pages_held=stats.get(stats_keys.RESUME_PAGES_HELD, 0),
             items=stats.get(stats_keys.ITEMS, 0),
             stored=stats.get(stats_keys.DB_SIGHTINGS, 0),
             new=stats.get(stats_keys.DB_CREATED, 0),
@@ -106,7 +112,11 @@ class Progress:
 
     @property
     def pages_done(self) -> int:
-        return self.pages + self.pages_failed
+        return self.pages + self.pages_failed + self.pages_held
+
+    def finished(self) -> Self:
+        """The counters of a crawl that ran to its end: every page it needed is done."""
+        return replace(self, pages_known=self.pages_done)
 
     @property
     def pages_left(self) -> int | None:
@@ -168,7 +178,7 @@ def _calls(progress: Progress) -> str:
             f"{max(progress.budget - progress.calls, 0)} left")
 
 
-def format_line(progress: Progress, rate: float, eta: float | None, *,
+def format_line(progress: Progress, rate: float | None, eta: float | None, *,
                 final: bool = False) -> str:
     """The log's progress line, e.g.
     ``queries 3/10 | pages 120/340 (35.3%), 2 failed | sightings 2400: 1100 new products,
@@ -177,7 +187,8 @@ def format_line(progress: Progress, rate: float, eta: float | None, *,
     A sighting is a product on a page; "new products" were first stored by it, "repeats" are
     sightings of products already stored (earlier in this crawl, or by an earlier one).
 
-    ``final`` leaves the ETA out: nothing is left to wait for.
+    ``final`` leaves the ETA out: nothing is left to wait for; ``rate`` None leaves the rate
+    out (a crawl that ended has none).
     """
     pages = f"pages {_of(progress.pages_done, progress.pages_known)}"
     if progress.pages_known:
@@ -192,10 +203,10 @@ def format_line(progress: Progress, rate: float, eta: float | None, *,
         f"{progress.rejected} rejected",
         f"answers {answers}",
         _calls(progress),
-        f"{rate:.1f} pages/s",
-        f"ETA {format_duration(eta)}",
+        *([] if rate is None else [f"{rate:.1f} pages/s"]),
+        *([] if final else [f"ETA {format_duration(eta)}"]),
     ]
-    return " | ".join(parts[:-1] if final else parts)
+    return " | ".join(parts)
 
 
 def format_bar(progress: Progress, rate: float, eta: float | None, width: int) -> str:
@@ -297,12 +308,14 @@ class ProgressReporter:
             self._draw(progress)
         self._task = asyncio.ensure_future(self._run())
 
-    async def spider_closed(self) -> None:
+    async def spider_closed(self, reason: str = "") -> None:
         self._closing.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         progress = self._sample()
+        if reason == FINISHED:
+            progress = progress.finished()
         if self.bar is not None:
             self.bar.detach()
         await self._log(progress, final=True)

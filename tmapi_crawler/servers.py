@@ -36,6 +36,7 @@ from pymongo.errors import PyMongoError
 from scrapy.utils.conf import closest_scrapy_cfg
 
 from tmapi_crawler.cli import command_line
+from tmapi_crawler.folders import private_dir
 
 LOCALHOST = "127.0.0.1"
 START_TIMEOUT = 60.0
@@ -345,7 +346,7 @@ class EmbeddedServer:
         A file lock serialises concurrent callers (two crawls started together), so the second
         one finds the server the first one started instead of starting another.
         """
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         with self._lock():
             found = self.running()
             if found is not None:

@@ -106,6 +106,8 @@ EXTENSIONS = {
     "tmapi_crawler.aio.RootLogLevel": 0,
     "tmapi_crawler.progress.ProgressReporter": 500,
     "tmapi_crawler.storage.runs.CrawlRunRecorder": 510,
+    "tmapi_crawler.accounting.Completeness": 0,
+    "tmapi_crawler.alerts.extension.AlertsExtension": 520,
     "scrapy.extensions.feedexport.FeedExporter": None,
     "tmapi_crawler.exporters.FeedExporter": 0,
 }
@@ -117,6 +119,12 @@ TMAPI_PROGRESS_BAR = True
 STATS_CLASS = "tmapi_crawler.stats.StatsFileCollector"
 #: Empty: no stats file. Set it to write the final stats as JSON (scripts, CI, tests).
 STATS_FILE = os.environ.get("STATS_FILE", "")
+
+# Alerts (tmapi_crawler/alerts/): rules checked once a crawl's end is recorded.
+#: A YAML file of Apprise URLs and rules (README, "Alerts"); empty: no alerts.
+TMAPI_ALERTS_FILE = os.environ.get("TMAPI_ALERTS_FILE", "")
+#: Seconds every delivery of a crawl's alerts may take together, retries included.
+TMAPI_ALERTS_TIMEOUT = 10.0
 
 # Distributed crawling: settings_profiles/distributed.py turns it on. Without REDIS_URL it uses
 # the embedded Redis (tmapi_crawler/distributed/embedded.py), started on demand and left

@@ -40,6 +40,12 @@ crawl_killed = object()
 #: one worker, the one that completed it in Redis: the place to finalise the whole crawl once.
 crawl_complete = object()
 
+#: Sent by the run recorder once the crawl's end is in ``crawl_runs`` (its finish reason, and so
+#: the exit status, final), before it closes its MongoDB connection:
+#: ``crawl_recorded(crawl_id: str, final: bool)``. ``final``: this record speaks for the whole
+#: crawl — a local crawl's run, or a cluster crawl's finaliser. Where alerts are checked.
+crawl_recorded = object()
+
 #: Sent by the spider in probe mode (``scrapy estimate --probe``) before it sends anything:
 #: ``probe_planned(calls: int, held: int)``, the paid calls it is about to make (page 1 of each
 #: planned query) and the page 1s the crawl it resumes holds already (not paid again).

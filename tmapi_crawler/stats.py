@@ -76,6 +76,14 @@ DB_FLUSH_ERRORS: Final = f"{PREFIX}/db/flush_errors"
 PRODUCTS: Final = f"{PREFIX}/products/"
 COVERAGE_INCOMPLETE: Final = f"{PREFIX}/coverage/incomplete/"
 
+# Completeness (tmapi_crawler/accounting.py): what the crawl could not read.
+#: Losses by reason (``frontier.completeness``): ``completeness/losses/<reason>``.
+COMPLETENESS_LOSSES: Final = f"{PREFIX}/completeness/losses/"
+#: True when the crawl read everything it was asked for (set where ``crawl_runs`` records it).
+COMPLETENESS_COMPLETE: Final = f"{PREFIX}/completeness/complete"
+#: The incomplete categories and why, as the final line names them: ``301 (unreachable)``.
+COMPLETENESS_INCOMPLETE: Final = f"{PREFIX}/completeness/incomplete"
+
 # Stopping.
 #: 1 when a second Ctrl-C forced the stop (what was parsed was still saved).
 FORCED_STOP: Final = f"{PREFIX}/stop/forced"
@@ -108,6 +116,15 @@ COST_FAILURES: Final = f"{COST}failures"
 COST_PROBES: Final = f"{COST}probes"
 COST_BY_CATEGORY: Final = f"{PREFIX}/cost_by_category/"
 
+# Alerts (tmapi_crawler/alerts/): messages of the rules that fired when the crawl ended.
+ALERTS: Final = f"{PREFIX}/alerts/"
+#: Messages delivered, and not delivered within ``TMAPI_ALERTS_TIMEOUT`` (one per rule and
+#: destination); the changes the delivered ones listed; changes skipped as sent before.
+ALERTS_SENT: Final = f"{ALERTS}sent"
+ALERTS_FAILED: Final = f"{ALERTS}failed"
+ALERTS_PRODUCTS: Final = f"{ALERTS}products"
+ALERTS_ALREADY_SENT: Final = f"{ALERTS}already_sent"
+
 # Distributed workers.
 DISTRIBUTED: Final = f"{PREFIX}/distributed"
 WORKER_ID: Final = f"{DISTRIBUTED}/worker_id"
@@ -118,6 +135,9 @@ DISTRIBUTED_FAILED: Final = f"{DISTRIBUTED}/failed"
 DISTRIBUTED_REAPED: Final = f"{DISTRIBUTED}/reaped"
 DISTRIBUTED_REFUSED: Final = f"{DISTRIBUTED}/refused"
 DISTRIBUTED_MISSING: Final = f"{DISTRIBUTED}/missing"
+#: Seconds a worker waited with nothing left before it closed (``MAX_IDLE_TIME_BEFORE_CLOSE``):
+#: no part of the crawl's duration.
+DISTRIBUTED_IDLE: Final = f"{DISTRIBUTED}/idle_before_close"
 
 
 def answer(code: int | str) -> str:
@@ -135,6 +155,11 @@ def split_by(how: str) -> str:
     return f"{SPLIT_BY}{how}"
 
 
+#: Sightings of the whole crawl, over all its runs (``crawl_runs.counts.items``), set at close:
+#: the figure the crawl's products are counted beside.
+CRAWL_SIGHTINGS: Final = f"{PRODUCTS}sightings"
+
+
 def product_count(name: str) -> str:
     """Products counted from the database at close: ``products/{new,updated,changed,...}``."""
     return f"{PRODUCTS}{name}"
@@ -143,6 +168,11 @@ def product_count(name: str) -> str:
 def incomplete(cat_id: int) -> str:
     """Losses noticed in one category (see ``storage.coverage``)."""
     return f"{COVERAGE_INCOMPLETE}{cat_id}"
+
+
+def completeness_loss(reason: str) -> str:
+    """Losses of one reason (``frontier.completeness.REASONS``)."""
+    return f"{COMPLETENESS_LOSSES}{reason}"
 
 
 def cost_by_category(cat_id: int) -> str:

@@ -2,7 +2,10 @@
 
 A bad value (``-s TMAPI_CONCURRENCY=0``, ``MONGO_BATCH_SIZE=abc`` in the environment) must end
 a command with one line naming the setting and what it accepts, exit status 2 and nothing
-sent, not with a traceback from deep inside the crawl. :data:`SETTINGS` is the registry:
+sent, not with a traceback from deep inside the crawl. A name under the project's prefixes
+that nothing reads (``-s TMAPI_MAX_REQUEST=10``, one letter short) is refused the same way:
+ignored, it would let the crawl pay without the budget the user meant to set.
+:data:`SETTINGS` is the registry:
 adding a setting is one line, its name and what it accepts; ``tests/test_validation.py`` fails
 when a ``TMAPI_*``, ``MONGO_*`` or ``REDIS_*`` setting of ``settings.py`` or a profile is
 missing from it or from ``docs/reference/settings.md``. Defaults stay in ``settings.py``: a
@@ -11,19 +14,27 @@ setting that is not set at all (a profile's setting in another profile) is not c
 
 from __future__ import annotations
 
+import ast
 import difflib
+import functools
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import redis
+import scrapy_redis
 from pymongo.errors import InvalidURI
 from pymongo.uri_parser import parse_uri
-from scrapy.settings import SETTINGS_PRIORITIES
+from scrapy.settings import SETTINGS_PRIORITIES, default_settings
 from scrapy.utils.misc import load_object
+from scrapy_redis import defaults as scrapy_redis_defaults
+
+from tmapi_crawler.alerts.rules import RulesError
+from tmapi_crawler.alerts.rules import load as load_alerts
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -225,6 +236,9 @@ SETTINGS: Final[dict[str, Rule]] = {
     # Progress.
     "TMAPI_PROGRESS_INTERVAL": seconds(zero=True),
     "TMAPI_PROGRESS_BAR": BOOLEAN,
+    # Alerts.
+    "TMAPI_ALERTS_FILE": path(empty=True),
+    "TMAPI_ALERTS_TIMEOUT": seconds(),
     # Distributed crawling.
     "TMAPI_DISTRIBUTED": BOOLEAN,
     "TMAPI_PROFILE": choice("", "local", "distributed", "production"),
@@ -285,11 +299,60 @@ def check_settings(settings: BaseSettings) -> None:
             word = "greater than" if relation.strict else "at least"
             raise SettingError(f"{relation.larger}={high:g} must be {word} "
                                f"{relation.smaller}={low:g}: {relation.why}")
+    if alerts_file := settings.get("TMAPI_ALERTS_FILE"):
+        try:
+            load_alerts(alerts_file)
+        except RulesError as exc:
+            raise SettingError(f"TMAPI_ALERTS_FILE: {exc}") from None
+
+
+@functools.cache
+def library_settings() -> frozenset[str]:
+    """Names under the prefixes that Scrapy or scrapy-redis read (``REDIS_HOST``, ``REDIS_PARAMS``,
+    ``REDIS_START_URLS_KEY``, ...), taken from the installed packages rather than a copied list:
+    scrapy-redis's defaults, and every ``REDIS_*`` string its modules look up. redis-py itself
+    reads no settings."""
+    names = {name for name in dir(default_settings) if name.startswith(PREFIXES)}
+    names.update(name for name in dir(scrapy_redis_defaults) if name.startswith(PREFIXES))
+    for module in Path(scrapy_redis.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and re.fullmatch(r"REDIS_[A-Z0-9_]+", node.value)):
+                names.add(node.value)
+    return frozenset(names)
+
+
+def _unknown(name: str) -> bool:
+    return (name.startswith(PREFIXES) and name not in SETTINGS
+            and name not in library_settings())
+
+
+def _likeliest(name: str) -> str | None:
+    close = difflib.get_close_matches(name, SETTINGS, n=1)
+    return close[0] if close else None
 
 
 def unknown_settings(settings: BaseSettings) -> Iterator[tuple[str, str | None]]:
     """Names under the project's prefixes that nothing reads, with the likeliest meant one."""
     for name in sorted(settings.attributes):
-        if name.startswith(PREFIXES) and name not in SETTINGS:
-            close = difflib.get_close_matches(name, SETTINGS, n=1)
-            yield name, close[0] if close else None
+        if _unknown(name):
+            yield name, _likeliest(name)
+
+
+def check_names(settings: BaseSettings) -> None:
+    """Raise :class:`SettingError` for the first setting name that nothing reads: from ``-s``,
+    a profile or the settings module alike, as a typo would otherwise be silently ignored."""
+    for name, suggestion in unknown_settings(settings):
+        hint = (f"did you mean {suggestion}?" if suggestion
+                else "tmapi-crawler, Scrapy and scrapy-redis have no such setting")
+        raise SettingError(f"unknown setting {name}{_source(settings, name)}: {hint}")
+
+
+def unknown_environment(environ: Mapping[str, str]) -> Iterator[tuple[str, str | None]]:
+    """``TMAPI_*`` environment variables that name no setting, with the likeliest meant one.
+
+    Only warned about: the environment is shared with other programs, and settings.py reads
+    the few variables it takes by name."""
+    for name in sorted(environ):
+        if name.startswith("TMAPI_") and name not in SETTINGS:
+            yield name, _likeliest(name)

@@ -126,11 +126,13 @@ def test_three_workers_crawl_everything_once_within_the_limit(
     assert summed["crawl_id"] == crawl_id
     assert summed["cluster_progress"]["pages_done"] == len(pages)
     assert summed["cluster_progress"]["items"] == sum(w.stats["tmapi/items"] for w in cluster)
-    assert summed["cluster_progress"]["eta"] is None
+    # Ended: no ETA, and no rate (not 0.0 pages/s).
+    assert (summed["cluster_progress"]["eta"], summed["cluster_progress"]["rate"]) == (None, None)
     text = env.scrapy("status", "category_items").stdout
     assert f"crawl {crawl_id}: finished" in text
     assert f"queries 3/3 | pages {len(pages)}/{len(pages)} (100.0%)" in text
     assert "ETA" not in text
+    assert "pages/s" not in text
     # Each worker logged the cluster's line, and its last one, written when all was done,
     # says so, with no ETA.
     for worker in cluster:

@@ -25,7 +25,10 @@ from tests.cluster import (
     stored_products,
     truth,
 )
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.commands.crawl import summary_line
 
+IDLE = stats_keys.DISTRIBUTED_IDLE
 COMPLETELY = "Crawled completely: categories 1, 2, 3;"
 
 
@@ -82,6 +85,11 @@ def test_one_worker_finalises_the_crawl_with_every_workers_counts(
     assert run["completed_by"] == finaliser.stats["tmapi/distributed/worker_id"]
     for worker in survivors:
         assert "ETA" not in PROGRESS.findall(worker.log)[-1]
+    # A worker's wait of MAX_IDLE_TIME_BEFORE_CLOSE with nothing left is no part of the crawl.
+    waited = [w.stats for w in survivors if w.stats.get(IDLE, 0) >= 1]  # the setting: 1 s
+    assert waited
+    assert all(f" finished in {s['elapsed_time_seconds'] - s[IDLE]:.1f} s:"
+               in summary_line(s, None) for s in waited)
 
     # A re-crawl of a shrunk category, again with a killed worker: what the categories no
     # longer list (category 2 shares some of category 1's products) is marked vanished, once,

@@ -3,14 +3,15 @@
 A real ``scrapyd`` runs in a temporary directory; ``scrapyd-deploy`` builds the project's egg
 (with every settings profile and the Lua scripts) and uploads it; ``schedule.json`` starts a
 seeding worker and a pure worker with the ``distributed`` profile. The token and the servers'
-addresses come from Scrapyd's environment, never through its API.
+addresses come from Scrapyd's environment, never through its API. Both run as the README
+prints them, through ``scripts/scrapyd`` and ``scripts/scrapyd-deploy``, in a shell with no
+virtual environment on its ``PATH``.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -25,7 +26,9 @@ from tests.cluster import WORKER_SETTINGS, Env, stored_products, truth
 from tests.crawling import PROJECT_ROOT, TOKEN, records
 from tmapi_crawler.servers import free_port, port_open
 
-BIN = Path(sys.executable).parent
+SCRIPTS = PROJECT_ROOT / "scripts"
+#: A fresh shell's PATH: no virtual environment activated.
+FRESH_PATH = "/usr/local/bin:/usr/bin:/bin"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -46,8 +49,9 @@ class Scrapyd:
         )
         self.log = (directory / "scrapyd.out").open("w")
         self.process = subprocess.Popen(
-            [str(BIN / "scrapyd")], cwd=directory, env=environment, stdin=subprocess.DEVNULL,
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [str(SCRIPTS / "scrapyd")], cwd=directory, env={**environment, "PATH": FRESH_PATH},
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def wait_ready(self) -> None:
@@ -105,9 +109,9 @@ def deploy(server: Scrapyd, config_home: Path) -> subprocess.CompletedProcess[st
     (config_home / "scrapy.cfg").write_text(f"[deploy:test]\nurl = {server.url}\n"
                                             "project = tmapi_crawler\n")
     return subprocess.run(
-        [str(BIN / "scrapyd-deploy"), "test", "--version", "1"], cwd=PROJECT_ROOT,
+        [str(SCRIPTS / "scrapyd-deploy"), "test", "--version", "1"], cwd=PROJECT_ROOT,
         capture_output=True, text=True, timeout=300, check=False,
-        env={"PATH": str(BIN), "XDG_CONFIG_HOME": str(config_home), "HOME": str(config_home)},
+        env={"PATH": FRESH_PATH, "XDG_CONFIG_HOME": str(config_home), "HOME": str(config_home)},
     )
 
 

@@ -23,7 +23,7 @@ from scrapy.spiderloader import get_spider_loader
 
 from settings_profiles import SCRAPYD_JOB
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.cli import USAGE_ERROR, ProjectCommand, fail
+from tmapi_crawler.cli import INCOMPLETE, USAGE_ERROR, ProjectCommand, fail
 from tmapi_crawler.distributed.embedded import resolve_redis_url
 from tmapi_crawler.plan import PlanError
 from tmapi_crawler.servers import EmbeddedServerError, ServerNotFound, find_mongod
@@ -76,7 +76,9 @@ def summary_line(stats: dict[str, Any], log_file: str | None) -> str:
     """How the crawl ended, in one line: what it cost, what it found, what it stored."""
     reason = stats.get("finish_reason", "not started")
     elapsed = stats.get("elapsed_time_seconds")
-    took = f" in {elapsed:.1f} s" if isinstance(elapsed, int | float) else ""
+    # A cluster worker's wait with nothing left before it closed is no part of the crawl.
+    idle = stats.get(stats_keys.DISTRIBUTED_IDLE, 0)
+    took = f" in {elapsed - idle:.1f} s" if isinstance(elapsed, int | float) else ""
     crawl_id = stats.get(stats_keys.CRAWL_ID)
     head = f"crawl {crawl_id}" if crawl_id else "crawl"
     head += f" finished{took}" if reason == "finished" else f" stopped ({reason}){took}"
@@ -86,7 +88,8 @@ def summary_line(stats: dict[str, Any], log_file: str | None) -> str:
         format_cost(cost_of(stats, stats.get(stats_keys.product_count("products_seen")))),
         f"{pages} pages" + (f" ({failed} given up)" if failed else ""),
     ]
-    sightings = stats.get(stats_keys.ITEMS, 0)
+    # The crawl's products are counted over all its runs: so are the sightings beside them.
+    sightings = stats.get(stats_keys.CRAWL_SIGHTINGS, stats.get(stats_keys.ITEMS, 0))
     seen = stats.get(stats_keys.product_count("products_seen"))
     if seen is None:
         parts.append(f"{sightings} product sightings")
@@ -96,6 +99,8 @@ def summary_line(stats: dict[str, Any], log_file: str | None) -> str:
                      f"{seen - new} seen before)")
     parts.append(f"{stats.get(stats_keys.ITEMS_REJECTED, 0)} rejected")
     line = f"{head}: {', '.join(parts)}"
+    if stats.get(stats_keys.COMPLETENESS_INCOMPLETE):
+        line += f"; incomplete: categories {stats[stats_keys.COMPLETENESS_INCOMPLETE]}"
     return f"{line}; log in {log_file}" if log_file else line
 
 
@@ -122,6 +127,9 @@ class Command(ProjectCommand, ScrapyCrawlCommand):
         self.crawler_process.start()
         if self.crawler_process.bootstrap_failed or reasons != ["finished"]:
             self.exitcode = 1
+        elif crawler.stats is not None and \
+                crawler.stats.get_value(stats_keys.COMPLETENESS_COMPLETE) is False:
+            self.exitcode = INCOMPLETE
         settings = crawler.settings
         log_file = settings.get("LOG_FILE")
         assert crawler.stats is not None

@@ -32,7 +32,7 @@ from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.plan import Plan, plan_from_arguments
 from tmapi_crawler.server_command import redact
 from tmapi_crawler.spend import estimate
-from tmapi_crawler.spend.ledger import FRESH_ARGUMENT
+from tmapi_crawler.spend.ledger import FRESH_ARGUMENT, fresh_requested, plan_fingerprint
 
 if TYPE_CHECKING:
     import argparse
@@ -76,6 +76,7 @@ class Command(SpiderArguments, ProjectCommand):
                                     if k != FRESH_ARGUMENT})
         probed: dict[str, estimate.Figure] = {}
         probe_crawl = None
+        resume = None
         if opts.probe:
             probed, probe_crawl = self._probe(args[0], opts.spargs, plan)
         located = locate_database(self.settings)
@@ -90,12 +91,15 @@ class Command(SpiderArguments, ProjectCommand):
                 with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000,
                                          tz_aware=True) as client:
                     figures = estimate.from_history(client[database], plan.queries)
+                    if not fresh_requested(opts.spargs):
+                        resume = estimate.pending(client[database],
+                                                  plan_fingerprint(plan, self.settings), args[0])
             except PyMongoError as exc:
                 note(f"error: MongoDB at {redact(uri)}: {exc}")
                 self.exitcode = 1
                 return
         figures = [probed.get(PageContext(f.query).key, f) for f in figures]
-        print(estimate.report(figures, where, probe=probe_crawl))
+        print(estimate.report(figures, where, probe=probe_crawl, resume=resume))
         if isinstance(located, str) and not opts.probe:
             note(f"note: {located}")
         if probe_crawl is not None and self.exitcode == 0:

@@ -17,6 +17,8 @@ from pymongo.errors import PyMongoError
 from tmapi_crawler.cli import ProjectCommand, command_line, note
 from tmapi_crawler.server_command import redact
 from tmapi_crawler.spend.cost import format_cost
+from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
+from tmapi_crawler.storage import completeness
 from tmapi_crawler.storage import embedded as embedded_mongo
 from tmapi_crawler.storage.history import HISTORY
 from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, REJECTED
@@ -72,10 +74,16 @@ def _when(moment: Any) -> str:
     return f"{moment:%Y-%m-%d %H:%M} UTC" if isinstance(moment, datetime) else "?"
 
 
-def _took(run: Mapping[str, Any]) -> str:
+def _took(db: Any, run: Mapping[str, Any]) -> str:
+    """From the start to the last page recorded: the wait before the crawl closes once its
+    work is done (a cluster worker's ``MAX_IDLE_TIME_BEFORE_CLOSE``, 30 s) is no part of it."""
     start, end = run.get("started_at"), run.get("finished_at")
     if not (isinstance(start, datetime) and isinstance(end, datetime)):
         return ""
+    last = next(db[LEDGER].aggregate([{"$match": {"crawl_id": run["_id"]}},
+                                      {"$group": {"_id": None, "at": {"$max": "$at"}}}]), None)
+    if last is not None and isinstance(last["at"], datetime):
+        end = min(end, last["at"])
     return f", took {(end - start).total_seconds():.0f} s"
 
 
@@ -154,7 +162,7 @@ def summary(db: Any, where: str) -> str:
     seen, new = counts.get("products_seen", 0), counts.get("new", 0)
     failed = counts.get("failed_pages", 0)
     lines += [
-        f"Last crawl {run['_id']}, started {_when(run.get('started_at'))}{_took(run)}: "
+        f"Last crawl {run['_id']}, started {_when(run.get('started_at'))}{_took(db, run)}: "
         f"{run.get('finish_reason', 'still running')}",
         f"  cost      {sum(answers.values())} API calls (answers by code: "
         f"{_codes(answers) or 'none'})",
@@ -162,6 +170,7 @@ def summary(db: Any, where: str) -> str:
         f"  found     {counts.get('items', 0)} sightings of {seen} products: {new} new, "
         f"{seen - new} seen before; {counts.get('rejected', 0)} rejected; "
         f"{counts.get('pages', 0)} pages, {failed} given up",
+        f"  read      {completeness.shown(run)}",
         f"  changed   {_changed_line(changes_of(db, run['_id']))}",
         f"  vanished  {counts.get('vanished', 0)} listings (product in category) no longer "
         "listed" + ("" if run.get("finish_reason") == "finished"

@@ -84,6 +84,8 @@ def describe(status: dict[str, Any]) -> str:
         f"  pages      {status['cluster_progress']['pages_done']} of {status['known']} known"
         + (f" ({progress:.1%})" if progress is not None else ""),
     ]
+    if status.get("completeness"):
+        lines.append(f"  read       {status['completeness']}")
     if status["missing"]:
         lines.append(f"  missing    {status['missing']} queued entries Redis lost")
     stop = status["stop"]

@@ -44,6 +44,7 @@ from scrapy.utils.misc import load_object
 from tmapi_crawler import api
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.accounting import Completeness, loss_to_dict
 from tmapi_crawler.aio import wait_set
 from tmapi_crawler.closing import (
     FINISHED,
@@ -62,7 +63,13 @@ from tmapi_crawler.distributed.cluster import (
 )
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.queue import CrawlGone, Leased, Push, page_push
-from tmapi_crawler.distributed.status import CrawlTotals, read_status, read_totals
+from tmapi_crawler.distributed.status import (
+    COMPLETE_FIELD,
+    INCOMPLETE_FIELD,
+    CrawlTotals,
+    read_status,
+    read_totals,
+)
 from tmapi_crawler.frontier.context import META_KEY
 from tmapi_crawler.progress import Progress, Rate
 from tmapi_crawler.spend.spool import Spool
@@ -478,7 +485,9 @@ class DistributedScheduler(BaseScheduler):
         self._rate.add(time.monotonic(), progress.pages_done)
         return json.dumps({**asdict(progress), "rate": self._rate.per_second(),
                            "state": state, "crawl_id": self.crawl_id, **losses(stats),
-                           "categories": sorted(self._categories)})
+                           "categories": sorted(self._categories),
+                           "losses": [loss_to_dict(loss)
+                                      for loss in Completeness.of(self.crawler).losses()]})
 
     # The acknowledgement ledger.
 
@@ -618,6 +627,7 @@ class DistributedScheduler(BaseScheduler):
             self._idle_since = now
         if now - self._idle_since < self.max_idle:
             return None
+        self.stats.set_value(stats_keys.DISTRIBUTED_IDLE, round(now - self._idle_since, 3))
         return await self.cluster.complete(self.crawl_id or "")
 
     async def _give_back_lost(self) -> None:
@@ -679,6 +689,11 @@ class DistributedScheduler(BaseScheduler):
     async def cluster_totals(self) -> CrawlTotals:
         """The cluster crawl's counts, as ``scrapy status`` shows them, for its run record."""
         return await read_totals(self.cluster)
+
+    async def record_completeness(self, complete: bool, incomplete: str) -> None:
+        """The finaliser's completeness record, for ``scrapy status`` (``distributed.status``)."""
+        await self.cluster.client.hset(self.cluster.keys.crawl, mapping={
+            COMPLETE_FIELD: int(complete), INCOMPLETE_FIELD: incomplete})
 
     async def progress_line(self, *, final: bool = False) -> str | None:
         """The cluster's progress line, as ``scrapy status`` shows it (``progress.py``)."""

@@ -18,13 +18,33 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from tmapi_crawler.accounting import loss_from_dict, merge
 from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.keys import redact_url
+from tmapi_crawler.frontier.completeness import PAGES_GIVEN_UP, Loss
 from tmapi_crawler.frontier.decisions import QUERIES_BEGUN, QUERIES_DONE
 from tmapi_crawler.progress import Progress, eta_seconds, format_line
+from tmapi_crawler.storage.completeness import NOT_RECORDED
 
 if TYPE_CHECKING:
     from tmapi_crawler.distributed.cluster import Cluster
+
+
+#: Fields of the crawl's hash the finaliser sets (``crawl_runs.complete`` and the incomplete
+#: categories, as the final line names them); absent for a crawl finished before they existed.
+COMPLETE_FIELD = "complete"
+INCOMPLETE_FIELD = "incomplete"
+
+
+def completeness(crawl: dict[str, Any], state: str) -> str | None:
+    """What ``scrapy status`` says of a crawl's completeness: None while it runs."""
+    if state != "finished":
+        return None
+    if COMPLETE_FIELD not in crawl:
+        return NOT_RECORDED
+    if str(crawl[COMPLETE_FIELD]) == "1":
+        return "complete"
+    return f"incomplete: categories {crawl.get(INCOMPLETE_FIELD, '')}"
 
 
 async def read_status(cluster: Cluster, *, final: bool = False) -> dict[str, Any]:
@@ -89,12 +109,14 @@ def describe_state(cluster: Cluster, raw: dict[str, Any], *, final: bool = False
     progress = _progress(snapshots, done=done, failed=failed_known, known=known,
                          sightings=int(raw["sightings"]),
                          queries=(int(raw["queries"]), int(raw["queries_done"])),
-                         over=final or state in ("finished", "empty") or state.startswith("lost"))
+                         over=final or state in ("finished", "empty")
+                         or state.startswith(("lost", "stopped")))
     return {
         "redis": redact_url(cluster.url),
         "key": cluster.keys.base,
         "crawl_id": crawl.get("id"),
         "state": state,
+        "completeness": completeness(crawl, state),
         "queued": int(raw["queued"]),
         "in_flight": in_flight,
         "in_flight_lost": lost,
@@ -138,8 +160,9 @@ def _progress(snapshots: list[tuple[bool, dict[str, Any]]], *, done: int, failed
     total = Progress.total(Progress.from_snapshot(s) for _, s in snapshots)
     total = replace(total, pages=done, pages_failed=failed, pages_known=known, items=sightings,
                     queries=queries[0], queries_done=queries[1])
-    rate = 0.0 if over else sum(float(s.get("rate", 0.0)) for alive, s in snapshots if alive)
-    eta = None if over else eta_seconds(total, rate)
+    # A crawl that ended has no rate: 0.0 pages/s would read as a stalled one.
+    rate = None if over else sum(float(s.get("rate", 0.0)) for alive, s in snapshots if alive)
+    eta = None if rate is None else eta_seconds(total, rate)
     return {
         **asdict(total),
         "pages_done": total.pages_done,
@@ -167,6 +190,8 @@ class CrawlTotals:
     crawl_wide_losses: tuple[str, ...]
     #: Workers whose heartbeat expired while they were still crawling (killed).
     dead_workers: tuple[str, ...]
+    #: What the workers could not read (``accounting``), given-up pages included.
+    losses: tuple[Loss, ...] = ()
 
     def counts(self) -> dict[str, int]:
         """The run's counts, named as ``crawl_runs.counts``."""
@@ -183,6 +208,7 @@ async def read_totals(cluster: Cluster) -> CrawlTotals:
     categories: set[int] = set()
     incomplete: set[int] = set()
     losses: set[str] = set()
+    found: list[Loss] = []
     for record in failed:
         try:
             context, _ = entries.decode(json.loads(record)["entry"])
@@ -190,6 +216,7 @@ async def read_totals(cluster: Cluster) -> CrawlTotals:
             losses.add("refused queue entries")
             continue
         incomplete.add(context.query.cat_id)
+        found.append(Loss(context.query.cat_id, PAGES_GIVEN_UP, context.query.key()))
     spilled = 0
     for worker in _list(raw["workers"]):
         if not worker["progress"]:
@@ -198,6 +225,7 @@ async def read_totals(cluster: Cluster) -> CrawlTotals:
         categories.update(int(c) for c in snapshot.get("categories", ()))
         incomplete.update(int(c) for c in snapshot.get("incomplete", ()))
         spilled += int(snapshot.get("spilled", 0))
+        found.extend(loss_from_dict(loss) for loss in snapshot.get("losses", ()))
         if snapshot.get("spider_exceptions"):
             losses.add("spider exceptions")
     if spilled:
@@ -208,4 +236,5 @@ async def read_totals(cluster: Cluster) -> CrawlTotals:
         failed=status["failed"], categories=frozenset(categories),
         incomplete=frozenset(incomplete),
         crawl_wide_losses=tuple(sorted(losses)), dead_workers=dead,
+        losses=tuple(merge(found)),
     )

@@ -12,6 +12,17 @@ window further, up to the query's last page — as far as ``total_count`` says, 
 reach, and moved by ``has_next_page`` — so no amount of pages a total claims is ever queued,
 and an end found early costs at most a window of empty pages. Every page counts against the
 query until it is resolved; when none is left the query is done.
+
+A page is *stale* when it brings fewer than ``stale_below(page_size)`` products the query had
+not shown on its recent pages — fewer than a tenth of a page, and at least one: 0 or 1 of 20.
+A listing may repeat promoted items in fixed slots on every page (11 of 20, say): its pages
+bring 9 new products each and are never stale, whatever repeats; a listing stuck on one page
+brings none. ``STALE_LIMIT`` stale pages stop the query, and the stop is reported as a
+``Loss`` (``completeness.STALE_STOPPED``). Such a listing goes on past the last page its
+``total_count`` implies (``has_next_page`` says so): a page at or past that last page that
+brought new products moves the last page to where the query's pace — the most new products
+a page after the first brought — would end the total (``paging.last_page``), bounded by the
+reach like every last page, so its pages are read a window at a time rather than one by one.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from typing import Final
 from tmapi_crawler import api
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.frontier import paging, splitting
-from tmapi_crawler.frontier.completeness import Loss
+from tmapi_crawler.frontier.completeness import STALE_STOPPED, UNREACHABLE, Loss
 from tmapi_crawler.frontier.context import CellRef, PageContext
 from tmapi_crawler.frontier.state import FrontierState, MemoryState
 from tmapi_crawler.frontier.summary import PageSummary
@@ -36,6 +47,9 @@ from tmapi_crawler.plan import Query
 #: Pages of one query that bring (almost) nothing new before it is stopped: a listing that
 #: repeats itself, whatever it says about more pages, costs this many calls and a window.
 STALE_LIMIT: Final = 3
+#: A page bringing fewer new products than this share of its size (and at least one) is
+#: stale (``stale_below``).
+STALE_SHARE: Final = 10
 #: Scheduler priorities: pages of queries under way go before planned queries not begun yet
 #: (priority 0), and older splits before newer ones, so few queries are active at once.
 PRIORITY_TOP: Final = 100
@@ -83,6 +97,11 @@ class FrontierSettings:
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError("the window must hold at least one page")
+
+
+def stale_below(page_size: int) -> int:
+    """New products a page must bring not to be stale: a tenth of the page, at least one."""
+    return max(1, page_size // STALE_SHARE)
 
 
 def priority(context: PageContext) -> int:
@@ -163,11 +182,12 @@ class Frontier:
         if context.cell is not None:
             await self._seen_in_cell(context.cell, summary)
         own: list[PageContext] = []
-        ended = await self._stale(decision, context, summary)
+        ended, new = await self._stale(decision, context, summary)
         if not ended:
             context, ended = await self._split(decision, context, summary, reach, own)
         await self._cut_short(decision, context, summary)
-        await self._advance(decision, context, summary, reach, own, known=known, ended=ended)
+        await self._advance(decision, context, summary, reach, own, known=known, ended=ended,
+                            new=new)
         return decision
 
     async def _on_lost(self, context: PageContext) -> Decision:
@@ -292,34 +312,37 @@ class Frontier:
                 f"({context.query.key()}): splitting queries with more"))
 
     async def _stale(self, decision: Decision, context: PageContext,
-                     summary: PageSummary) -> bool:
-        """Whether the query is stopped: its pages keep repeating products of its earlier
-        pages (a listing stuck on one page, or ``has_next_page`` without anything new).
+                     summary: PageSummary) -> tuple[bool, int | None]:
+        """Whether the query is stopped: its pages keep bringing (almost) nothing new (a
+        listing stuck on one page, or ``has_next_page`` without anything new); and how many
+        products this page brought that its recent pages had not shown (None: no ids).
 
         Only the ids of its last pages are kept, in sets of ``_id_span`` pages: a page goes
         into its own set and the next, and is compared with its own.
         """
         state, key, page = self.state, context.query.key(), context.page
         if await state.get(_key(key, "stopped")):
-            return True
+            return True, None
         if not summary.ids:
-            return False
+            return False, None
         span = (page - 1) // self._id_span
         new = await state.add_ids(_key(key, f"ids{span}"), summary.ids)
         await state.add_ids(_key(key, f"ids{span + 1}"), summary.ids)
         if span >= 2 and page != context.ahead:
             await state.forget(_key(key, f"ids{span - 2}"))
-        if 2 * new >= len(set(summary.ids)):
-            return False
+        if new >= stale_below(context.page_size):
+            return False, new
         decision.counters[stats_keys.PAGING_STALE] += 1
         if await state.add(_key(key, "stale"), 1) < STALE_LIMIT:
-            return False
+            return False, new
         if await state.claim(_key(key, "stopped")):
             decision.counters[stats_keys.PAGING_STOPPED] += 1
             decision.notes.append(Note(
-                logging.WARNING, f"{key}: {STALE_LIMIT} of its pages repeated products of its "
-                f"earlier pages; stopped paging it at page {page}", context.query.cat_id))
-        return True
+                logging.WARNING, f"{key}: {STALE_LIMIT} of its pages repeated (almost) only "
+                f"products of its earlier pages; stopped paging it at page {page}",
+                context.query.cat_id))
+            decision.losses.append(Loss(context.query.cat_id, STALE_STOPPED, key))
+        return True, new
 
     async def _split(self, decision: Decision, context: PageContext, summary: PageSummary,
                      reach: int | None, own: list[PageContext]) -> tuple[PageContext, bool]:
@@ -476,26 +499,33 @@ class Frontier:
                 decision.notes.append(Note(
                     logging.WARNING, f"{cell.key}: {missing} of its {cell.total} results are "
                     f"out of reach: {why}", context.query.cat_id))
+                decision.losses.append(Loss(context.query.cat_id, UNREACHABLE, cell.key,
+                                            missing))
             return
         decision.counters[stats_keys.SPLIT_UNREACHABLE_UNKNOWN] += 1
         decision.notes.append(Note(
             logging.WARNING, f"{cell.key}: at least {cell.total} results, {found} found under "
             f"every filter and sort; how many more are out of reach is unknown (the API caps "
             f"its totals): {why}", context.query.cat_id))
+        decision.losses.append(Loss(context.query.cat_id, UNREACHABLE, cell.key,
+                                    max(0, cell.total - found) or None))
 
     @staticmethod
     def _out_of_reach(decision: Decision, context: PageContext, total: int | None,
                       reach: int | None, why: str) -> None:
         """Results nothing can reach are counted (when the total says how many) and said."""
         query = context.query
+        unreached = None
         if total is not None and reach and total > reach:
-            decision.counters[stats_keys.SPLIT_UNREACHABLE] += total - reach
-            told = f"{total - reach} of its {total} results are out of reach"
+            unreached = total - reach
+            decision.counters[stats_keys.SPLIT_UNREACHABLE] += unreached
+            told = f"{unreached} of its {total} results are out of reach"
         else:
             decision.counters[stats_keys.SPLIT_UNREACHABLE_UNKNOWN] += 1
             told = "an unknown number of its results are out of reach"
         decision.notes.append(Note(logging.WARNING, f"{query.key()}: {told}: {why}",
                                    query.cat_id))
+        decision.losses.append(Loss(query.cat_id, UNREACHABLE, query.key(), unreached))
 
     async def _cut_short(self, decision: Decision, context: PageContext,
                          summary: PageSummary) -> None:
@@ -515,7 +545,7 @@ class Frontier:
 
     async def _advance(self, decision: Decision, context: PageContext,
                        summary: PageSummary | None, reach: int | None, own: list[PageContext],
-                       *, known: int, ended: bool) -> None:
+                       *, known: int, ended: bool, new: int | None = None) -> None:
         """Move the query's window past this page, and count the page resolved.
 
         Page 1 asks for the window's pages; every other page resolved asks for the page one
@@ -534,7 +564,8 @@ class Frontier:
             if end is not None:
                 await state.lower_to(_key(key, "end"), end)
             else:
-                grown = paging.last_page(page, context.last, summary, context.page_size)
+                grown = paging.last_page(page, context.last, summary, context.page_size,
+                                         new=await self._pace(context, new))
                 before = await state.raise_to(_key(key, "last"),
                                               self._bounded(grown, context, reach))
                 known_last = max(known_last, before or 0)
@@ -551,6 +582,16 @@ class Frontier:
         decision.follow.extend(own)
         if await state.add(_key(key, "open"), len(own) - 1) == 0:
             await self._done(decision, context, hi)
+
+    async def _pace(self, context: PageContext, new: int | None) -> int | None:
+        """New products a page of the query brings: the most any page after the first did
+        (page 1 shows promoted items as new; a listing page showing one of them again brings
+        one fewer). None while no page that is not stale says."""
+        if new is None or new < stale_below(context.page_size):
+            return None
+        if context.page in (1, context.ahead):  # nothing before it to compare with
+            return await self.state.get(_key(context.query.key(), "pace"))
+        return max(new, await self.state.raise_to(_key(context.query.key(), "pace"), new) or 0)
 
     async def _known(self, context: PageContext) -> int:
         """Pages of the query known so far: up to its last page, or requested."""
@@ -586,7 +627,8 @@ class Frontier:
         ids = {_key(key, f"ids{n}") for n in (*range(last_span - 3, last_span + 2),
                                                 *range(ahead_span - 1, ahead_span + 2))}
         await self.state.forget(*(_key(key, n) for n in (
-            "open", "hi", "last", "end", "stale", "stopped", "decided", "ahead", "cut")), *ids)
+            "open", "hi", "last", "end", "stale", "stopped", "decided", "ahead", "cut", "pace")),
+            *ids)
         if await self.state.get(_key(key, "resume")):
             await self.state.forget(_key(key, "resume"))
             await self._walk_from(decision, context, await self._kept_edge(context), None)

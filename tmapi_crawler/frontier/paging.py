@@ -34,12 +34,16 @@ def ends_at(page: int, summary: PageSummary) -> int | None:
     return None
 
 
-def last_page(page: int, known_last: int, summary: PageSummary, page_size: int) -> int:
+def last_page(page: int, known_last: int, summary: PageSummary, page_size: int, *,
+              new: int | None = None) -> int:
     """The last page of a query, as known before (``known_last``) and from this answer.
 
     ``total_count`` implies a last page; a page at or past it that says there is more, or
-    (without a total or a ``has_next_page``) is full, adds one. The caller bounds the result
-    by what paging can reach: a total may be anything.
+    (without a total or a ``has_next_page``) is full, adds one. When such a page brought
+    ``new`` products its query had not shown (fewer than a page: the rest repeat, promoted
+    items in fixed slots), the listing goes on at that pace: its last page is where ``new``
+    products a page make up the total. The caller bounds the result by what paging can
+    reach: a total may be anything.
     """
     total = summary.total_count
     last = max(known_last, pages_for(total, page_size) if total else 0)
@@ -48,6 +52,8 @@ def last_page(page: int, known_last: int, summary: PageSummary, page_size: int) 
         more = summary.items >= page_size
     if more and page >= last:
         last = page + 1
+        if total and new and new < page_size:
+            last = max(last, pages_for(total, new))
     return last
 
 

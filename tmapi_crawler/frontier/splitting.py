@@ -5,7 +5,8 @@ real API caps ``total_count`` at that reach as well: a total that reaches it mea
 the reach", never how many more. So nothing here is sized from a total. A query over the reach
 is read as a price-sorted *walk*: sorted by price, every reachable page is useful, and its last
 reachable page says at which price the rest starts — the next walk, over the prices from there
-(both bounds are inclusive, prices are whole fen, ``api.PRICE_STEP``). A single price with more
+(both bounds are inclusive and whole fen, ``api.PRICE_STEP``, rounded the safe way: a price
+with three decimals, 9.995, is read twice rather than lost). A single price with more
 results than the reach is partitioned by the boolean filters, and a part still too big is read
 under every sort, each reaching a different subset of it; whatever none of them reaches is
 counted, never hidden.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from itertools import pairwise
 from typing import Final
 
@@ -45,9 +46,10 @@ def bounds(query: Query) -> Bounds:
 
 
 def is_point(query: Query) -> bool:
-    """A single price: no price range can cut it further."""
+    """A single price, or two fen next to each other: no price range in whole fen can cut it
+    further without losing the prices between the two (9.995)."""
     start, end = bounds(query)
-    return start is not None and start == end
+    return start is not None and end is not None and end - start <= api.PRICE_STEP
 
 
 def walked(query: Query) -> bool:
@@ -75,20 +77,24 @@ def outside(query: Query, prices: Sequence[Decimal | None]) -> tuple[int, int]:
 
 
 def ignores_prices(query: Query, prices: Sequence[Decimal | None]) -> bool:
-    """Most of a page priced outside its range. A few strays (a promoted item, a price the
-    listing rounds differently) are not enough."""
+    """Most of a page priced outside its range, its last item too. A few strays (a promoted
+    item, a price the listing rounds differently) are not enough, nor are promoted items in
+    the first places of every page, however many: ads ignore filters, the listing after
+    them does not."""
     out, known = outside(query, prices)
-    return 2 * out > known
+    last = [p for p in prices if p is not None][-1:]
+    return 2 * out > known and outside(query, last)[0] == 1
 
 
 def edge(query: Query, prices: Sequence[Decimal | None]) -> tuple[Decimal | None, bool]:
     """Where a price-sorted page ends: the price the rest of its walk starts at; and whether
     the page was in order.
 
-    In order, that is its last price. Out of order (a promoted item, a listing sorted by a
-    price other than the one shown), the page's lowest price for ``price_up`` and highest for
-    ``price_down``: a walk that starts too early fetches a few results twice, one that starts
-    too late loses them.
+    In order, that is its last price; so too when only its first places are out of order
+    and the rest, at least a third of the page, is in order (promoted items in fixed slots
+    ahead of the listing). Otherwise (a listing sorted by a price other than the one shown),
+    the page's lowest price for ``price_up`` and highest for ``price_down``: a walk that
+    starts too early fetches a few results twice, one that starts too late loses them.
     """
     start, end = bounds(query)
     inside = [p for p in prices if p is not None and (start is None or p >= start)
@@ -96,8 +102,11 @@ def edge(query: Query, prices: Sequence[Decimal | None]) -> tuple[Decimal | None
     if not inside:
         return None, True
     rising = api.PRICE_SORTS[query.sort] > 0
-    ordered = all((a <= b) if rising else (a >= b) for a, b in pairwise(inside))
-    if ordered:
+    in_order = [(a <= b) if rising else (a >= b) for a, b in pairwise(inside)]
+    if all(in_order):
+        return inside[-1], True
+    tail = 1 + next(i for i, ok in enumerate(reversed(in_order)) if not ok)
+    if tail >= max(2, len(prices) // 3):
         return inside[-1], True
     return (min(inside) if rising else max(inside)), False
 
@@ -106,26 +115,39 @@ def walk(query: Query, at: Decimal | None, *, crowded: bool = False) -> tuple[Qu
     """Where a price-sorted query goes on after its last reachable page, which ends at ``at``.
 
     The rest starts at ``at`` itself (results at that price may lie on both sides of the
-    reach). When the whole reachable part sits at ``at``, or the whole last page does
-    (``crowded``: that price alone may hold more than the reach), that price gets a query of
-    its own and the rest starts one step past it. Empty: ``at`` unknown or outside the range
-    — nothing can reach the rest.
+    reach), rounded to whole fen the safe way — down for ``price_up``, up for ``price_down``
+    — so a price between two fen (9.995) is read again rather than lost, and no price with
+    three decimals is ever sent. When the whole reachable part sits at ``at``, or the whole
+    last page does (``crowded``: that price alone may hold more than the reach), that price
+    gets a query of its own: the fen it is rounded to and the next one, a range no whole-fen
+    price cuts without losing the prices between them (``is_point``); the rest starts at
+    that next fen, read twice. Empty: ``at`` unknown or outside the range — nothing can
+    reach the rest.
     """
     start, end = bounds(query)
     if at is None or (start is not None and at < start) or (end is not None and at > end):
         return ()
-    point = with_prices(query, at, at)
+    step = api.PRICE_STEP
     if api.PRICE_SORTS[query.sort] > 0:
-        if not crowded and (start is None or at > start):
-            return (with_prices(query, at, end),)
-        rest = at + api.PRICE_STEP
-        past_end = end is not None and rest > end
-        return (point,) if past_end else (point, with_prices(query, rest, end))
-    if not crowded and (end is None or at < end):
-        return (with_prices(query, start, at),)
-    rest = at - api.PRICE_STEP
-    too_low = rest < (start if start is not None else Decimal(0))
-    return (point,) if too_low else (point, with_prices(query, start, rest))
+        low = _fen(at, ROUND_FLOOR)
+        if not crowded and (start is None or low > start):
+            return (with_prices(query, low, end),)
+        if end is not None and low + step >= end:
+            return (with_prices(query, low, end),) if low < end else (with_prices(query, low, low),)
+        return (with_prices(query, low, low + step), with_prices(query, low + step, end))
+    high = _fen(at, ROUND_CEILING)
+    if not crowded and (end is None or high < end):
+        return (with_prices(query, start, high),)
+    floor = start if start is not None else Decimal(0)
+    if high - step <= floor:
+        return (with_prices(query, start, high),) if high > floor else \
+            (with_prices(query, high, high),)
+    return (with_prices(query, high - step, high), with_prices(query, start, high - step))
+
+
+def _fen(price: Decimal, rounding: str) -> Decimal:
+    """``price`` as a whole number of fen, rounded so."""
+    return price.quantize(api.PRICE_STEP, rounding=rounding)
 
 
 def crowded(query: Query, prices: Sequence[Decimal | None]) -> bool:

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of items without an id or with a bad price")
     add("--price-point-share", type=float, default=0.0,
         help="share of products all costing 9.90, e.g. more than the result cap reaches")
+    add("--three-decimal-share", type=float, default=0.0,
+        help="share of products priced in three decimals (x.xx5, as the real API sometimes "
+             "answers 9.995); filters compare them exactly")
     add("--price-epoch", type=int, default=0,
         help="price generation: each one moves about a fifth of the prices")
     add("--seed", type=int, default=0, help="seed of the catalogue and the fault dice")
@@ -107,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="only these odd kinds (repeatable; default: all)")
     add("--huge-item-bytes", type=int, default=misbehaviour.HUGE_ITEM_BYTES,
         help="extra text of the 'huge' odd item")
+    add("--promoted-slots", type=int, default=0, metavar="K",
+        help="the category's K best sellers in the first K places of every page of every "
+             "listing of it, sorted and price-filtered ones too (ads); total_count counts "
+             "the listing, has_next_page goes on past total_count / page_size")
     return parser
 
 
@@ -130,7 +137,8 @@ def config_from(args: argparse.Namespace) -> SandboxConfig:
         compress=args.compress, message_bytes=args.message_bytes,
         odd_item_rate=args.odd_item_rate,
         odd_item_kinds=tuple(args.odd_item_kind) or misbehaviour.ODD_KINDS,
-        huge_item_bytes=args.huge_item_bytes,
+        huge_item_bytes=args.huge_item_bytes, promoted_slots=args.promoted_slots,
+        three_decimal_share=args.three_decimal_share,
     )
 
 

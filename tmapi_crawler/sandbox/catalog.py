@@ -12,7 +12,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from functools import lru_cache
@@ -175,6 +175,7 @@ class Product(NamedTuple):
     free_shipping: bool
     is_super_factory: bool
     malformed: str  # "", MISSING_ITEM_ID or BAD_PRICE
+    half_fen: bool = False  # priced half a fen above price_cents, in three decimals (9.995)
 
 
 _PRICE_TEXT = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
@@ -227,12 +228,12 @@ class Query:
             new_arrival, support_dropshipping, free_shipping, is_super_factory,
         )
 
-    def price_bounds(self) -> tuple[int | None, int | None]:
-        """The price range in whole cents, inclusive at both ends."""
+    def price_bounds(self, scale: int = 100) -> tuple[int | None, int | None]:
+        """The price range in whole cents (or 1/``scale`` yuan), inclusive at both ends."""
         low = None if self.price_start is None else int(
-            (self.price_start * 100).to_integral_value(ROUND_CEILING))
+            (self.price_start * scale).to_integral_value(ROUND_CEILING))
         high = None if self.price_end is None else int(
-            (self.price_end * 100).to_integral_value(ROUND_FLOOR))
+            (self.price_end * scale).to_integral_value(ROUND_FLOOR))
         return low, high
 
     def flags(self) -> list[tuple[str, bool]]:
@@ -252,6 +253,15 @@ class Truth:
     total: int  # every matching result, withdrawn ones too: the true `total_count`
     malformed_item_ids: list[int]  # served with a non-numeric price
     missing_item_id: int  # how many matching results are served without an item_id
+
+
+def _cents(product: Product) -> int:
+    return product.price_cents
+
+
+def _mills(product: Product) -> int:
+    """The price in tenths of a fen: three-decimal prices are half a fen above their cents."""
+    return product.price_cents * 10 + 5 * product.half_fen
 
 
 def withdrawn(product: Product, rate: float) -> bool:
@@ -300,19 +310,23 @@ class Catalog:
         overlap: float = 0.1,
         malformed_rate: float = 0.0,
         price_point_share: float = 0.0,
+        three_decimal_share: float = 0.0,
     ) -> None:
         self.default_size = default_size
         self.sizes = dict(sizes or {})
         if any(not 0 <= size <= _MAX_SIZE for size in (default_size, *self.sizes.values())):
             raise ValueError(f"category sizes must be between 0 and {_MAX_SIZE}")
-        if not all(0 <= share <= 1 for share in (overlap, malformed_rate, price_point_share)):
-            raise ValueError(
-                "overlap, malformed_rate and price_point_share are fractions between 0 and 1")
+        shares = (overlap, malformed_rate, price_point_share, three_decimal_share)
+        if not all(0 <= share <= 1 for share in shares):
+            raise ValueError("overlap, malformed_rate, price_point_share and "
+                             "three_decimal_share are fractions between 0 and 1")
         self.overlap = overlap
         self.malformed_rate = malformed_rate
         #: Products costing PRICE_POINT_CENTS, more than a result cap may reach: no price
         #: range can split them, as happens with popular price points.
         self.price_point_share = price_point_share
+        #: Products priced half a fen above a whole fen, served in three decimals.
+        self.three_decimal_share = three_decimal_share
         self._prefix = f"tmapi-sandbox:{seed}:".encode()
         ids = random.Random(f"tmapi-sandbox:{seed}:item-ids")
         self._id_mul = ids.randrange(1, _ID_PRIME)
@@ -377,6 +391,8 @@ class Catalog:
             d[4] < 77,  # free_shipping
             d[5] < 26,  # is_super_factory
             malformed,
+            # Drawn from the position's number, independent of the digest's bytes.
+            (position * 7919 + origin) % 1000 < self.three_decimal_share * 1000,
         )
 
     def _at_epoch(self, product: Product, epoch: int) -> Product:
@@ -409,19 +425,26 @@ class Catalog:
     def _evaluate(self, query: Query, epoch: int) -> Sequence[int]:
         """One pass per filter: list comprehensions keep a 50,000-product query in milliseconds."""
         products = self.products(query.cat_id, epoch)
-        low, high = query.price_bounds()
-        found = [p for p in products if low is None or p.price_cents >= low]
-        if high is not None:
-            found = [p for p in found if p.price_cents <= high]
+        price: Callable[[Product], int] = _cents
+        if self.three_decimal_share:
+            price = _mills  # some prices lie between two fen: compare in tenths of a fen
+            low, high = query.price_bounds(scale=1000)
+            found = [p for p in products if (low is None or _mills(p) >= low)
+                     and (high is None or _mills(p) <= high)]
+        else:
+            low, high = query.price_bounds()
+            found = [p for p in products if low is None or p.price_cents >= low]
+            if high is not None:
+                found = [p for p in found if p.price_cents <= high]
         for name, wanted in query.flags():
             field = Product._fields.index(name)
             found = [p for p in found if p[field] is wanted]
         if query.sort == "sales":
             found.sort(key=lambda p: (-p.sales, p.item_id))
         elif query.sort == "price_up":
-            found.sort(key=lambda p: (p.price_cents, p.item_id))
+            found.sort(key=lambda p: (price(p), p.item_id))
         elif query.sort == "price_down":
-            found.sort(key=lambda p: (-p.price_cents, p.item_id))
+            found.sort(key=lambda p: (-price(p), p.item_id))
         return tuple(p.position for p in found)
 
     def results(self, query: Query, epoch: int = 0) -> Sequence[int]:
@@ -526,6 +549,8 @@ def item_json(product: Product, language: str) -> str:
     area = d[21] % len(_AREAS)
     company = _COMPANIES[column][area * len(_BRANDS) + d[22] % len(_BRANDS)]
     price = "abc" if product.malformed == BAD_PRICE else format_price(product.price_cents)
+    if product.half_fen and product.malformed != BAD_PRICE:
+        price += "5"
     ship_in_48h = _JSON_BOOL[d[7] < 128]
     moq = _MOQS[d[9] % len(_MOQS)]
     if product.malformed == MISSING_ITEM_ID:

@@ -47,13 +47,17 @@ HUGE_ITEM_BYTES: Final = 17 * 2**20
 _DEPTH: Final = 200
 #: The sandbox settings of this module, all changeable at runtime.
 SETTINGS: Final = frozenset(
-    {"compress", "message_bytes", "odd_item_rate", "odd_item_kinds", "huge_item_bytes"}
+    {"compress", "message_bytes", "odd_item_rate", "odd_item_kinds", "huge_item_bytes",
+     "promoted_slots"}
 )
 
 
 def check(compress: str, message_bytes: int, odd_item_rate: float,
-          odd_item_kinds: tuple[str, ...], huge_item_bytes: int) -> None:
+          odd_item_kinds: tuple[str, ...], huge_item_bytes: int, *,
+          promoted_slots: int = 0) -> None:
     """Validate this module's settings; raises ValueError naming the bad one."""
+    if promoted_slots < 0:
+        raise ValueError("promoted_slots must be ≥ 0")
     if compress and compress not in COMPRESSIONS:
         raise ValueError(f"compress must be one of {COMPRESSIONS} (or empty)")
     if message_bytes < 0 or huge_item_bytes < 0:
@@ -62,6 +66,25 @@ def check(compress: str, message_bytes: int, odd_item_rate: float,
         raise ValueError("odd_item_rate must be a fraction between 0 and 1")
     if unknown := set(odd_item_kinds) - set(ODD_KINDS):
         raise ValueError(f"odd_item_kinds must be among {ODD_KINDS}, not {sorted(unknown)}")
+
+
+def slotted_page(page: int, size: int, results: int, slots: int,
+                 cap: int) -> tuple[int, int, int, bool]:
+    """A page of a listing whose first ``slots`` places show the category's promoted items
+    on every page (ads: whatever the sort and filters): how many of them it shows, the
+    listing results [start, stop) after them, and whether a next page follows.
+
+    Each page carries ``size - slots`` results (at least one), so the listing runs past
+    ``total_count / page_size`` pages; ``cap`` (0: none) counts results, not slots. A page
+    past the listing's end is empty.
+    """
+    per_page = max(1, size - slots)
+    start = (page - 1) * per_page
+    end = min(results, cap) if cap else results
+    stop = min(start + per_page, end)
+    if start >= stop:
+        return 0, start, start, False
+    return size - per_page, start, stop, stop < end
 
 
 def compress(body: bytes, encoding: str) -> bytes:

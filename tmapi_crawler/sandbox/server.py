@@ -6,7 +6,8 @@ latency, a per-token concurrency limit, transient faults as HTTP status or in th
 bodies, a billing quota. It also answers the way public captures show the real API does, each
 behaviour a switch: totals capped at the reach, short pages, promoted items repeated across
 pages, ids and totals as strings, page sizes clamped, an absurd total, a last page repeated
-forever, a price filter ignored. Control endpoints under `/_sandbox/` expose counters and the
+forever, a price filter ignored, promoted items in fixed slots of every page, prices in three
+decimals. Control endpoints under `/_sandbox/` expose counters and the
 truth (what a complete crawl must find, in every mode) so tests can check a crawl. The token
 is a secret here too: it is only compared, never stored in stats or echoed; accounts are told
 apart by a short hash.
@@ -99,6 +100,12 @@ class SandboxConfig:
     odd_item_rate: float = 0.0  # share of products served as odd items
     odd_item_kinds: tuple[str, ...] = misbehaviour.ODD_KINDS
     huge_item_bytes: int = misbehaviour.HUGE_ITEM_BYTES  # the "huge" odd item's extra text
+    #: The category's best sellers in the first K places of every page of every listing of
+    #: it, sorted and filtered ones too (ads); ``total_count`` counts the listing only.
+    promoted_slots: int = 0
+    #: Products priced in three decimals (x.xx5), as the real API sometimes answers (9.995);
+    #: filters compare them exactly. Shapes the catalogue: not changeable at runtime.
+    three_decimal_share: float = 0.0
 
     def __post_init__(self) -> None:
         self.tokens = frozenset(self.tokens)
@@ -131,7 +138,8 @@ class SandboxConfig:
                                  '"2465"') from None
         self.odd_item_kinds = tuple(self.odd_item_kinds)
         misbehaviour.check(self.compress, self.message_bytes, self.odd_item_rate,
-                           self.odd_item_kinds, self.huge_item_bytes)
+                           self.odd_item_kinds, self.huge_item_bytes,
+                           promoted_slots=self.promoted_slots)
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON, tokens reduced to their number."""
@@ -227,6 +235,11 @@ def parse_request(params: Mapping[str, str], max_page_size: int | None) -> Listi
                           filters)
 
 
+def sub_fen(params: Mapping[str, str]) -> bool:
+    """Whether a price filter has more than two decimals: no price the API lists is cut so."""
+    return any(len(params.get(name, "").partition(".")[2]) > 2 for name in api.PRICE_FILTERS)
+
+
 def _error_body(code: int, msg: str | None = None, size: int = 0) -> str:
     message = misbehaviour.huge_message(msg or api.ERROR_CODES[code].meaning, size)
     return json.dumps({"code": code, "msg": message, "data": None})
@@ -247,6 +260,8 @@ class Stats:
     peak_in_flight: int = 0  # the most requests of one token in the handler at once
     peak_in_flight_total: int = 0  # the same, all tokens together
     peak_by_token: dict[str, int] = field(default_factory=dict)
+    #: Requests whose price_start or price_end had more than two decimals (not whole fen).
+    sub_fen_prices: int = 0
     recorded: int = 0
     records: deque[dict[str, Any]] = field(init=False)
     #: When the first request arrived and the last answer left (loop clock, seconds): the
@@ -281,6 +296,7 @@ class Sandbox:
             seed=config.seed, default_size=config.default_size, sizes=config.sizes,
             overlap=config.overlap, malformed_rate=config.malformed_rate,
             price_point_share=config.price_point_share,
+            three_decimal_share=config.three_decimal_share,
         )
 
     def reset(self) -> None:
@@ -342,6 +358,8 @@ class Sandbox:
         try:
             listing: ListingRequest | None = parse_request(params, self._max_page_size())
             record = listing.record()
+            if sub_fen(params):
+                self.stats.sub_fen_prices += 1
         except ParameterError as error:
             listing, record = None, {"invalid": error.name}
         account = token_fingerprint(token)
@@ -430,9 +448,14 @@ class Sandbox:
         if config.page_size_limit:
             size = min(size, config.page_size_limit)
         promoted: Sequence[int] = ()
-        if config.promoted and query.sort == api.DEFAULT_SORT:
-            promoted = self.catalog.promoted(query, epoch, config.promoted)
-        layout = self._layout(listing.page, size, len(results), len(promoted))
+        if config.promoted_slots:
+            promoted = self.catalog.promoted(Query(query.cat_id), epoch, config.promoted_slots)
+            layout = _Layout(*misbehaviour.slotted_page(
+                listing.page, size, len(results), len(promoted), config.result_cap))
+        else:
+            if config.promoted and query.sort == api.DEFAULT_SORT:
+                promoted = self.catalog.promoted(query, epoch, config.promoted)
+            layout = self._layout(listing.page, size, len(results), len(promoted))
         if config.repeat_last_page and results:
             if layout.start == layout.stop:
                 last = self._last_page(size, len(results), len(promoted))
@@ -538,6 +561,7 @@ class Sandbox:
                              if stats.last_answer_at and stats.first_request_at else None),
             "peak_in_flight_total": stats.peak_in_flight_total,
             "peak_in_flight_by_token": dict(stats.peak_by_token),
+            "sub_fen_prices": stats.sub_fen_prices,
             "records_dropped": stats.recorded - len(stats.records),
             "config": self.config.public(),
         }

@@ -7,6 +7,10 @@ figure is. From a probe: the pages the frontier plans from page 1's answer alone
 query whose end page 1 shows within the reach, "at least" for one over the reach (split
 further) or whose page 1 does not say how much follows. A query with neither is unknown: never
 a made-up number.
+
+A crawl of the same plan left unfinished is resumed by the next ``scrapy crawl`` with these
+arguments (``spend.ledger``): the estimate shows it (:func:`pending`) with the pages it holds
+and the calls still to pay, each planned query's figure less what its held pages cost.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from tmapi_crawler.frontier import paging
 from tmapi_crawler.frontier.decisions import Frontier, FrontierSettings
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Query
-from tmapi_crawler.spend.ledger import COLLECTION
+from tmapi_crawler.spend.ledger import COLLECTION, STORED
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,51 @@ def from_history(db: Any, queries: tuple[Query, ...]) -> list[Figure]:
         if q.key() in best else Figure(q)
         for q in queries
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An unfinished crawl of the plan, which the next crawl resumes: its pages held and the
+    calls paid for them (pages given up on included), by planned query key."""
+
+    crawl_id: str
+    finish_reason: str | None
+    held: dict[str, int]
+    paid: dict[str, int]
+
+
+def pending(db: Any, fingerprint: str, spider: str) -> Pending | None:
+    """The crawl the next ``scrapy crawl`` of this plan resumes, as ``Ledger.open`` finds it."""
+    runs = db["crawl_runs"].find({"plan_fingerprint": fingerprint, "spider": spider},
+                                 {"finish_reason": 1}).sort("started_at", -1).limit(1)
+    last = next(iter(runs), None)
+    if last is None or last.get("finish_reason") == FINISHED:
+        return None
+    held: dict[str, int] = {}
+    paid: dict[str, int] = {}
+    for row in db[COLLECTION].aggregate([
+        {"$match": {"crawl_id": last["_id"]}},
+        {"$group": {"_id": "$planned", "calls": {"$sum": "$calls"},
+                    "held": {"$sum": {"$cond": [{"$eq": ["$state", STORED]}, 1, 0]}}}},
+    ]):
+        held[row["_id"]], paid[row["_id"]] = row["held"], row["calls"]
+    return Pending(last["_id"], last.get("finish_reason"), held, paid)
+
+
+def pending_line(resume: Pending, figures: list[Figure]) -> str:
+    """What the pending crawl holds, and what finishing it still costs: each planned query's
+    figure less the calls its held pages cost (unknown if a query with pages has no figure)."""
+    reason = resume.finish_reason or "interrupted"
+    head = (f"Pending: crawl {resume.crawl_id} ({reason}) holds {sum(resume.held.values())} "
+            f"pages, {sum(resume.paid.values())} calls paid; the next crawl with these "
+            "arguments resumes it: ")
+    by_key = {f.query.key(): f for f in figures}
+    if any(by_key.get(key) is None or by_key[key].calls is None for key in resume.paid):
+        return head + "calls still to pay unknown (no figure for a query it holds pages of)"
+    left = sum(max((f.calls or 0) - resume.paid.get(key, 0), 0) for key, f in by_key.items()
+               if f.calls is not None)
+    bound = "at least " if any(f.at_least for f in figures) else ""
+    return head + f"{bound}{left} calls still to pay for the known queries"
 
 
 async def from_probe(settings: FrontierSettings, query: Query, summary: PageSummary) -> Figure:
@@ -107,9 +156,11 @@ def _line(figure: Figure, width: int, *, probe: bool) -> str:
     return f"{key}{figure.calls} calls (crawl {figure.crawl_id}, {age(figure.at)})"
 
 
-def report(figures: list[Figure], where: str, *, probe: str | None = None) -> str:
+def report(figures: list[Figure], where: str, *, probe: str | None = None,
+           resume: Pending | None = None) -> str:
     """The table the command prints, with a total over the known queries; ``probe``: the
-    crawl id of the probe the figures marked ``probed`` come from."""
+    crawl id of the probe the figures marked ``probed`` come from; ``resume``: the crawl the
+    next one resumes."""
     if probe is None:
         head = f"Estimate from earlier crawls in {where} (free; no API call made):"
     else:
@@ -127,4 +178,6 @@ def report(figures: list[Figure], where: str, *, probe: str | None = None) -> st
     if unknown:
         total += f"; {unknown} unknown, not counted"
     lines.append(total)
+    if resume is not None:
+        lines.append(pending_line(resume, figures))
     return "\n".join(lines)

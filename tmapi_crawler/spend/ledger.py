@@ -66,12 +66,14 @@ def fresh_requested(arguments: Mapping[str, Any]) -> bool:
 
 
 def _within(query: Query, planned: Query) -> bool:
-    """Whether ``query`` (a page's, maybe split by price or read under another sort) can
-    descend from ``planned``."""
+    """Whether ``query`` (a page's, maybe split by price, cut into a flag cell or read under
+    another sort) can descend from ``planned``: a flag the planned query leaves open may be
+    set either way by a cell of it."""
     if (query.cat_id, query.language, query.page_size) != (
             planned.cat_id, planned.language, planned.page_size):
         return False
-    if any(getattr(query, name) != getattr(planned, name) for name in api.FLAG_FILTERS):
+    if any(getattr(planned, name) is not None and getattr(query, name) != getattr(planned, name)
+           for name in api.FLAG_FILTERS):
         return False
     low, high = planned.price_start, planned.price_end
     start, end = query.price_start, query.price_end
@@ -80,13 +82,20 @@ def _within(query: Query, planned: Query) -> bool:
     return high is None or (end is not None and Decimal(end) <= Decimal(high))
 
 
+def _distance(query: Query, planned: Query) -> tuple[bool, int]:
+    """How far ``query`` strays from ``planned``: another sort, then flags set by a cell."""
+    return (query.sort != planned.sort,
+            sum(getattr(query, name) != getattr(planned, name) for name in api.FLAG_FILTERS))
+
+
 def planned_key(context: PageContext, planned: Iterable[Query]) -> str:
-    """The key of the planned query a page descends from (its own sort first): what the
-    estimate sums calls by."""
+    """The key of the planned query a page descends from (the closest one: its own sort and
+    flags first): what the estimate sums calls by, so a split query's walks, flag cells and
+    sort cells count toward the query the user planned."""
     candidates = [q for q in planned if _within(context.query, q)]
-    same_sort = [q for q in candidates if q.sort == context.query.sort]
-    chosen = (same_sort or candidates or [context.query])[0]
-    return chosen.key()
+    if not candidates:
+        return context.query.key()
+    return min(candidates, key=lambda q: _distance(context.query, q)).key()
 
 
 def plan_fingerprint(plan: Plan, settings: BaseSettings) -> str:

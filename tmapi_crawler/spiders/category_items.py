@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from tmapi_crawler import api
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.accounting import Completeness
 from tmapi_crawler.closing import PROBED
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings, priority
@@ -81,6 +82,8 @@ class CategoryItemsSpider(scrapy.Spider):
         # None at all: a distributed worker that only crawls what was seeded (commands/crawl.py).
         self.plan: Plan = plan_from_arguments(arguments) if arguments else Plan(queries=())
         self._dropped: set[asyncio.Future[Decision]] = set()
+        #: A resume's known pages left to fetch when it started (None: not a resume).
+        self._left_at_resume: int | None = None
         super().__init__()
 
     @staticmethod
@@ -137,9 +140,12 @@ class CategoryItemsSpider(scrapy.Spider):
         stats = self.crawler.stats
         stats.inc_value(stats_keys.RESUME_PAGES_HELD, replayed.held)
         stats.inc_value(stats_keys.RESUME_CALLS_SAVED, replayed.saved)
+        # Left: every page known now and not held, not only the window asked for at once.
+        self._left_at_resume = max(
+            stats.get_value(stats_keys.PAGES_KNOWN, 0) - replayed.held, len(replayed.left))
         logger.info("Resuming crawl %s: %d pages already held (replayed free, %d calls "
-                    "saved), %d pages left to fetch now", resume.crawl_id, replayed.held,
-                    replayed.saved, len(replayed.left))
+                    "saved), %d pages left to fetch as far as is known", resume.crawl_id,
+                    replayed.held, replayed.saved, self._left_at_resume)
         return [self.page_request(context) for context in replayed.left]
 
     def _probe(self, planned: Decision) -> list[scrapy.Request]:
@@ -232,11 +238,10 @@ class CategoryItemsSpider(scrapy.Spider):
 
     async def page_failed(self, failure: Failure) -> None:
         """A page given up on is counted by reason (the transport already logged why); its
-        query's window moves on."""
+        query's window moves on. Its loss is the accounting's (``page_failed``)."""
         reason = failure.value.reason if isinstance(failure.value, ApiError) else "error"
         self.crawler.stats.inc_value(stats_keys.failed_by_reason(reason))
         context = PageContext.from_dict(failure.request.meta[META_KEY])
-        mark_incomplete(self.crawler.stats, context.query.cat_id)
         store = ProductStore.of(self.crawler)
         calls = failure.request.meta.get(CALLS_META, 0)
         count_page(self.crawler.stats, context, calls, ok=False, probe=self.probe)
@@ -259,8 +264,10 @@ class CategoryItemsSpider(scrapy.Spider):
                            document["key"], exc)
 
     def _apply(self, decision: Decision) -> list[scrapy.Request]:
-        """Count and log what the frontier learned; the requests it asks for."""
+        """Count and log what the frontier learned, hand its losses to the accounting; the
+        requests it asks for."""
         stats = self.crawler.stats
+        Completeness.of(self.crawler).apply(decision)
         for key, amount in decision.counters.items():
             if amount:
                 stats.inc_value(key, amount)
@@ -302,3 +309,17 @@ class CategoryItemsSpider(scrapy.Spider):
 
     async def _report_at_close(self) -> None:
         self._apply(await self.frontier.at_close())
+        self._report_resume()
+
+    def _report_resume(self) -> None:
+        """A resume that fetched more than it said was left says why: the pages it learned
+        of on the way (splits, pages past what a total said)."""
+        if self._left_at_resume is None:
+            return
+        stats = self.crawler.stats
+        fetched = (stats.get_value(stats_keys.PAGES, 0)
+                   + stats.get_value(stats_keys.PAGES_FAILED, 0))
+        if fetched > self._left_at_resume:
+            logger.info("The resume fetched %d pages, %d more than the %d left at its start: "
+                        "pages found on the way (splits, pages past what a total said)",
+                        fetched, fetched - self._left_at_resume, self._left_at_resume)

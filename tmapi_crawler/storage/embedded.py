@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tmapi_crawler.folders import private_dir
 from tmapi_crawler.servers import (
     LOCALHOST,
     START_TIMEOUT,
@@ -59,7 +60,7 @@ class MongodServer(EmbeddedServer):
     def launch(self, port: int, timeout: float) -> None:
         """``--fork`` returns once mongod accepts connections. mongod's own ``mongod.lock``
         refuses a second server on one dbpath and recovers a crashed one from its journal."""
-        self.dbpath.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dbpath)
         log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         args = [*mongod_args(find_mongod(), self.dbpath, port, self.log_file), "--fork"]
         try:

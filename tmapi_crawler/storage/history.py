@@ -13,14 +13,15 @@ History document::
 
 ``available_in`` is the sorted list of categories a product is listed in: every category it was
 ever found under, except those it *vanished* from. A product vanishes from a category when a
-crawl that saw the whole category did not find it there; the product keeps
+crawl that saw the whole category did not find it there — on none of its own pages of the
+category (``crawl_pages``), whatever other crawls stored meanwhile; the product keeps
 ``vanished.<cat_id> = {crawl_id: <last crawl that saw it there>, noticed_by, at}`` (it is never
 deleted), and loses the mark when it is seen there again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -106,12 +107,18 @@ def history_upsert(
     return UpdateOne({"_id": history_id(item_id, crawl_id)}, [{"$set": fields}], upsert=True)
 
 
-def vanished_filter(cat_id: int, crawl_id: str) -> dict[str, Any]:
-    """Products listed in the category that this crawl did not see there, not yet marked."""
+def vanished_filter(cat_id: int, crawl_id: str, seen: Sequence[int]) -> dict[str, Any]:
+    """Products listed in the category that this crawl did not see there, not yet marked.
+
+    ``seen``: the ids the crawl's own ledger pages of the category show (``crawl_pages``,
+    every run of it, replayed pages included). ``seen_in`` alone is not enough: another crawl
+    of the category overwrites it, at the same time or between two runs of this one.
+    """
     return {
         "categories": cat_id,
         f"seen_in.{cat_id}": {"$ne": crawl_id},
         f"vanished.{cat_id}": {"$exists": False},
+        "_id": {"$nin": list(seen)},
     }
 
 
@@ -122,10 +129,11 @@ _AVAILABLE = {"$sortArray": {"input": {"$setDifference": ["$categories", {"$map"
 }}]}, "sortBy": 1}}
 
 
-def vanish_history(cat_id: int, crawl_id: str, now: datetime) -> list[dict[str, Any]]:
+def vanish_history(cat_id: int, crawl_id: str, seen: Sequence[int], now: datetime
+                   ) -> list[dict[str, Any]]:
     """Aggregation writing the history of the category's vanishing products, server-side."""
     return [
-        {"$match": vanished_filter(cat_id, crawl_id)},
+        {"$match": vanished_filter(cat_id, crawl_id, seen)},
         {"$project": {
             "_id": {"$concat": [{"$toString": "$_id"}, {"$literal": f":{crawl_id}"}]},
             "item_id": "$_id",

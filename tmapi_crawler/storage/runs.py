@@ -24,10 +24,12 @@ from scrapy.exceptions import CloseSpider
 
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.closing import FINISHED, MONGODB_UNAVAILABLE
+from tmapi_crawler.accounting import Completeness, merge
+from tmapi_crawler.closing import FINISHED, MONGODB_UNAVAILABLE, PROBED
 from tmapi_crawler.spend.cost import cost_of
 from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
 from tmapi_crawler.spend.spool import Spool
+from tmapi_crawler.storage import completeness
 from tmapi_crawler.storage.coverage import complete_categories, whole_categories
 from tmapi_crawler.storage.documents import batch_now
 from tmapi_crawler.storage.store import CRAWL_RUNS, ProductStore, StorageUnavailable
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
     from tmapi_crawler.distributed.status import CrawlTotals
+    from tmapi_crawler.frontier.completeness import Loss
     from tmapi_crawler.spend.ledger import Resume
 
 logger = logging.getLogger(__name__)
@@ -116,9 +119,10 @@ async def record_seeded(store: ProductStore, document: dict[str, Any]) -> None:
 async def record_resume(store: ProductStore, resume: Resume, *, saved: int = 0,
                         **extra: int) -> None:
     """The run (or the seed) that resumes a crawl is listed under its ``resumes``; ``saved``:
-    the calls its replay saved, when no run's stats count them (``scrapy seed``)."""
+    the calls its replay saved, when no run's stats count them (``scrapy seed``). Each resume
+    replays every page held before it, so the latest one's saving counts each page once."""
     await store.db[CRAWL_RUNS].update_one({"_id": resume.crawl_id}, {
-        **({"$inc": {"cost.saved_by_resume": saved}} if saved else {}),
+        **({"$max": {"cost.saved_by_resume": saved}} if saved else {}),
         "$set": {"status": RUNNING},
         "$unset": {"finish_reason": "", "finished_at": ""},
         "$push": {"resumes": {"started_at": datetime.now(UTC),
@@ -137,6 +141,20 @@ def _own_counts(stats: dict[str, Any]) -> dict[str, int]:
         "spilled": stats.get(stats_keys.ITEMS_SPILLED, 0),
         "failed_pages": stats.get(stats_keys.PAGES_FAILED, 0),
     }
+
+
+async def whole_crawl_counts(store: ProductStore, crawl_id_: str, own: dict[str, int]
+                             ) -> dict[str, int]:
+    """A resumed crawl's counts are the whole crawl's: this run's added to what its earlier
+    runs recorded; this run's share goes under its entry in ``resumes``."""
+    run = await store.db[CRAWL_RUNS].find_one({"_id": crawl_id_}, {"counts": 1, "resumes": 1})
+    resumes = (run or {}).get("resumes") or []
+    if not resumes:
+        return own
+    before = run.get("counts") or {}
+    await store.db[CRAWL_RUNS].update_one(
+        {"_id": crawl_id_}, {"$set": {f"resumes.{len(resumes) - 1}.counts": own}})
+    return {name: int(before.get(name, 0)) + value for name, value in own.items()}
 
 
 class CrawlRunRecorder:
@@ -204,12 +222,15 @@ class CrawlRunRecorder:
     async def _record_cost(self, products: int | None) -> None:
         """``crawl_runs.cost``: added up over the crawl's runs (resumes) and workers."""
         cost = cost_of(self.stats.get_stats())
+        saved = cost.pop("saved_by_resume")
         increments = {f"cost.{name}": value for name, value in cost.items()
                       if isinstance(value, int) and value}
         increments |= {f"cost.by_category.{cat}": n for cat, n in cost["by_category"].items()}
-        if increments:
-            await self.store.db[CRAWL_RUNS].update_one({"_id": self.crawl_id},
-                                                       {"$inc": increments})
+        update: dict[str, Any] = {"$inc": increments} if increments else {}
+        if saved:  # each resume replays every page held before it: counted once, not per run
+            update["$max"] = {"cost.saved_by_resume": saved}
+        if update:
+            await self.store.db[CRAWL_RUNS].update_one({"_id": self.crawl_id}, update)
         run = await self.store.db[CRAWL_RUNS].find_one({"_id": self.crawl_id}, {"cost": 1})
         calls = ((run or {}).get("cost") or {}).get("calls", 0)
         if products and calls:
@@ -223,6 +244,9 @@ class CrawlRunRecorder:
         try:
             if self._started and not self._finished:
                 await self._finish(reason, KILLED if self._killed else CLOSED)
+                await self.crawler.signals.send_catch_log_async(
+                    tmapi_signals.crawl_recorded, crawl_id=self.crawl_id,
+                    final=self.worker_id is None or self._finaliser)
         except (StorageUnavailable, PyMongoError) as exc:
             logger.error("Could not record the end of crawl %s: %s", self.crawl_id, exc)
         finally:
@@ -244,25 +268,31 @@ class CrawlRunRecorder:
         if self.worker_id is not None:
             await self._finish_worker(reason, status)
             return
-        vanished = await self._mark_vanished(reason) if status == CLOSED else 0
+        record = await self._completeness(Completeness.of(self.crawler).losses(reason), reason)
+        vanished = await self._mark_vanished(reason, record) if status == CLOSED else 0
         if status == CLOSED and reason == FINISHED:
             await Spool.of(self.crawler).finish()
         counts = {**await self.store.run_counts(self.crawl_id), "vanished": vanished}
         stats = self.stats.get_stats()
+        own = await whole_crawl_counts(self.store, self.crawl_id, _own_counts(stats))
         await self.store.finish_run(self.crawl_id, {
             "status": status,
             "finished_at": datetime.now(UTC),
             "finish_reason": reason,
-            "counts": {**_own_counts(stats), **counts},
+            "counts": {**own, **counts},
             "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
+            **record,
         })
         self._finished = True  # before the cost: a forced stop's timeout must not undo the status
         await self._record_cost(counts.get("products_seen"))
         for name, value in counts.items():
             self.stats.set_value(stats_keys.product_count(name), value)
+        # Beside the crawl's products, its sightings over all its runs (a resume's included).
+        self.stats.set_value(stats_keys.CRAWL_SIGHTINGS, own["items"])
 
-    async def _mark_vanished(self, reason: str) -> int:
-        """Mark products gone from the categories this crawl saw whole (``coverage``).
+    async def _mark_vanished(self, reason: str, record: dict[str, Any]) -> int:
+        """Mark products gone from the categories this crawl saw whole (``coverage``), none
+        of those its completeness record names.
 
         Only a crawl that finished can tell. A distributed crawl is marked once, by its
         finaliser, from every worker's losses (``_finish_worker``).
@@ -270,8 +300,25 @@ class CrawlRunRecorder:
         if reason != FINISHED:
             return 0
         plan = getattr(self.crawler.spider, "plan", None)
-        return await self._vanish(
-            complete_categories(getattr(plan, "queries", ()), self.stats.get_stats()))
+        whole = complete_categories(getattr(plan, "queries", ()), self.stats.get_stats())
+        return await self._vanish(whole_categories(whole, map(int, record.get("incomplete", ()))))
+
+    async def _completeness(self, losses: list[Loss], reason: str) -> dict[str, Any]:
+        """``crawl_runs.complete``, ``incomplete`` and ``limited``, also in the stats (the final
+        line and the exit status read them). A probe records none: it reads page 1s only."""
+        if reason == PROBED:
+            return {}
+        record = await completeness.record(self.store, self.crawl_id, losses)
+        max_pages = getattr(getattr(self.crawler.spider, "plan", None), "max_pages", None)
+        if max_pages is not None:
+            record["limited"] = {"max_pages": max_pages}
+        self.stats.set_value(stats_keys.COMPLETENESS_COMPLETE, record["complete"])
+        if record["incomplete"]:
+            self.stats.set_value(stats_keys.COMPLETENESS_INCOMPLETE,
+                                 completeness.described(record["incomplete"]))
+            logger.warning("Crawl %s incomplete: categories %s", self.crawl_id,
+                           completeness.described(record["incomplete"]))
+        return record
 
     async def _vanish(self, categories: list[int]) -> int:
         if not categories:
@@ -315,11 +362,19 @@ class CrawlRunRecorder:
                                  "counts": dict(products)}
         statuses: dict[str, str] = {}
         totals = await self._cluster_totals()
+        if reason not in (FINISHED, PROBED):
+            # Stopped: what every worker lost, and the queries this one left with pages.
+            shared = totals.losses if totals is not None else ()
+            crawl.update(await self._completeness(
+                merge([*shared, *Completeness.of(self.crawler).losses(reason)]), reason))
         if totals is not None:
             crawl["counts"].update(totals.counts())
             crawl["answers"] = totals.progress["answers"]
             if self._finaliser and status == CLOSED and reason == FINISHED:
-                crawl["counts"]["vanished"] = await self._vanish_cluster(totals)
+                record = await self._completeness(list(totals.losses), reason)
+                crawl.update(record)
+                await self._share_completeness(record)
+                crawl["counts"]["vanished"] = await self._vanish_cluster(totals, record)
                 await Spool.of(self.crawler).finish()
                 crawl["completed_by"] = self.worker_id
                 statuses = dict.fromkeys(totals.dead_workers, DEAD)
@@ -328,6 +383,15 @@ class CrawlRunRecorder:
         await self._record_cost(crawl["counts"].get("products_seen"))
         for name, value in products.items():
             self.stats.set_value(stats_keys.product_count(name), value)
+
+    async def _share_completeness(self, record: dict[str, Any]) -> None:
+        """Tell ``scrapy status`` too (the crawl's Redis hash)."""
+        try:
+            await self.crawler.engine.scheduler.record_completeness(
+                record["complete"], completeness.described(record["incomplete"]))
+        except RedisError as exc:
+            logger.error("Could not record in Redis whether crawl %s is complete (%s); "
+                         "crawl_runs has it", self.crawl_id, exc)
 
     async def _cluster_totals(self) -> CrawlTotals | None:
         read = getattr(self.crawler.engine.scheduler, "cluster_totals", None)
@@ -340,10 +404,12 @@ class CrawlRunRecorder:
                          "the counts recorded before", exc, self.crawl_id)
             return None
 
-    async def _vanish_cluster(self, totals: CrawlTotals) -> int:
-        """Mark vanished products of the categories the whole cluster saw whole."""
+    async def _vanish_cluster(self, totals: CrawlTotals, record: dict[str, Any]) -> int:
+        """Mark vanished products of the categories the whole cluster saw whole, none of those
+        its completeness record names."""
         if totals.crawl_wide_losses:
             logger.info("No category was crawled completely: %s",
                         ", ".join(totals.crawl_wide_losses))
             return 0
-        return await self._vanish(whole_categories(totals.categories, totals.incomplete))
+        named = {*totals.incomplete, *map(int, record.get("incomplete", ()))}
+        return await self._vanish(whole_categories(totals.categories, named))

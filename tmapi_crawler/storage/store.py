@@ -30,6 +30,8 @@ from pymongo.errors import (
     PyMongoError,
 )
 
+from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
+from tmapi_crawler.spend.ledger import STORED as LEDGER_STORED
 from tmapi_crawler.storage import embedded, prices
 from tmapi_crawler.storage.history import (
     HISTORY,
@@ -381,14 +383,26 @@ class ProductStore:
         """
         marked = 0
         for cat_id in categories:
-            await self._retrying(self._aggregate, PRODUCTS, vanish_history(cat_id, crawl_id, now))
+            seen = await self._retrying(self.seen_by, crawl_id, cat_id)
+            await self._retrying(self._aggregate, PRODUCTS,
+                                 vanish_history(cat_id, crawl_id, seen, now))
             result = await self._retrying(
                 self.db[PRODUCTS].update_many,
-                vanished_filter(cat_id, crawl_id),
+                vanished_filter(cat_id, crawl_id, seen),
                 vanish_mark(cat_id, crawl_id, now),
             )
             marked += result.modified_count
         return marked
+
+    async def seen_by(self, crawl_id: str, cat_id: int) -> list[int]:
+        """The products the crawl's own ledger pages of the category show, over all its runs:
+        its sightings, which no other crawl of the category can overwrite."""
+        cursor = await self.db[LEDGER].aggregate([
+            {"$match": {"crawl_id": crawl_id, "cat_id": cat_id, "state": LEDGER_STORED}},
+            {"$unwind": "$summary.ids"},
+            {"$group": {"_id": "$summary.ids"}},
+        ])
+        return [document["_id"] async for document in cursor]
 
     async def _aggregate(self, collection: str, pipeline: list[dict[str, Any]]) -> None:
         cursor = await self.db[collection].aggregate(pipeline)

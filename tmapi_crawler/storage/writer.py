@@ -33,6 +33,7 @@ from scrapy.exceptions import CloseSpider
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.closing import MONGODB_UNAVAILABLE, close_spider
+from tmapi_crawler.folders import private_dir
 from tmapi_crawler.items import ProductItem, ProductPage
 from tmapi_crawler.normalize import rendered
 from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
@@ -290,7 +291,7 @@ class MongoPipeline:
         items = batch.items + batch.rejected
         if not items:
             return
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.spill_dir)
         path = self.spill_dir / f"{runs.crawl_id(self.crawler)}.jsonl"
         # Text that is not valid Unicode is written as its JSON escape, \ud800: still JSON.
         with path.open("a", encoding="utf-8", errors="backslashreplace") as spill:
