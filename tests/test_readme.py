@@ -94,3 +94,5 @@ def test_every_snippet_pasted_into_the_shell_prints_its_results(
     assert any(re.match(r"^\{'_id': '(price|sales_90d|available_in)', 'products': \d+\}$", line)
                for line in history), "changes per field"
     assert any("'vanished': {'1031922':" in line for line in history), "vanished products"
+    assert any("'vs_avg90':" in line for line in history), "15 % below the 90-day average"
+    assert any("'last_change': {'at':" in line for line in history), "at the lowest ever"

@@ -32,7 +32,7 @@ from pymongo.errors import (
 
 from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
 from tmapi_crawler.spend.ledger import STORED as LEDGER_STORED
-from tmapi_crawler.storage import embedded
+from tmapi_crawler.storage import embedded, prices
 from tmapi_crawler.storage.history import (
     HISTORY,
     HISTORY_INDEXES,
@@ -86,6 +86,11 @@ PRODUCT_INDEXES = [
     IndexModel([("first_seen", DESCENDING)], name="first_seen"),
     IndexModel([("last_crawl_id", ASCENDING)], name="last_crawl"),
     IndexModel([("first_crawl_id", ASCENDING)], name="first_crawl"),
+    # "At least 15 % below its 90-day average", "at its lowest ever (after a drop)": one
+    # index range each (most products never changed: vs_min 1 alone would be most of them).
+    IndexModel([("price_stats.vs_avg90", ASCENDING)], name="vs_avg90"),
+    IndexModel([("price_stats.vs_min", ASCENDING), ("price_stats.last_change.pct", ASCENDING)],
+               name="vs_min_drop"),
 ]
 #: Run fields that describe one worker of a distributed crawl, not the crawl.
 _PER_WORKER = ("host", "arguments", "started_at", "status")
@@ -126,11 +131,14 @@ class BatchResult:
 class ProductStore:
     """Connection, indexes, batched writes and run records: one per crawl (:meth:`of`)."""
 
-    def __init__(self, uri: str, database: str, retry_timeout: float) -> None:
+    def __init__(self, uri: str, database: str, retry_timeout: float,
+                 price_stats: bool = True) -> None:
         #: Empty: the embedded mongod (``MONGO_EMBEDDED_DIR``), resolved when opened.
         self.uri = uri
         self.database = database
         self.retry_timeout = retry_timeout
+        #: Keep ``price_stats`` (``storage.prices``); off only to measure what it costs (B9).
+        self.price_stats = price_stats
         #: ``MONGO_EMBEDDED_DIR`` (None: the embedded module's default).
         self.embedded_dir: str | None = None
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
@@ -237,12 +245,56 @@ class ProductStore:
             if changes:
                 changed[item_id] = changes
                 categories[item_id] = categories_of(document, update)
+        if self.price_stats:
+            await self._advance_prices(updates, stored, changed, crawl_id, now)
         inserted = (await self._write_history(changed, categories, crawl_id, now)
                     if changed else set())
         return set(changed), inserted
 
     async def _stored(self, ids: list[int]) -> list[dict[str, Any]]:
-        return await self.db[PRODUCTS].find({"_id": {"$in": ids}}, STORED_FIELDS).to_list()
+        fields = {**STORED_FIELDS, **prices.PRICE_FIELDS} if self.price_stats else STORED_FIELDS
+        return await self.db[PRODUCTS].find({"_id": {"$in": ids}}, fields).to_list()
+
+    async def _advance_prices(
+        self, updates: Mapping[int, dict[str, Any]], stored: list[dict[str, Any]],
+        changed: Mapping[int, dict[str, list[Any]]], crawl_id: str, now: datetime,
+    ) -> None:
+        """Add each product's ``price_stats`` (and the state they come from) to its update:
+        from what the batch already read, in the same write, never from ``history``, except
+        once for a product stored before ``price_steps`` existed."""
+        documents = {d["_id"]: d for d in stored}
+        legacy = [i for i, d in documents.items() if "price_steps" not in d]
+        replayed = await self._retrying(self._replayed, documents, legacy, crawl_id) if legacy \
+            else {}
+        for item_id, update in updates.items():
+            fields = update["$set"]
+            document = documents.get(item_id)
+            if document is None:
+                steps, last_change = prices.new_steps(now, fields["price"]), None
+            elif item_id in replayed:
+                steps, last_change = replayed[item_id]
+            else:
+                steps = document["price_steps"]
+                last_change = document["price_stats"]["last_change"]
+            change = changed.get(item_id, {}).get("price")
+            fields["price_steps"], fields["price_stats"] = prices.advance(
+                steps, last_change, now, fields["price"], change)
+
+    async def _replayed(
+        self, documents: Mapping[int, dict[str, Any]], ids: list[int], crawl_id: str
+    ) -> dict[int, tuple[dict[str, Any], dict[str, Any] | None]]:
+        """The price state of products stored before it was kept, from their earlier crawls'
+        price changes."""
+        changes: dict[int, list[tuple[datetime, list[Any]]]] = {i: [] for i in ids}
+        async for entry in self.db[HISTORY].find(
+            {"item_id": {"$in": ids}, "crawl_id": {"$ne": crawl_id},
+             "changes.price": {"$exists": True}},
+            {"item_id": 1, "at": 1, "changes.price": 1},
+        ).sort([("item_id", ASCENDING), ("at", ASCENDING)]):
+            changes[entry["item_id"]].append((entry["at"], entry["changes"]["price"]))
+        return {i: prices.replayed(documents[i]["first_seen"], changes[i],
+                                   documents[i].get("price"), documents[i]["last_seen"])
+                for i in ids}
 
     async def _write_history(
         self, changed: Mapping[int, dict[str, list[Any]]], categories: Mapping[int, list[int]],
