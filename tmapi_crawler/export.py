@@ -1,0 +1,276 @@
+"""``scrapy export``'s records: what MongoDB holds, in the crawl feed's shape, for nothing.
+
+The feed (``exporters.py``) writes records while a crawl runs, so getting the data out again
+meant paying for the crawl again. These records come from the stored documents instead: the
+feed's columns (``item_id``, titles and shop names per language, prices, shop, flags, links,
+categories) plus what only the database knows (``first_seen``, ``last_seen``, the categories a
+product ``vanished`` from, ``price_stats`` where it exists), or one row per changed field of
+``history``. Every record of one export has the same keys, so CSV and XLSX columns agree; the
+keys that vary with the data (languages, ``price_stats``) are read from MongoDB first, by one
+aggregation over the same filter, and nothing else is held: documents stream from a cursor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from pymongo.database import Database
+
+from tmapi_crawler import api
+from tmapi_crawler.exporters import FLAG_FIELDS, LINK_FIELDS, PRICE_FIELDS, SHOP_FIELDS
+from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY
+from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS
+
+#: What can be exported: ``scrapy export <what>``.
+WHAT: Final = ("products", "changes")
+PRICE_STATS: Final = "price_stats"
+#: The stored fields a product record reads (never ``raw``: the bulk of a document).
+_PRODUCT_FIELDS: Final = {name: 1 for name in (
+    "titles", "company_names", *PRICE_FIELDS, *SHOP_FIELDS, *FLAG_FIELDS, *LINK_FIELDS,
+    "categories", "first_seen", "last_seen", "vanished", PRICE_STATS)}
+#: Documents per cursor batch: a bounded slice of the export in memory at a time.
+BATCH: Final = 1000
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The keys that vary with the data: languages, and ``price_stats``'s paths."""
+
+    languages: tuple[str, ...] = ()
+    price_stats: tuple[tuple[str, ...], ...] = ()
+
+
+def _keys_of(field: str) -> dict[str, Any]:
+    """``field``'s keys, as ``"<field>.<key>"`` strings (an aggregation expression)."""
+    return {"$map": {"input": {"$objectToArray": {"$ifNull": [f"${field}", {}]}},
+                     "in": {"$concat": [f"{field}.", "$$this.k"]}}}
+
+
+#: ``price_stats``'s paths, two levels deep (``price_stats.d90.min``), as strings.
+_STATS_PATHS: Final = {"$reduce": {
+    "input": {"$objectToArray": {"$ifNull": [f"${PRICE_STATS}", {}]}},
+    "initialValue": [],
+    "in": {"$concatArrays": ["$$value", {"$cond": [
+        {"$eq": [{"$type": "$$this.v"}, "object"]},
+        {"$map": {"input": {"$objectToArray": "$$this.v"}, "as": "sub",
+                  "in": {"$concat": [f"{PRICE_STATS}.", "$$this.k", ".", "$$sub.k"]}}},
+        [{"$concat": [f"{PRICE_STATS}.", "$$this.k"]}],
+    ]}]},
+}}
+
+
+def product_layout(db: Database, selection: list[dict[str, Any]]) -> Layout:
+    """The languages and ``price_stats`` paths of the selected products, read by one
+    aggregation on the server (its answer is a few dozen strings)."""
+    rows = db[PRODUCTS].aggregate([
+        *selection,
+        {"$project": {"_id": 0, "k": {"$concatArrays": [
+            _keys_of("titles"), _keys_of("company_names"), _STATS_PATHS]}}},
+        {"$unwind": "$k"},
+        {"$group": {"_id": "$k"}},
+    ])
+    languages: set[str] = set()
+    paths: set[tuple[str, ...]] = set()
+    for row in rows:
+        head, *rest = row["_id"].split(".")
+        if head == PRICE_STATS:
+            paths.add(tuple(rest))
+        else:
+            languages.add(rest[0])
+    known = {language: n for n, language in enumerate(api.LANGUAGES)}
+    return Layout(tuple(sorted(languages, key=lambda lang: (known.get(lang, len(known)), lang))),
+                  tuple(sorted(paths)))
+
+
+def _stats(document: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
+    """``price_stats`` with every path of the export (None where this product has none)."""
+    stored = document.get(PRICE_STATS) or {}
+    out: dict[str, Any] = {}
+    for path in paths:
+        value: Any = stored
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        into = out
+        for key in path[:-1]:
+            into = into.setdefault(key, {})
+        into[path[-1]] = value
+    return out
+
+
+def product_record(document: Mapping[str, Any], layout: Layout) -> dict[str, Any]:
+    """One stored product as the feed's record, plus what only the database knows."""
+    titles = document.get("titles") or {}
+    shops = document.get("company_names") or {}
+    record = {
+        "item_id": document.get("_id"),
+        "titles": {language: titles.get(language) for language in layout.languages},
+        **{name: document.get(name) for name in PRICE_FIELDS},
+        "shop_names": {language: shops.get(language) for language in layout.languages},
+        **{name: document.get(name) for name in (*SHOP_FIELDS, *FLAG_FIELDS, *LINK_FIELDS)},
+        "categories": sorted(document.get("categories") or ()),
+        "first_seen": document.get("first_seen"),
+        "last_seen": document.get("last_seen"),
+        "vanished": sorted(int(cat_id) for cat_id in document.get("vanished") or ()),
+    }
+    if layout.price_stats:
+        record[PRICE_STATS] = _stats(document, layout.price_stats)
+    return record
+
+
+def products(db: Database, selection: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The selected products' records (``product_selection``), streamed."""
+    layout = product_layout(db, selection)
+    cursor = db[PRODUCTS].aggregate([*selection, {"$project": _PRODUCT_FIELDS}],
+                                    batchSize=BATCH)
+    with cursor:
+        for document in cursor:
+            yield product_record(document, layout)
+
+
+def change_pct(old: Any, new: Any) -> float | None:
+    """The change in percent of ``old``, for numbers only (not for a list of categories)."""
+    numbers = (int, float)
+    if (isinstance(old, numbers) and isinstance(new, numbers) and old
+            and not isinstance(old, bool) and not isinstance(new, bool)):
+        return round((new - old) / old * 100, 2)
+    return None
+
+
+def change_rows(document: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """One ``history`` document as a row per changed field."""
+    for field, (old, new) in sorted(document.get("changes", {}).items()):
+        yield {"item_id": document["item_id"], "crawl_id": document["crawl_id"],
+               "at": document["at"], "field": field, "old": old, "new": new,
+               "change_pct": change_pct(old, new)}
+
+
+def changes(db: Database, selection: list[dict[str, Any]],
+            vanished: bool | None = None) -> Iterator[dict[str, Any]]:
+    """The selected changes' rows (``change_selection``), streamed; ``vanished``: only the
+    rows that say a product left a category (True), or only the others (False)."""
+    cursor = db[HISTORY].aggregate(selection, batchSize=BATCH, allowDiskUse=True)
+    with cursor:
+        for document in cursor:
+            for row in change_rows(document):
+                if vanished is None or vanished_row(row) == vanished:
+                    yield row
+
+
+def iso_times(value: Any) -> Any:
+    """Times as ISO 8601 text (``2026-12-05T21:03:35.120000+00:00``) for CSV and JSON."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {key: iso_times(item) for key, item in value.items()}
+    return value
+
+
+class FilterError(ValueError):
+    """A filter argument that cannot select anything: the command exits 2 with it."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """``-a`` arguments of ``scrapy export``, checked."""
+
+    cat_ids: tuple[int, ...] = ()
+    since: str | None = None
+    changed: bool | None = None
+    vanished: bool | None = None
+
+
+FILTERS: Final = ("cat_id", "since", "changed", "vanished")
+_BOOLEANS: Final = {"true": True, "false": False}
+
+
+def parse_filters(arguments: Mapping[str, str], what: str) -> Filters:
+    """The filters of ``-a NAME=VALUE`` arguments, or a ``FilterError`` naming the bad one."""
+    unknown = sorted(set(arguments) - set(FILTERS))
+    if unknown:
+        raise FilterError(f"unknown filter {unknown[0]!r} (filters: {', '.join(FILTERS)})")
+    cat_ids: tuple[int, ...] = ()
+    if "cat_id" in arguments:
+        try:
+            cat_ids = tuple(int(part) for part in arguments["cat_id"].split(","))
+        except ValueError:
+            raise FilterError(f"cat_id: {arguments['cat_id']!r} is not a list of category "
+                              "ids (cat_id=1031922,1031923)") from None
+    flags: dict[str, bool | None] = {}
+    for name in ("changed", "vanished"):
+        value = arguments.get(name)
+        if value is not None and value.lower() not in _BOOLEANS:
+            raise FilterError(f"{name}: {value!r} is not true or false")
+        flags[name] = None if value is None else _BOOLEANS[value.lower()]
+    if what == "changes" and flags["changed"] is not None:
+        raise FilterError("changed: every change is a change; use it with products")
+    since = arguments.get("since")
+    if since is not None and not since.strip():
+        raise FilterError("since: give a crawl id or an ISO date (2026-12-01)")
+    return Filters(cat_ids, since, flags["changed"], flags["vanished"])
+
+
+def since_time(db: Database, since: str) -> datetime:
+    """``since`` as a time: a crawl's start, or an ISO date or time (UTC unless it says)."""
+    run = db[CRAWL_RUNS].find_one({"_id": since}, {"started_at": 1})
+    if run is not None and isinstance(run.get("started_at"), datetime):
+        return run["started_at"]
+    try:
+        moment = datetime.fromisoformat(since)
+    except ValueError:
+        raise FilterError(f"since: {since!r} is neither a crawl id of this database nor an "
+                          "ISO date (2026-12-01 or 2026-12-01T08:00)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _in_categories(cat_ids: tuple[int, ...]) -> dict[str, Any]:
+    return {"categories": {"$in": list(cat_ids)}}
+
+
+def product_selection(db: Database, filters: Filters) -> list[dict[str, Any]]:
+    """Aggregation stages selecting the products of ``filters``, in ``item_id`` order."""
+    match: dict[str, Any] = {}
+    since = since_time(db, filters.since) if filters.since else None
+    if filters.cat_ids:
+        match.update(_in_categories(filters.cat_ids))
+    if since is not None:
+        match["last_seen"] = {"$gte": since}
+    if filters.vanished is not None:
+        match["vanished"] = {"$nin" if filters.vanished else "$in": [None, {}]}
+    stages: list[dict[str, Any]] = [{"$match": match}, {"$sort": {"_id": 1}}]
+    if filters.changed is not None:
+        changed_since = [{"$match": {"at": {"$gte": since}}}] if since else []
+        stages += [
+            {"$lookup": {"from": HISTORY, "localField": "_id", "foreignField": "item_id",
+                         "pipeline": [*changed_since, {"$limit": 1}, {"$project": {"_id": 1}}],
+                         "as": "_changes"}},
+            {"$match": {"_changes": {"$ne" if filters.changed else "$eq": []}}},
+        ]
+    return stages
+
+
+def change_selection(db: Database, filters: Filters) -> list[dict[str, Any]]:
+    """Aggregation stages selecting the ``history`` documents of ``filters``, oldest first."""
+    match: dict[str, Any] = {}
+    if filters.since:
+        match["at"] = {"$gte": since_time(db, filters.since)}
+    if filters.vanished:
+        match[f"changes.{AVAILABLE_IN}"] = {"$exists": True}
+    stages: list[dict[str, Any]] = [{"$match": match}, {"$sort": {"at": 1, "_id": 1}}]
+    if filters.cat_ids:
+        stages += [
+            {"$lookup": {"from": PRODUCTS, "localField": "item_id", "foreignField": "_id",
+                         "pipeline": [{"$match": _in_categories(filters.cat_ids)},
+                                      {"$project": {"_id": 1}}],
+                         "as": "_product"}},
+            {"$match": {"_product": {"$ne": []}}},
+        ]
+    return stages
+
+
+def vanished_row(row: Mapping[str, Any]) -> bool:
+    """A row saying a product left a category."""
+    return (row["field"] == AVAILABLE_IN
+            and bool(set(row["old"] or ()) - set(row["new"] or ())))
