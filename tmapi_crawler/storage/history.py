@@ -8,8 +8,11 @@ lost change. Nothing is kept in Python between batches.
 
 History document::
 
-    {_id: "<item_id>:<crawl_id>", item_id, crawl_id, at,
+    {_id: "<item_id>:<crawl_id>", item_id, crawl_id, at, categories,
      changes: {price|sale_price|sales_90d|moq|available_in: [old, new]}}
+
+``categories`` are the product's (as in ``products``) when it changed: what makes "the movers
+of a category" one indexed read (``storage.queries``).
 
 ``available_in`` is the sorted list of categories a product is listed in: every category it was
 ever found under, except those it *vanished* from. A product vanishes from a category when a
@@ -38,11 +41,19 @@ HISTORY_INDEXES = [
     IndexModel([("item_id", ASCENDING), ("at", DESCENDING)], name="item_at"),
     IndexModel([("crawl_id", ASCENDING)], name="crawl"),
     IndexModel([("at", DESCENDING)], name="at"),
+    IndexModel([("categories", ASCENDING), ("crawl_id", ASCENDING)], name="category_crawl"),
+    IndexModel([("categories", ASCENDING), ("at", DESCENDING)], name="category_at"),
 ]
 
 
 def history_id(item_id: int, crawl_id: str) -> str:
     return f"{item_id}:{crawl_id}"
+
+
+def categories_of(stored: Mapping[str, Any], update: Mapping[str, Any]) -> list[int]:
+    """The product's categories once the update is stored (what its history document keeps)."""
+    added = update["$addToSet"]["categories"]["$each"]
+    return sorted(set(stored.get("categories") or ()) | set(added))
 
 
 def changes_since(
@@ -86,20 +97,23 @@ def _first_old(name: str, old: Any, new: Any) -> list[Any]:
 
 
 def history_document(
-    item_id: int, crawl_id: str, now: datetime, changes: Mapping[str, list[Any]]
+    item_id: int, crawl_id: str, now: datetime, changes: Mapping[str, list[Any]],
+    categories: list[int],
 ) -> dict[str, Any]:
     return {"_id": history_id(item_id, crawl_id), "item_id": item_id, "crawl_id": crawl_id,
-            "at": now, "changes": dict(changes)}
+            "at": now, "categories": categories, "changes": dict(changes)}
 
 
 def history_upsert(
-    item_id: int, crawl_id: str, now: datetime, changes: Mapping[str, list[Any]]
+    item_id: int, crawl_id: str, now: datetime, changes: Mapping[str, list[Any]],
+    categories: list[int],
 ) -> UpdateOne:
     """The same, merged into the crawl's document if there is one already."""
     fields: dict[str, Any] = {
         "item_id": {"$literal": item_id},
         "crawl_id": {"$literal": crawl_id},
         "at": {"$ifNull": ["$at", {"$literal": now}]},
+        "categories": {"$setUnion": [{"$ifNull": ["$categories", []]}, {"$literal": categories}]},
     }
     for name, (old, new) in changes.items():
         fields[f"changes.{name}"] = _first_old(name, {"$literal": old}, {"$literal": new})
@@ -131,6 +145,7 @@ def vanish_history(cat_id: int, crawl_id: str, now: datetime) -> list[dict[str, 
             "item_id": "$_id",
             "crawl_id": {"$literal": crawl_id},
             "at": {"$literal": now},
+            "categories": "$categories",
             f"changes.{AVAILABLE_IN}": {"$let": {"vars": {"before": _AVAILABLE}, "in": [
                 "$$before", {"$filter": {"input": "$$before", "cond": {"$ne": ["$$this", cat_id]}}},
             ]}},

@@ -35,6 +35,7 @@ from tmapi_crawler.storage.history import (
     HISTORY,
     HISTORY_INDEXES,
     STORED_FIELDS,
+    categories_of,
     changes_since,
     history_document,
     history_id,
@@ -61,6 +62,13 @@ PRODUCT_INDEXES = [
     IndexModel([("categories", ASCENDING), ("free_shipping", ASCENDING), ("price", ASCENDING)],
                name="category_free_shipping_price"),
     IndexModel([("categories", ASCENDING), ("sales_90d", DESCENDING)], name="category_sales"),
+    # Catalogue lists (storage.queries): a category's price range by sales, read in the index.
+    IndexModel([("categories", ASCENDING), ("sales_90d", DESCENDING), ("price", ASCENDING)],
+               name="category_sales_price"),
+    IndexModel([("categories", ASCENDING), ("first_crawl_id", ASCENDING)],
+               name="category_first_crawl"),
+    IndexModel([("categories", ASCENDING), ("first_seen", DESCENDING)],
+               name="category_first_seen"),
     IndexModel([("price", ASCENDING)], name="price"),
     IndexModel([("sales_90d", DESCENDING)], name="sales"),
     IndexModel([("is_super_factory", ASCENDING), ("sales_90d", DESCENDING)], name="shop_sales"),
@@ -210,7 +218,7 @@ class ProductStore:
         pending update.
         """
         stored = await self._retrying(self._stored, list(updates))
-        changed = {}
+        changed, categories = {}, {}
         for document in stored:
             item_id = document["_id"]
             update = updates[item_id]
@@ -219,20 +227,24 @@ class ProductStore:
                 update.setdefault("$unset", {}).update({f"vanished.{c}": "" for c in back})
             if changes:
                 changed[item_id] = changes
-        inserted = await self._write_history(changed, crawl_id, now) if changed else set()
+                categories[item_id] = categories_of(document, update)
+        inserted = (await self._write_history(changed, categories, crawl_id, now)
+                    if changed else set())
         return set(changed), inserted
 
     async def _stored(self, ids: list[int]) -> list[dict[str, Any]]:
         return await self.db[PRODUCTS].find({"_id": {"$in": ids}}, STORED_FIELDS).to_list()
 
     async def _write_history(
-        self, changed: Mapping[int, dict[str, list[Any]]], crawl_id: str, now: datetime
+        self, changed: Mapping[int, dict[str, list[Any]]], categories: Mapping[int, list[int]],
+        crawl_id: str, now: datetime,
     ) -> set[int]:
         """Insert (several times cheaper than upserts); a document this crawl already has — a
         retried batch, a second change in one crawl — is merged into instead. Returns the
         products whose document was inserted."""
         ids = list(changed)
-        documents = [history_document(i, crawl_id, now, changed[i]) for i in ids]
+        documents = [history_document(i, crawl_id, now, changed[i], categories[i])
+                     for i in ids]
         try:
             await self._retrying(self.history.insert_many, documents, ordered=False)
         except BulkWriteError as exc:
@@ -241,7 +253,8 @@ class ProductStore:
                 item_id = ids[error["index"]]
                 failed.add(item_id)
                 if error["code"] == DUPLICATE_KEY:
-                    merge[item_id] = history_upsert(item_id, crawl_id, now, changed[item_id])
+                    merge[item_id] = history_upsert(item_id, crawl_id, now, changed[item_id],
+                                                    categories[item_id])
                 else:
                     logger.error("MongoDB refused history document %s: %s",
                                  item_id, shown(error["errmsg"]))
