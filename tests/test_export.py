@@ -32,6 +32,7 @@ from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.sandbox.catalog import Catalog, build_item
 from tmapi_crawler.storage.documents import batch_now, updates_by_id
 from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY
+from tmapi_crawler.storage.runs import new_crawl_id
 from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, ProductStore
 
 CATALOG = Catalog(sizes={7: 40, 9: 30}, overlap=0.0)
@@ -49,8 +50,8 @@ def sightings(cat_id: int, epoch: int, language: str = "en") -> list[ProductItem
 
 @pytest.fixture(scope="module")
 def database(mongod: MongodProcess) -> Iterator[tuple[Any, dict[str, datetime]]]:
-    """Two crawls written by the store: c1 saw 7 (en, zh) and 9; c2 saw 7 with moved prices
-    and 9 without its last products, and marked those vanished. Some products carry
+    """Two crawls written by the store: the first saw 7 (en, zh) and 9; the second saw 7 with
+    moved prices and 9 without its last products, and marked those vanished. Some products carry
     ``price_stats``, as the price-statistics issue adds it."""
     name = "t_export"
     starts: dict[str, datetime] = {}
@@ -71,14 +72,15 @@ def database(mongod: MongodProcess) -> Iterator[tuple[Any, dict[str, datetime]]]
         finally:
             await store.close()
 
-    asyncio.run(crawl("c1", [sightings(7, 0), sightings(7, 0, "zh"), sightings(9, 0)], []))
-    asyncio.run(crawl("c2", [sightings(7, 1), sightings(9, 0)[:-GONE]], [9]))
+    first, second = new_crawl_id(), new_crawl_id()
+    asyncio.run(crawl(first, [sightings(7, 0), sightings(7, 0, "zh"), sightings(9, 0)], []))
+    asyncio.run(crawl(second, [sightings(7, 1), sightings(9, 0)[:-GONE]], [9]))
     client: pymongo.MongoClient = pymongo.MongoClient(mongod.uri, tz_aware=True)
     db = client[name]
     some = [d["_id"] for d in db[PRODUCTS].find({}, {"_id": 1}).sort("_id", 1).limit(5)]
     db[PRODUCTS].update_many({"_id": {"$in": some}}, {"$set": {"price_stats": STATS}})
     try:
-        yield db, starts
+        yield db, [starts[first], starts[second]], [first, second]
     finally:
         client.drop_database(name)
         client.close()
@@ -180,7 +182,7 @@ def export_to(db: Any, tmp_path: Path, what: str, fmt: str, **arguments: str) ->
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_products_export_equals_what_mongodb_holds(database, tmp_path: Path, fmt: str) -> None:
-    db, _ = database
+    db, _, _ = database
     documents = list(db[PRODUCTS].find().sort("_id", 1))
     assert len(documents) == 70
     rows = export_to(db, tmp_path, "products", fmt)
@@ -198,7 +200,7 @@ def test_products_export_equals_what_mongodb_holds(database, tmp_path: Path, fmt
 def test_changes_export_has_a_row_per_product_crawl_and_field(
     database, tmp_path: Path, fmt: str
 ) -> None:
-    db, _ = database
+    db, _, _ = database
     documents = list(db[HISTORY].find().sort([("at", 1), ("_id", 1)]))
     expected = [row for d in documents for row in change_columns(d)]
     fields = {row["field"] for row in expected}
@@ -217,7 +219,7 @@ def test_changes_export_has_a_row_per_product_crawl_and_field(
 
 
 def test_filters_narrow_products_and_changes(database, tmp_path: Path) -> None:
-    db, starts = database
+    db, starts, crawls = database
     def ids(rows: list[dict[str, Any]]) -> set[int]:
         return {row["item_id"] for row in rows}
 
@@ -226,11 +228,11 @@ def test_filters_narrow_products_and_changes(database, tmp_path: Path) -> None:
     both = ids(export_to(db, tmp_path, "products", ".jsonl", cat_id="7,9"))
     assert both == {d["_id"] for d in db[PRODUCTS].find()}
 
-    seen_by_c2 = {d["_id"] for d in db[PRODUCTS].find({"last_crawl_id": "c2"})}
-    assert ids(export_to(db, tmp_path, "products", ".jsonl", since="c2")) == seen_by_c2
-    assert len(seen_by_c2) == 70 - GONE
-    as_date = starts["c2"].isoformat()
-    assert ids(export_to(db, tmp_path, "products", ".jsonl", since=as_date)) == seen_by_c2
+    seen_by_second = {d["_id"] for d in db[PRODUCTS].find({"last_crawl_id": crawls[1]})}
+    assert ids(export_to(db, tmp_path, "products", ".jsonl", since=crawls[1])) == seen_by_second
+    assert len(seen_by_second) == 70 - GONE
+    as_date = starts[1].isoformat()
+    assert ids(export_to(db, tmp_path, "products", ".jsonl", since=as_date)) == seen_by_second
     assert export_to(db, tmp_path, "products", ".jsonl", since="2999-01-01") == []
 
     gone = {d["_id"] for d in db[PRODUCTS].find({"vanished.9": {"$exists": True}})}
@@ -252,10 +254,16 @@ def test_filters_narrow_products_and_changes(database, tmp_path: Path) -> None:
 
     left = export_to(db, tmp_path, "changes", ".jsonl", vanished="true")
     assert {(row["item_id"], row["field"]) for row in left} == {(i, AVAILABLE_IN) for i in gone}
+    kept = export_to(db, tmp_path, "changes", ".jsonl", vanished="false")
+    assert len(kept) + len(left) == len(export_to(db, tmp_path, "changes", ".jsonl"))
+    assert all(row["field"] != AVAILABLE_IN for row in kept)
+    assert ids(export_to(db, tmp_path, "products", ".jsonl", vanished="true", cat_id="9")) == \
+        gone
+    assert export_to(db, tmp_path, "products", ".jsonl", vanished="true", cat_id="7") == []
     in_7 = export_to(db, tmp_path, "changes", ".jsonl", cat_id="7")
     assert {row["item_id"] for row in in_7} == changed - in_9
     assert all(row["field"] != AVAILABLE_IN for row in in_7)
-    assert len(export_to(db, tmp_path, "changes", ".jsonl", since="c2")) == \
+    assert len(export_to(db, tmp_path, "changes", ".jsonl", since=crawls[1])) == \
         len(export_to(db, tmp_path, "changes", ".jsonl"))
     assert export_to(db, tmp_path, "changes", ".jsonl", since="2999-01-01") == []
 
@@ -273,10 +281,11 @@ def scrapy_export(*arguments: str, **env: str) -> subprocess.CompletedProcess[st
     (("everything", "-O", "x.csv"), "products or changes"),
     (("products", "-O", "x.xml"), "extension"),
     (("products", "-O", "x.csv", "-a", "cat_id=shoes"), "cat_id"),
-    (("products", "-O", "x.csv", "-a", "changed=yes"), "changed"),
+    (("products", "-O", "x.csv", "-a", "changed=maybe"), "changed"),
     (("products", "-O", "x.csv", "-a", "colour=red"), "colour"),
     (("changes", "-O", "x.csv", "-a", "changed=true"), "changed"),
     (("products", "-O", "x.csv", "-a", "since=last tuesday"), "since"),
+    (("changes", "-O", "x.csv", "-a", "since=20200101T000000Z-abcdef"), "no crawl"),
 ])
 def test_bad_arguments_exit_2_with_one_line(
     database, mongod: MongodProcess, tmp_path: Path, arguments: tuple[str, ...], says: str
@@ -293,7 +302,7 @@ def test_bad_arguments_exit_2_with_one_line(
 def test_the_command_exports_without_token_or_api(
     database, mongod: MongodProcess, tmp_path: Path
 ) -> None:
-    db, _ = database
+    db, _, _ = database
     out = tmp_path / "products.xlsx"
     done = scrapy_export("products", "-O", str(out), "-a", "cat_id=9",
                          MONGO_URI=mongod.uri, MONGO_DATABASE="t_export",

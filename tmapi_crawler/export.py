@@ -21,7 +21,9 @@ from pymongo.database import Database
 
 from tmapi_crawler import api
 from tmapi_crawler.exporters import FLAG_FIELDS, LINK_FIELDS, PRICE_FIELDS, SHOP_FIELDS
+from tmapi_crawler.storage import queries
 from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY
+from tmapi_crawler.storage.queries import QueryError
 from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS
 
 #: What can be exported: ``scrapy export <what>``.
@@ -147,11 +149,11 @@ def change_rows(document: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
                "change_pct": change_pct(old, new)}
 
 
-def changes(db: Database, selection: list[dict[str, Any]],
+def changes(db: Database, selection: Mapping[str, Any],
             vanished: bool | None = None) -> Iterator[dict[str, Any]]:
-    """The selected changes' rows (``change_selection``), streamed; ``vanished``: only the
-    rows that say a product left a category (True), or only the others (False)."""
-    cursor = db[HISTORY].aggregate(selection, batchSize=BATCH, allowDiskUse=True)
+    """The selected changes' rows (``change_selection``), oldest first, streamed;
+    ``vanished``: only the rows that say a product left a category (True), or the others."""
+    cursor = db[HISTORY].find(dict(selection)).sort(queries.CHANGES_ORDER).batch_size(BATCH)
     with cursor:
         for document in cursor:
             for row in change_rows(document):
@@ -168,10 +170,6 @@ def iso_times(value: Any) -> Any:
     return value
 
 
-class FilterError(ValueError):
-    """A filter argument that cannot select anything: the command exits 2 with it."""
-
-
 @dataclass(frozen=True)
 class Filters:
     """``-a`` arguments of ``scrapy export``, checked."""
@@ -183,91 +181,62 @@ class Filters:
 
 
 FILTERS: Final = ("cat_id", "since", "changed", "vanished")
-_BOOLEANS: Final = {"true": True, "false": False}
 
 
 def parse_filters(arguments: Mapping[str, str], what: str) -> Filters:
-    """The filters of ``-a NAME=VALUE`` arguments, or a ``FilterError`` naming the bad one."""
+    """The filters of ``-a NAME=VALUE`` arguments; a ``QueryError`` names the bad one."""
     unknown = sorted(set(arguments) - set(FILTERS))
     if unknown:
-        raise FilterError(f"unknown filter {unknown[0]!r} (filters: {', '.join(FILTERS)})")
-    cat_ids: tuple[int, ...] = ()
-    if "cat_id" in arguments:
-        try:
-            cat_ids = tuple(int(part) for part in arguments["cat_id"].split(","))
-        except ValueError:
-            raise FilterError(f"cat_id: {arguments['cat_id']!r} is not a list of category "
-                              "ids (cat_id=1031922,1031923)") from None
-    flags: dict[str, bool | None] = {}
-    for name in ("changed", "vanished"):
-        value = arguments.get(name)
-        if value is not None and value.lower() not in _BOOLEANS:
-            raise FilterError(f"{name}: {value!r} is not true or false")
-        flags[name] = None if value is None else _BOOLEANS[value.lower()]
-    if what == "changes" and flags["changed"] is not None:
-        raise FilterError("changed: every change is a change; use it with products")
+        raise QueryError(f"unknown filter {unknown[0]!r} (filters: {', '.join(FILTERS)})")
+    cat_ids = tuple(queries.parse_int({"cat_id": part}, "cat_id")
+                    for part in arguments.get("cat_id", "").split(",") if part.strip())
+    if "cat_id" in arguments and not cat_ids:
+        raise QueryError("cat_id: expected category ids (cat_id=1031922,1031923)")
+    changed = queries.parse_bool(arguments, "changed")
+    if what == "changes" and changed is not None:
+        raise QueryError("changed: every change is a change; use it with products")
     since = arguments.get("since")
     if since is not None and not since.strip():
-        raise FilterError("since: give a crawl id or an ISO date (2026-12-01)")
-    return Filters(cat_ids, since, flags["changed"], flags["vanished"])
+        raise QueryError("since: expected a crawl id or an ISO date (2026-12-01)")
+    return Filters(tuple(c for c in cat_ids if c is not None), since, changed,
+                   queries.parse_bool(arguments, "vanished"))
 
 
 def since_time(db: Database, since: str) -> datetime:
     """``since`` as a time: a crawl's start, or an ISO date or time (UTC unless it says)."""
-    run = db[CRAWL_RUNS].find_one({"_id": since}, {"started_at": 1})
-    if run is not None and isinstance(run.get("started_at"), datetime):
+    if queries.CRAWL_ID.fullmatch(since):
+        run = db[CRAWL_RUNS].find_one({"_id": since}, {"started_at": 1})
+        if run is None or not isinstance(run.get("started_at"), datetime):
+            raise QueryError(f"since: no crawl {since} in this database")
         return run["started_at"]
     try:
         moment = datetime.fromisoformat(since)
     except ValueError:
-        raise FilterError(f"since: {since!r} is neither a crawl id of this database nor an "
-                          "ISO date (2026-12-01 or 2026-12-01T08:00)") from None
+        raise QueryError(f"since: {since!r} is neither a crawl id (20261126T214501Z-3fa2c1) "
+                         "nor an ISO date (2026-12-01 or 2026-12-01T08:00)") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _in_categories(cat_ids: tuple[int, ...]) -> dict[str, Any]:
-    return {"categories": {"$in": list(cat_ids)}}
 
 
 def product_selection(db: Database, filters: Filters) -> list[dict[str, Any]]:
     """Aggregation stages selecting the products of ``filters``, in ``item_id`` order."""
-    match: dict[str, Any] = {}
     since = since_time(db, filters.since) if filters.since else None
-    if filters.cat_ids:
-        match.update(_in_categories(filters.cat_ids))
-    if since is not None:
-        match["last_seen"] = {"$gte": since}
-    if filters.vanished is not None:
-        match["vanished"] = {"$nin" if filters.vanished else "$in": [None, {}]}
-    stages: list[dict[str, Any]] = [{"$match": match}, {"$sort": {"_id": 1}}]
+    # One category: ``vanished`` means gone from it, as in the web app; several: from any.
+    one = filters.cat_ids[0] if len(filters.cat_ids) == 1 else None
+    query = queries.ProductQuery(category=one, categories=filters.cat_ids if one is None else (),
+                                 seen_since=since, vanished=filters.vanished)
+    stages: list[dict[str, Any]] = [{"$match": queries.product_filter(query)},
+                                    {"$sort": {"_id": 1}}]
     if filters.changed is not None:
-        changed_since = [{"$match": {"at": {"$gte": since}}}] if since else []
-        stages += [
-            {"$lookup": {"from": HISTORY, "localField": "_id", "foreignField": "item_id",
-                         "pipeline": [*changed_since, {"$limit": 1}, {"$project": {"_id": 1}}],
-                         "as": "_changes"}},
-            {"$match": {"_changes": {"$ne" if filters.changed else "$eq": []}}},
-        ]
+        stages += queries.changed_products(filters.changed, since)
     return stages
 
 
-def change_selection(db: Database, filters: Filters) -> list[dict[str, Any]]:
-    """Aggregation stages selecting the ``history`` documents of ``filters``, oldest first."""
-    match: dict[str, Any] = {}
-    if filters.since:
-        match["at"] = {"$gte": since_time(db, filters.since)}
-    if filters.vanished:
-        match[f"changes.{AVAILABLE_IN}"] = {"$exists": True}
-    stages: list[dict[str, Any]] = [{"$match": match}, {"$sort": {"at": 1, "_id": 1}}]
-    if filters.cat_ids:
-        stages += [
-            {"$lookup": {"from": PRODUCTS, "localField": "item_id", "foreignField": "_id",
-                         "pipeline": [{"$match": _in_categories(filters.cat_ids)},
-                                      {"$project": {"_id": 1}}],
-                         "as": "_product"}},
-            {"$match": {"_product": {"$ne": []}}},
-        ]
-    return stages
+def change_selection(db: Database, filters: Filters) -> dict[str, Any]:
+    """The ``history`` filter of ``filters``."""
+    return queries.changes_filter(
+        categories=filters.cat_ids,
+        since=since_time(db, filters.since) if filters.since else None,
+        fields=(AVAILABLE_IN,) if filters.vanished else ())
 
 
 def vanished_row(row: Mapping[str, Any]) -> bool:

@@ -24,6 +24,7 @@ from tmapi_crawler.cli import ProjectCommand, fail, note
 from tmapi_crawler.commands.report import locate_database
 from tmapi_crawler.exporters import CsvExporter, JsonExporter, JsonLinesExporter, XlsxExporter
 from tmapi_crawler.server_command import redact
+from tmapi_crawler.storage.queries import QueryError
 
 if TYPE_CHECKING:
     import argparse
@@ -40,7 +41,7 @@ FORMATS: Final[dict[str, tuple[type, Callable[[Any], Any]]]] = {
 
 
 def records(db: Database, what: str, filters: export.Filters) -> Iterator[dict[str, Any]]:
-    """The records of ``scrapy export <what>``; a ``FilterError`` before the first one."""
+    """The records of ``scrapy export <what>``; a ``QueryError`` before the first one."""
     if what == "products":
         return export.products(db, export.product_selection(db, filters))
     return export.changes(db, export.change_selection(db, filters), filters.vanished)
@@ -100,7 +101,7 @@ class Command(ProjectCommand):
         try:
             opts.filters = export.parse_filters(arglist_to_dict(opts.filters), args[0])
         except ValueError as exc:
-            fail(str(exc) if isinstance(exc, export.FilterError)
+            fail(str(exc) if isinstance(exc, QueryError)
                  else "a filter is -a NAME=VALUE")
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
@@ -117,7 +118,7 @@ class Command(ProjectCommand):
                                      tz_aware=True) as client:
                 count = write(client[self.settings.get("MONGO_DATABASE")], args[0],
                               opts.filters, path)
-        except export.FilterError as exc:
+        except QueryError as exc:
             fail(str(exc))
         except PyMongoError as exc:
             note(f"error: MongoDB at {redact(uri)}: {exc}")
