@@ -33,6 +33,8 @@ PRICE_STATS: Final = "price_stats"
 _PRODUCT_FIELDS: Final = {name: 1 for name in (
     "titles", "company_names", *PRICE_FIELDS, *SHOP_FIELDS, *FLAG_FIELDS, *LINK_FIELDS,
     "categories", "first_seen", "last_seen", "vanished", PRICE_STATS)}
+#: Values ``iso_times`` leaves alone without looking further.
+_PLAIN: Final = frozenset({str, int, float, bool, type(None), list})
 #: Documents per cursor batch: a bounded slice of the export in memory at a time.
 BATCH: Final = 1000
 
@@ -165,8 +167,9 @@ def iso_times(value: Any) -> Any:
     """Times as ISO 8601 text (``2026-12-05T21:03:35.120000+00:00``) for CSV and JSON."""
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, Mapping):
-        return {key: iso_times(item) for key, item in value.items()}
+    if isinstance(value, dict):
+        return {key: item if type(item) in _PLAIN else iso_times(item)
+                for key, item in value.items()}
     return value
 
 

@@ -64,6 +64,8 @@ LINK_FIELDS: Final = ("product_url", "img")
 _FLAT_PREFIX: Final = {"titles": "title_", "shop_names": "shop_name_", "context": "",
                        "filters": "filter_"}
 _FLAT_KEYS: Final = {"filters": (*api.PRICE_FILTERS, *api.FLAG_FILTERS)}
+#: Values ``flat`` keeps as they are, told by their exact type.
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 #: Records replayed between two yields to the event loop when the crawl closes.
 _REPLAY_CHUNK: Final = 10_000
 
@@ -231,7 +233,9 @@ def flat(record: Mapping[str, Any]) -> dict[str, Any]:
     """A nested record as plain columns: dicts become prefixed columns, lists one cell."""
     columns: dict[str, Any] = {}
     for key, value in record.items():
-        if isinstance(value, Mapping):
+        if type(value) in _SCALARS:  # most values: no ABC check (a million rows an export)
+            columns[key] = value
+        elif isinstance(value, Mapping):
             prefix = _FLAT_PREFIX.get(key, f"{key}_")
             keys = _FLAT_KEYS.get(key, tuple(value))
             nested = flat({k: value.get(k) for k in keys})
