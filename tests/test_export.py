@@ -27,7 +27,14 @@ from tests.conftest import PROJECT_ROOT
 from tests.servers import MongodProcess
 from tmapi_crawler import export
 from tmapi_crawler.commands.export import write
-from tmapi_crawler.exporters import FLAG_FIELDS, LINK_FIELDS, PRICE_FIELDS, SHOP_FIELDS, flat
+from tmapi_crawler.exporters import (
+    FLAG_FIELDS,
+    LINK_FIELDS,
+    PRICE_FIELDS,
+    SHOP_FIELDS,
+    XlsxExporter,
+    flat,
+)
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.sandbox.catalog import Catalog, build_item
 from tmapi_crawler.storage.documents import batch_now, updates_by_id
@@ -136,6 +143,8 @@ def read_back(path: Path) -> list[dict[str, Any]]:
     """The file's rows as plain columns, with its own reader."""
     if path.suffix == ".csv":
         raw = path.read_bytes()
+        if not raw:
+            return []  # no rows, no columns to name
         assert raw.startswith(b"\xef\xbb\xbf"), "CSV starts with a UTF-8 byte-order mark"
         with path.open(encoding="utf-8-sig", newline="") as file:
             return list(csv.DictReader(file))
@@ -313,3 +322,29 @@ def test_the_command_exports_without_token_or_api(
     assert [row["item_id"] for row in rows] == sorted(db[PRODUCTS].distinct(
         "_id", {"categories": 9}))
     assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_xlsx_rows_beyond_a_sheet_go_on_in_the_next_with_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "rows.xlsx"
+    with path.open("wb") as file:
+        exporter = XlsxExporter(file)
+        exporter.max_rows = 3  # Excel's is 1,048,576
+        exporter.start_exporting()
+        for n in range(5):
+            exporter.export_item({"n": n, "titles": {"en": f"t{n}\x07"}})
+        exporter.finish_exporting()
+    workbook = openpyxl.load_workbook(path, read_only=True)
+    sheets = {sheet.title: list(sheet.iter_rows(values_only=True))
+              for sheet in workbook.worksheets}
+    workbook.close()
+    assert sheets == {
+        "export": [("n", "title_en"), (0, "t0"), (1, "t1")],
+        "export 2": [("n", "title_en"), (2, "t2"), (3, "t3")],
+        "export 3": [("n", "title_en"), (4, "t4")],
+    }
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_empty_export_is_a_readable_empty_file(database, tmp_path: Path, fmt: str) -> None:
+    db, _, _ = database
+    assert export_to(db, tmp_path, "products", fmt, since="2999-01-01") == []

@@ -274,12 +274,16 @@ class XmlExporter(exporters.XmlItemExporter):
 
 
 class XlsxExporter(exporters.BaseItemExporter):
-    """The CSV exporter's columns in an Excel workbook, one sheet, streamed.
+    """The CSV exporter's columns in an Excel workbook, streamed.
 
     openpyxl's write-only mode writes each row out as it comes (strings inline, no shared
     table), so memory stays flat however many rows; the file is assembled when the export
-    finishes. Times are written as Excel times, in UTC (Excel has no time zones).
+    finishes. Times are written as Excel times, in UTC (Excel has no time zones). A sheet
+    holds at most ``max_rows`` rows, its header included: the rows go on in a next sheet
+    (``export 2``, …), with the header again.
     """
+
+    max_rows = 1_048_576
 
     def __init__(self, file: Any, *, sheet: str = "export", **kwargs: Any) -> None:
         super().__init__(dont_fail=True, **kwargs)
@@ -287,17 +291,33 @@ class XlsxExporter(exporters.BaseItemExporter):
 
         self.file = file
         self.workbook = Workbook(write_only=True)
-        self.sheet = self.workbook.create_sheet(sheet)
-        self.columns: list[str] | None = None
+        self.sheet_name = sheet
+        self.sheet: Any = None
+        self.rows = 0
+        self.columns: list[str] | None = (
+            None if self.fields_to_export is None else list(self.fields_to_export))
 
     def export_item(self, item: Any) -> None:
         row = flat(item)
         if self.columns is None:
-            self.columns = list(self.fields_to_export or row)
-            self.sheet.append(self.columns)
+            self.columns = list(row)
+        if self.sheet is None or self.rows == self.max_rows:
+            self._next_sheet()
         self.sheet.append([_cell(row.get(column)) for column in self.columns])
+        self.rows += 1
+
+    def _next_sheet(self) -> None:
+        number = len(self.workbook.worksheets) + 1
+        self.sheet = self.workbook.create_sheet(
+            self.sheet_name if number == 1 else f"{self.sheet_name} {number}")
+        self.rows = 0
+        if self.columns:
+            self.sheet.append(self.columns)
+            self.rows = 1
 
     def finish_exporting(self) -> None:
+        if self.sheet is None:
+            self._next_sheet()  # an empty export is still a workbook
         self.workbook.save(self.file)
 
 
