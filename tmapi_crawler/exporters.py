@@ -254,16 +254,35 @@ def _without_none(value: Any) -> Any:
 
 
 class CsvExporter(exporters.CsvItemExporter):
-    """Plain columns, and a byte-order mark so spreadsheets read the file as UTF-8."""
+    """Plain columns, and a byte-order mark so spreadsheets read the file as UTF-8.
+
+    A record (a dict) is flat text and numbers once ``flat`` has run: after Scrapy's exporter
+    wrote the header from the first one, the others go straight to its CSV writer, column by
+    column, as Scrapy would write them. Per field, Scrapy's path (an item adapter, a
+    serializer, a join, a decode) cost two thirds of a million-product export (B10).
+    """
 
     def __init__(self, file: Any, *, bom: bool = True, **kwargs: Any) -> None:
         encoding = kwargs.get("encoding") or "utf-8"
         if bom and codecs.lookup(encoding).name == "utf-8":
             kwargs["encoding"] = "utf-8-sig"
         super().__init__(file, **kwargs)
+        self._columns: list[str] | None = None
+        self._known: set[str] = set()
 
     def export_item(self, item: Any) -> None:
-        super().export_item(flat(item) if isinstance(item, Mapping) else item)
+        if not isinstance(item, dict):
+            super().export_item(item)
+            return
+        row = flat(item)
+        if self._columns is None or (self._autodetected_fields and not self._data_loss_warned
+                                     and not row.keys() <= self._known):
+            super().export_item(row)  # the header, or Scrapy's warning about lost columns
+            fields = self.fields_to_export or ()
+            self._columns = list(fields.keys() if isinstance(fields, Mapping) else fields)
+            self._known = set(self._columns)
+            return
+        self.csv_writer.writerow([row.get(name, "") for name in self._columns])
 
 
 class XmlExporter(exporters.XmlItemExporter):
