@@ -46,7 +46,10 @@ CATALOG = Catalog(sizes={7: 40, 9: 30}, overlap=0.0)
 FORMATS = (".csv", ".json", ".jsonl", ".xlsx")
 #: The products of category 9 the second crawl no longer found: they vanish from it.
 GONE = 10
-STATS = {"d30": {"min": 1.5, "max": 3.0}, "lowest": 1.2}
+#: ``price_stats`` as the price-statistics issue stores it (a part of it).
+AS_OF = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
+STATS = {"d30": {"min": 1.5, "max": 3.0, "avg": 2.25}, "vs_min": 1.25, "as_of": AS_OF,
+         "last_change": {"at": AS_OF, "from": 2.0, "to": 1.5, "pct": -25.0}}
 
 
 def sightings(cat_id: int, epoch: int, language: str = "en") -> list[ProductItem]:
@@ -85,7 +88,10 @@ def database(mongod: MongodProcess) -> Iterator[tuple[Any, dict[str, datetime]]]
     client: pymongo.MongoClient = pymongo.MongoClient(mongod.uri, tz_aware=True)
     db = client[name]
     some = [d["_id"] for d in db[PRODUCTS].find({}, {"_id": 1}).sort("_id", 1).limit(5)]
-    db[PRODUCTS].update_many({"_id": {"$in": some}}, {"$set": {"price_stats": STATS}})
+    db[PRODUCTS].update_many({"_id": {"$in": some[:3]}}, {"$set": {"price_stats": STATS}})
+    # A price that never changed has no last change.
+    db[PRODUCTS].update_many({"_id": {"$in": some[3:]}},
+                             {"$set": {"price_stats": {**STATS, "last_change": None}}})
     try:
         yield db, [starts[first], starts[second]], [first, second]
     finally:
@@ -110,9 +116,12 @@ def product_columns(document: dict[str, Any], languages: tuple[str, ...]) -> dic
         "first_seen": document["first_seen"],
         "last_seen": document["last_seen"],
         "vanished": ",".join(sorted(document.get("vanished") or {}, key=int)),
-        "price_stats_d30_max": stats.get("d30", {}).get("max"),
-        "price_stats_d30_min": stats.get("d30", {}).get("min"),
-        "price_stats_lowest": stats.get("lowest"),
+        "price_stats_as_of": stats.get("as_of"),
+        **{f"price_stats_d30_{name}": stats.get("d30", {}).get(name)
+           for name in ("avg", "max", "min")},
+        **{f"price_stats_last_change_{name}": (stats.get("last_change") or {}).get(name)
+           for name in ("at", "from", "pct", "to")},
+        "price_stats_vs_min": stats.get("vs_min"),
     }
 
 
@@ -202,7 +211,8 @@ def test_products_export_equals_what_mongodb_holds(database, tmp_path: Path, fmt
     vanished = [row for row in rows if row["vanished"] not in ("", None)]
     assert len(vanished) == GONE
     assert {row["vanished"] for row in vanished} == {"9"}
-    assert sum(row["price_stats_lowest"] not in ("", None) for row in rows) == 5
+    assert sum(row["price_stats_vs_min"] not in ("", None) for row in rows) == 5
+    assert sum(row["price_stats_last_change_pct"] not in ("", None) for row in rows) == 3
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -53,16 +53,17 @@ def _keys_of(field: str) -> dict[str, Any]:
                      "in": {"$concat": [f"{field}.", "$$this.k"]}}}
 
 
-#: ``price_stats``'s paths, two levels deep (``price_stats.d90.min``), as strings.
+#: ``price_stats``'s paths, two levels deep (``price_stats.d90.min``), as strings; a null
+#: (``last_change`` of a price that never changed) names no path: its object's keys do.
 _STATS_PATHS: Final = {"$reduce": {
     "input": {"$objectToArray": {"$ifNull": [f"${PRICE_STATS}", {}]}},
     "initialValue": [],
-    "in": {"$concatArrays": ["$$value", {"$cond": [
-        {"$eq": [{"$type": "$$this.v"}, "object"]},
-        {"$map": {"input": {"$objectToArray": "$$this.v"}, "as": "sub",
-                  "in": {"$concat": [f"{PRICE_STATS}.", "$$this.k", ".", "$$sub.k"]}}},
-        [{"$concat": [f"{PRICE_STATS}.", "$$this.k"]}],
-    ]}]},
+    "in": {"$concatArrays": ["$$value", {"$switch": {"branches": [
+        {"case": {"$eq": [{"$type": "$$this.v"}, "object"]},
+         "then": {"$map": {"input": {"$objectToArray": "$$this.v"}, "as": "sub",
+                           "in": {"$concat": [f"{PRICE_STATS}.", "$$this.k", ".", "$$sub.k"]}}}},
+        {"case": {"$eq": [{"$type": "$$this.v"}, "null"]}, "then": []},
+    ], "default": [{"$concat": [f"{PRICE_STATS}.", "$$this.k"]}]}}]},
 }}
 
 
@@ -84,9 +85,12 @@ def product_layout(db: Database, selection: list[dict[str, Any]]) -> Layout:
             paths.add(tuple(rest))
         else:
             languages.add(rest[0])
+    # A key that is a number in one product and an object in another: its keys are columns.
+    leaves = {path for path in paths if not any(
+        other[:len(path)] == path for other in paths if len(other) > len(path))}
     known = {language: n for n, language in enumerate(api.LANGUAGES)}
     return Layout(tuple(sorted(languages, key=lambda lang: (known.get(lang, len(known)), lang))),
-                  tuple(sorted(paths)))
+                  tuple(sorted(leaves)))
 
 
 def _stats(document: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
