@@ -57,8 +57,9 @@ def write(db: Database, what: str, filters: export.Filters, path: Path) -> int:
         with partial.open("wb") as file:
             exporter = exporter_class(file, encoding="utf-8")
             exporter.start_exporting()
-            for count, record in enumerate(rows, 1):  # noqa: B007 - the count is the answer
+            for record in rows:
                 exporter.export_item(prepare(record))
+                count += 1
             exporter.finish_exporting()
         partial.replace(path)
     finally:
