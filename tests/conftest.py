@@ -22,6 +22,7 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from tests.servers import MongodProcess, RedisProcess  # noqa: E402
+from tests.web_data import Crawled, crawl_twice  # noqa: E402
 from tmapi_crawler.sandbox.process import SandboxProcess  # noqa: E402
 from tmapi_crawler.sandbox.server import RUNTIME_SETTINGS, SandboxConfig  # noqa: E402
 
@@ -76,3 +77,11 @@ def sandbox(server: SandboxProcess) -> Iterator[SandboxProcess]:
     server.reset()
     yield server
     server.configure(**SANDBOX_DEFAULTS)
+
+
+# The web app's catalogue (tests/web_data.py): crawled once per session, read by its tests only.
+
+
+@pytest.fixture(scope="session")
+def crawled_twice(mongod: MongodProcess, tmp_path_factory: pytest.TempPathFactory) -> Crawled:
+    return crawl_twice(tmp_path_factory.mktemp("web"), mongod, f"t_web_{secrets.token_hex(4)}")

@@ -47,14 +47,20 @@ MAX_PRICE: Final = 1e9
 MAX_DAYS: Final = 3660
 #: ``scrapy crawl``'s crawl ids (``storage.runs.new_crawl_id``).
 CRAWL_ID: Final = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{1,32}")
-_ITEM_ID: Final = re.compile(r"\d{1,19}")
+ITEM_ID: Final = re.compile(r"\d{1,19}")
 _CAT_ID: Final = re.compile(r"\d{1,12}")
 _BOOLS: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 #: Where a search looks, besides ``_id``: every crawled language's title and shop name.
 SEARCHED: Final = (*(f"titles.{lang}" for lang in LANGUAGES),
                    *(f"company_names.{lang}" for lang in LANGUAGES))
-#: Movers' kinds: price drops, rises, new arrivals, vanished listings.
-MOVER_KINDS: Final = ("drops", "rises", "new", "vanished")
+#: Movers' kinds: price drops, rises, new arrivals, vanished listings; and, where products keep
+#: ``price_stats``, those at least 15 % below their 90-day average and those at their lowest.
+MOVER_KINDS: Final = ("drops", "rises", "new", "vanished", "below_avg90", "at_lowest")
+#: "Below its 90-day average": the price at most this share of it.
+BELOW_AVG90: Final = 0.85
+#: ``price_stats`` lists: the ratio, its threshold, and the index that makes it one read.
+_STATS_LISTS: Final = {"below_avg90": ("price_stats.vs_avg90", BELOW_AVG90),
+                       "at_lowest": ("price_stats.vs_min", 1.0)}
 
 
 class QueryError(ValueError):
@@ -214,7 +220,7 @@ def search_filter(text: str) -> dict[str, Any]:
     """
     pattern = {"$regex": re.escape(text), "$options": "i"}
     alternatives: list[dict[str, Any]] = [{name: pattern} for name in SEARCHED]
-    if _ITEM_ID.fullmatch(text) and int(text) < 2**63:
+    if ITEM_ID.fullmatch(text) and int(text) < 2**63:
         alternatives.insert(0, {"_id": int(text)})
     return {"$or": alternatives}
 
@@ -383,7 +389,8 @@ async def movers(db: AsyncDatabase[dict[str, Any]], query: MoversQuery,
     else:
         crawl = await latest_crawl(db, query.category)
         if crawl is None:
-            return {"crawl": None, "days": None, **{kind: [] for kind in MOVER_KINDS}}
+            return {"crawl": None, "days": None, "drops": [], "rises": [], "new": [],
+                    "vanished": []}
         window = {"crawl_id": crawl["_id"]}
     moved = await _price_moves(db, {**base, **window, "changes.price": {"$exists": True}},
                                query.limit)
@@ -392,7 +399,23 @@ async def movers(db: AsyncDatabase[dict[str, Any]], query: MoversQuery,
     new = await db[PRODUCTS].find(new_filter, LIST_FIELDS).sort(SORTS["sales"]) \
         .limit(query.limit).to_list()
     return {"crawl": crawl and crawl["_id"], "days": query.days, **moved, "new": new,
-            "vanished": await _vanished(db, {**base, **window}, query)}
+            "vanished": await _vanished(db, {**base, **window}, query),
+            **await _stats_lists(db, base, query.limit)}
+
+
+async def _stats_lists(db: AsyncDatabase[dict[str, Any]], base: dict[str, Any],
+                       limit: int) -> dict[str, list[dict[str, Any]]]:
+    """Products below their 90-day average, and at their lowest ever: only where an index on
+    the ratio exists (the writer keeps ``price_stats``); without one these would be scans."""
+    indexed = {key for index in await (await db[PRODUCTS].list_indexes()).to_list()
+               for key in index["key"]}
+    found = {}
+    for kind, (ratio, threshold) in _STATS_LISTS.items():
+        if ratio in indexed:
+            found[kind] = await db[PRODUCTS].find(
+                {**base, ratio: {"$lte": threshold}}, LIST_FIELDS,
+            ).sort([(ratio, ASCENDING), ("_id", ASCENDING)]).limit(limit).to_list()
+    return found
 
 
 async def _price_moves(db: AsyncDatabase[dict[str, Any]], match: dict[str, Any],
@@ -433,10 +456,11 @@ def _with_product() -> list[dict[str, Any]]:
 async def _vanished(db: AsyncDatabase[dict[str, Any]], match: dict[str, Any],
                     query: MoversQuery) -> list[dict[str, Any]]:
     """Listings gone: availability changes that removed a category (this one, when given)."""
-    gone = ({"$expr": {"$and": [
-        {"$in": [query.category, {"$arrayElemAt": [f"$changes.{AVAILABLE_IN}", 0]}]},
-        {"$not": {"$in": [query.category, {"$arrayElemAt": [f"$changes.{AVAILABLE_IN}", 1]}]}},
-    ]}} if query.category is not None else {})
+    before, after = ({"$ifNull": [{"$arrayElemAt": [f"$changes.{AVAILABLE_IN}", i]}, []]}
+                     for i in (0, 1))
+    gone = ({"$expr": {"$and": [{"$in": [query.category, before]},
+                                {"$not": {"$in": [query.category, after]}}]}}
+            if query.category is not None else {})
     rows = await (await db[HISTORY].aggregate([
         {"$match": {**match, f"changes.{AVAILABLE_IN}": {"$exists": True}, **gone}},
         {"$sort": {"at": -1, "_id": 1}}, {"$limit": query.limit},
