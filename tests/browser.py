@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from selenium import webdriver
@@ -52,10 +53,16 @@ def chromium(downloads: Path | None = None, size: str = "1280,900") -> Iterator[
         driver.quit()
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    pid: int
+
+
 @contextmanager
-def served(uri: str, database: str) -> Iterator[str]:
-    """``scripts/scrapy serve --port 0`` over the database; yields the URL it printed (it
-    prints it once it listens)."""
+def served(uri: str, database: str) -> Iterator[Served]:
+    """``scripts/scrapy serve --port 0`` over the database, with the URL it printed (it prints
+    it once it listens) and its process id."""
     process = subprocess.Popen(
         [sys.executable, "-m", "scrapy", "serve", "--port", "0",
          "-s", f"MONGO_URI={uri}", "-s", f"MONGO_DATABASE={database}"],
@@ -67,7 +74,7 @@ def served(uri: str, database: str) -> Iterator[str]:
         if found is None:
             process.kill()
             raise RuntimeError(f"scrapy serve did not start: {line}{process.communicate()[1]}")
-        yield found.group(0).rstrip("/")
+        yield Served(found.group(0).rstrip("/"), process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)

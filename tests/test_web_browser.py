@@ -30,8 +30,8 @@ WAIT = 30
 
 @pytest.fixture(scope="module")
 def url(crawled_twice: Crawled) -> Iterator[str]:
-    with served(crawled_twice.uri, crawled_twice.database) as base:
-        yield base
+    with served(crawled_twice.uri, crawled_twice.database) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,12 @@
 """B10: ``scrapy export`` of a million stored products, beside a bare pymongo loop.
 
-The database is generated (no crawl of a million products): a pool of real documents, made by
-the writer's own functions from the sandbox catalogue in two languages, repeated with new ids,
-prices, titles, categories, times and a vanished mark on one product in fifty.
+The database is the web app's B8 catalogue (``tests/benchmarks/generated.py``): a million
+products in the writer's shapes, written straight into MongoDB (no crawl).
 
-The bare loop (``tests/benchmarks/bare_export.py``) reads the same fields with
-``find`` and writes them with ``csv.writer``: the same file, byte for byte (checked), without
-the project's query functions, records or Scrapy's exporter. Whatever the export spends above
-it is their price.
+The bare loop (``tests/benchmarks/bare_export.py``) reads the same fields with ``find`` and
+writes them with ``csv.writer``: the same file, byte for byte (checked), without the project's
+query functions, records or Scrapy's exporter. Whatever the export spends above it is their
+price.
 """
 
 from __future__ import annotations
@@ -15,89 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pymongo
 
+from tests.benchmarks.generated import generate
 from tmapi_crawler.exporters import FLAG_FIELDS, LINK_FIELDS, PRICE_FIELDS, SHOP_FIELDS
-from tmapi_crawler.items import ProductItem, QueryContext
-from tmapi_crawler.sandbox.catalog import Catalog, build_item
-from tmapi_crawler.storage.documents import updates_by_id
 
 if TYPE_CHECKING:
     from tests.benchmarks.run import Bench
 
-LANGUAGES = ("en", "zh")
-POOL_CATEGORIES = range(201, 221, 2)
-POOL_SIZE = 200
 PRODUCTS = 1_000_000
-INSERT_BATCH = 5_000
-
-
-def _nested(fields: dict[str, Any]) -> dict[str, Any]:
-    """``{"titles.en": x}`` as ``{"titles": {"en": x}}``, as MongoDB stores a ``$set``."""
-    document: dict[str, Any] = {}
-    for key, value in fields.items():
-        head, _, tail = key.partition(".")
-        if tail:
-            document.setdefault(head, {})[tail] = value
-        else:
-            document[head] = value
-    return document
-
-
-def pool() -> list[dict[str, Any]]:
-    """Real stored products: the writer's documents for the catalogue's, in two languages."""
-    catalog = Catalog(sizes=dict.fromkeys(POOL_CATEGORIES, POOL_SIZE))
-    now = datetime(2026, 11, 1, tzinfo=UTC)
-    documents = []
-    for cat_id in POOL_CATEGORIES:
-        items = [ProductItem.from_raw(build_item(product, language),
-                                      QueryContext(cat_id, language, "default", {}, 1, n))
-                 for n, product in enumerate(catalog.products(cat_id)) for language in LANGUAGES]
-        for update in updates_by_id(items, "20261101T000000Z-pool", now).values():
-            documents.append({**_nested(update["$set"]), **update["$setOnInsert"],
-                              "categories": update["$addToSet"]["categories"]["$each"]})
-    return documents
-
-
-def generated(count: int) -> Iterator[dict[str, Any]]:
-    """``count`` products, each a pool document with its own id, price, titles and times."""
-    templates = pool()
-    start = datetime(2026, 11, 1, tzinfo=UTC)
-    for n in range(count):
-        document = dict(templates[n % len(templates)])
-        document["_id"] = 500_000_000_000 + n
-        document["price"] = round((document["price"] or 1.0) * (1 + n % 97 / 100), 2)
-        document["titles"] = {lang: f"{n} {title}" for lang, title in document["titles"].items()}
-        document["categories"] = [1_000 + n % 500]
-        document["first_seen"] = start + timedelta(seconds=n)
-        document["last_seen"] = start + timedelta(days=30, seconds=n)
-        if n % 50 == 0:
-            document["vanished"] = {str(1_000 + n % 500): {"crawl_id": "x", "noticed_by": "y",
-                                                           "at": start}}
-        yield document
-
-
-def populate(uri: str, database: str, count: int = PRODUCTS) -> None:
-    with pymongo.MongoClient(uri) as client:
-        products = client[database]["products"]
-        products.drop()
-        batch: list[dict[str, Any]] = []
-        for document in generated(count):
-            batch.append(document)
-            if len(batch) == INSERT_BATCH:
-                products.insert_many(batch, ordered=False)
-                batch = []
-        if batch:
-            products.insert_many(batch, ordered=False)
-
-
-#: The CSV's columns for the bare loop (it imports nothing of the project).
-COLUMNS = {"languages": LANGUAGES, "values": PRICE_FIELDS,
+#: The CSV's columns for the bare loop (it imports nothing of the project); the generated
+#: products have titles in these languages.
+COLUMNS = {"languages": ("en", "zh"), "values": PRICE_FIELDS,
            "after_shop_names": (*SHOP_FIELDS, *FLAG_FIELDS, *LINK_FIELDS)}
 
 
@@ -112,7 +43,8 @@ def export_products(bench: Bench, count: int = PRODUCTS) -> dict[str, Any]:
     from tests.benchmarks.run import ROOT, measure  # noqa: PLC0415 - run.py imports this
 
     database = "b8"
-    populate(bench.mongod.uri, database, count)
+    with pymongo.MongoClient(bench.mongod.uri) as client:
+        generate(client[database], count)
     env = {"MONGO_URI": bench.mongod.uri, "MONGO_DATABASE": database}
     runs: dict[str, Any] = {}
     for name, command in (

@@ -27,6 +27,7 @@ from typing import Any
 import pymongo
 
 from tests.benchmarks.export import export_products
+from tests.benchmarks.web import web_app
 from tests.servers import MongodProcess, RedisProcess
 from tmapi_crawler.sandbox.process import SandboxProcess
 
@@ -379,6 +380,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "B5L": ("B5 on a crawl four times as long", lambda b: distributed(b, B5L_CATEGORIES)),
     "B6": ("capped categories: calls and coverage against the ideal", capped_categories),
     "B7": ("pages paid twice after a SIGKILL and a resume", paid_twice_after_a_kill),
+    "B8": ("web app over 1,000,000 generated products", web_app),
     "B10": ("export of 1,000,000 stored products to CSV and XLSX, beside a bare pymongo loop",
             export_products),
 }

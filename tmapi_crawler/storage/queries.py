@@ -393,7 +393,7 @@ async def movers(db: AsyncDatabase[dict[str, Any]], query: MoversQuery,
                     "vanished": []}
         window = {"crawl_id": crawl["_id"]}
     moved = await _price_moves(db, {**base, **window, "changes.price": {"$exists": True}},
-                               query.limit)
+                               query.limit, one_crawl=crawl is not None)
     new_filter = {**base, **({"first_crawl_id": crawl["_id"]} if crawl
                              else {"first_seen": window["at"]})}
     new = await db[PRODUCTS].find(new_filter, LIST_FIELDS).sort(SORTS["sales"]) \
@@ -419,15 +419,22 @@ async def _stats_lists(db: AsyncDatabase[dict[str, Any]], base: dict[str, Any],
 
 
 async def _price_moves(db: AsyncDatabase[dict[str, Any]], match: dict[str, Any],
-                       limit: int) -> dict[str, list[dict[str, Any]]]:
-    """Per product: the first old and last new price of the matching changes, ranked by %."""
-    pipeline: list[dict[str, Any]] = [
-        {"$match": match},
+                       limit: int, *, one_crawl: bool) -> dict[str, list[dict[str, Any]]]:
+    """Per product: the first old and last new price of the matching changes, ranked by %.
+
+    ``one_crawl``: a crawl writes one change document per product, so nothing is grouped.
+    """
+    ends = [{"$project": {"_id": "$item_id", "at": 1,
+                          "from": {"$arrayElemAt": ["$changes.price", 0]},
+                          "to": {"$arrayElemAt": ["$changes.price", 1]}}}] if one_crawl else [
         {"$sort": {"item_id": 1, "at": 1}},
         {"$group": {"_id": "$item_id",
                     "from": {"$first": {"$arrayElemAt": ["$changes.price", 0]}},
                     "to": {"$last": {"$arrayElemAt": ["$changes.price", 1]}},
                     "at": {"$last": "$at"}}},
+    ]
+    pipeline: list[dict[str, Any]] = [
+        {"$match": match}, *ends,
         {"$match": {"from": {"$gt": 0}, "to": {"$ne": None}}},
         {"$set": {"change": {"$subtract": ["$to", "$from"]},
                   "pct": {"$multiply": [100, {"$divide": [{"$subtract": ["$to", "$from"]},
@@ -435,12 +442,10 @@ async def _price_moves(db: AsyncDatabase[dict[str, Any]], match: dict[str, Any],
     ]
     result = {}
     for kind, order, condition in (("drops", 1, {"$lt": 0}), ("rises", -1, {"$gt": 0})):
-        rows = await (await db[HISTORY].aggregate([
+        result[kind] = await (await db[HISTORY].aggregate([
             *pipeline, {"$match": {"pct": condition}},
-            {"$sort": {"pct": order, "_id": 1}}, {"$limit": limit},
-            *_with_product(),
+            {"$sort": {"pct": order, "_id": 1}}, {"$limit": limit}, *_with_product(),
         ])).to_list()
-        result[kind] = rows
     return result
 
 
@@ -484,5 +489,7 @@ async def get_crawl(db: AsyncDatabase[dict[str, Any]], crawl_id: str) -> dict[st
 
 
 async def categories(db: AsyncDatabase[dict[str, Any]]) -> list[int]:
-    """Categories with products (from the ``categories`` index: no document is read)."""
-    return sorted(c for c in await db[PRODUCTS].distinct("categories") if isinstance(c, int))
+    """Categories crawled (planned by some crawl): read from the crawl records, not the
+    million products."""
+    found = await db[CRAWL_RUNS].distinct("queries.cat_id")
+    return sorted(c for c in found if isinstance(c, int))
