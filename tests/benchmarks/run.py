@@ -26,6 +26,7 @@ from typing import Any
 
 import pymongo
 
+from tests.benchmarks.export import export_products
 from tests.benchmarks.prices import price_stats_cost
 from tests.benchmarks.web import web_app
 from tests.servers import MongodProcess, RedisProcess
@@ -382,6 +383,8 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "B7": ("pages paid twice after a SIGKILL and a resume", paid_twice_after_a_kill),
     "B8": ("web app over 1,000,000 generated products", web_app),
     "B9": ("the writer per 1,000 products with and without price_stats", price_stats_cost),
+    "B10": ("export of 1,000,000 stored products to CSV and XLSX, beside a bare pymongo loop",
+            export_products),
 }
 
 

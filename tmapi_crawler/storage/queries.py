@@ -137,6 +137,10 @@ class ProductQuery:
     #: True: only products gone from a category (``category`` if given, any otherwise).
     vanished: bool | None = None
     search: str | None = None
+    #: Products in any of these categories (``scrapy export -a cat_id=1,2``).
+    categories: tuple[int, ...] = ()
+    #: Products last seen at this time or later.
+    seen_since: datetime | None = None
     sort: str = DEFAULT_SORT
     page: int = 1
     per_page: int = PER_PAGE
@@ -181,6 +185,10 @@ def product_filter(query: ProductQuery) -> dict[str, Any]:
     conditions: dict[str, Any] = {}
     if query.category is not None:
         conditions["categories"] = query.category
+    elif query.categories:
+        conditions["categories"] = {"$in": list(query.categories)}
+    if query.seen_since is not None:
+        conditions["last_seen"] = {"$gte": query.seen_since}
     price: dict[str, float] = {}
     if query.price_min is not None:
         price["$gte"] = query.price_min
@@ -286,10 +294,12 @@ def price_steps(product: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def changes_filter(*, item_ids: list[int] | None = None, crawl_id: str | None = None,
-                   category: int | None = None, since: datetime | None = None,
-                   until: datetime | None = None, fields: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``history`` documents (the changes): of products, of a crawl, of a category, in a time
-    range, changing any of ``fields`` (``price``, ``sales_90d``, ``available_in``, …).
+                   category: int | None = None, categories: tuple[int, ...] = (),
+                   since: datetime | None = None, until: datetime | None = None,
+                   fields: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``history`` documents (the changes): of products, of a crawl, of a category (or any of
+    ``categories``), in a time range, changing any of ``fields`` (``price``, ``sales_90d``,
+    ``available_in``, …).
 
     ``category`` finds changes written with the product's ``categories`` (this version on).
     """
@@ -300,6 +310,8 @@ def changes_filter(*, item_ids: list[int] | None = None, crawl_id: str | None = 
         conditions["crawl_id"] = crawl_id
     if category is not None:
         conditions["categories"] = category
+    elif categories:
+        conditions["categories"] = {"$in": list(categories)}
     at: dict[str, datetime] = {}
     if since is not None:
         at["$gte"] = since
@@ -312,9 +324,26 @@ def changes_filter(*, item_ids: list[int] | None = None, crawl_id: str | None = 
     return conditions
 
 
+#: The order of changes: oldest first.
+CHANGES_ORDER: Final = [("at", ASCENDING), ("_id", ASCENDING)]
+
+
 def changes(db: AsyncDatabase[dict[str, Any]], **criteria: Any) -> Any:
     """A cursor over the changes matching :func:`changes_filter`, oldest first."""
-    return db[HISTORY].find(changes_filter(**criteria)).sort([("at", ASCENDING), ("_id", 1)])
+    return db[HISTORY].find(changes_filter(**criteria)).sort(CHANGES_ORDER)
+
+
+def changed_products(changed: bool, since: datetime | None = None) -> list[dict[str, Any]]:
+    """Aggregation stages after a ``products`` match: keep the products with a change (at
+    ``since`` or later), or (``changed`` false) those without; one indexed look-up each."""
+    window = [{"$match": {"at": {"$gte": since}}}] if since is not None else []
+    return [
+        {"$lookup": {"from": HISTORY, "localField": "_id", "foreignField": "item_id",
+                     "pipeline": [*window, {"$limit": 1}, {"$project": {"_id": 1}}],
+                     "as": "_changes"}},
+        {"$match": {"_changes": {"$ne" if changed else "$eq": []}}},
+        {"$unset": "_changes"},
+    ]
 
 
 @dataclass(frozen=True, slots=True)
