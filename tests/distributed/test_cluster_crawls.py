@@ -107,7 +107,9 @@ def test_three_workers_crawl_everything_once_within_the_limit(
     assert sorted(records(stats)) == sorted(pages)  # each page fetched exactly once
     assert stats["peak_in_flight"] == LIMIT  # reached, and never over
     assert stats["throttled"] == 0
-    assert all(w.stats["scheduler/dequeued/redis"] > 0 for w in cluster)  # all took part
+    # Every page went through the shared queue; which worker took it is the machine's timing
+    # (a worker that starts last may find nothing left), so no worker is required to.
+    assert sum(w.stats.get("scheduler/dequeued/redis", 0) for w in cluster) >= len(pages)
     db = mongo_client[env.database]
     assert db.products.distinct("first_crawl_id") == [crawl_id]
     (run,) = db.crawl_runs.find()
