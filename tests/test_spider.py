@@ -25,7 +25,7 @@ from tmapi_crawler.frontier.state import MemoryState, StateLost
 from tmapi_crawler.items import ProductPage
 from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig, parse_request
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
-from tmapi_crawler.transport.middleware import ApiError
+from tmapi_crawler.transport.call import ApiError
 
 SETTINGS = {
     "TMAPI_BASE_URL": "http://api.invalid",

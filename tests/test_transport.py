@@ -45,8 +45,9 @@ from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.misbehaviour import COMPRESSIONS
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.servers import free_port
+from tmapi_crawler.transport.call import ApiError
 from tmapi_crawler.transport.http import ApiDownloadHandler
-from tmapi_crawler.transport.middleware import CALLS_META, ApiError, TmapiTransportMiddleware
+from tmapi_crawler.transport.middleware import CALLS_META, TmapiTransportMiddleware
 
 FAST_RETRIES = {"TMAPI_RETRY_TIMES": 2, "TMAPI_RETRY_BASE_DELAY": 0.01,
                 "TMAPI_RETRY_MAX_DELAY": 0.02}

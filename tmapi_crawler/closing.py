@@ -52,7 +52,6 @@ BUDGET_EXHAUSTED: Final = "tmapi_budget_exhausted"
 #: ``scrapy crawl`` of the same plan resumes it, as it resumes any crawl that did not finish.
 PROBED: Final = "tmapi_probed"
 MONGODB_UNAVAILABLE: Final = "mongodb_unavailable"
-FOREIGN_REQUEST: Final = "tmapi_foreign_request"
 REDIS_UNAVAILABLE: Final = "redis_unavailable"
 #: Redis lost the cluster crawl's state (a restart without persistence, a flush) or some of its
 #: queued entries: the crawl cannot be completed, and is never reported ``finished``.

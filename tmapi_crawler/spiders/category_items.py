@@ -57,7 +57,8 @@ from tmapi_crawler.storage import runs
 from tmapi_crawler.storage.coverage import mark_incomplete
 from tmapi_crawler.storage.store import ProductStore
 from tmapi_crawler.transport.answers import read_page
-from tmapi_crawler.transport.middleware import CALLS_META, NOT_SENT, SPOOLED_CALLS_META, ApiError
+from tmapi_crawler.transport.call import ApiError
+from tmapi_crawler.transport.middleware import CALLS_META, NOT_SENT, SPOOLED_CALLS_META
 
 logger = logging.getLogger(__name__)
 

@@ -56,6 +56,11 @@ class Answer:
         """How stats keys and retry reasons name this answer."""
         return self.failure or str(self.code)
 
+    @property
+    def outcome(self) -> api.Outcome:
+        """What the crawler does with it (a failure, code 0, is retried)."""
+        return api.outcome_of(self.code)
+
 
 @dataclass(frozen=True, slots=True)
 class Page:
