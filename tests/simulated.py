@@ -18,7 +18,8 @@ from typing import Any
 
 from tmapi_crawler.frontier.completeness import Loss
 from tmapi_crawler.frontier.context import PageContext
-from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings, Note, priority
+from tmapi_crawler.frontier.decisions import Decision, FrontierSettings, Note, priority
+from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.plan import Query

@@ -24,11 +24,11 @@ from tmapi_crawler.frontier.context import CellRef, PageContext
 from tmapi_crawler.frontier.decisions import (
     STALE_LIMIT,
     Decision,
-    Frontier,
     FrontierSettings,
     priority,
     stale_below,
 )
+from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.frontier.state import MemoryState
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Query

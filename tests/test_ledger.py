@@ -11,7 +11,8 @@ import pytest
 
 from tests.simulated import answer, summarise
 from tmapi_crawler.frontier.context import PageContext
-from tmapi_crawler.frontier.decisions import Frontier, FrontierSettings
+from tmapi_crawler.frontier.decisions import FrontierSettings
+from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig
 from tmapi_crawler.spend.ledger import HeldPage, planned_key, replay

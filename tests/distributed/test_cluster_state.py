@@ -16,7 +16,8 @@ from tests.servers import RedisProcess
 from tmapi_crawler.distributed.cluster import Cluster
 from tmapi_crawler.distributed.queue import CrawlGone, Push
 from tmapi_crawler.distributed.state import RedisState
-from tmapi_crawler.frontier.decisions import QUERIES_BEGUN, Decision, Frontier, FrontierSettings
+from tmapi_crawler.frontier.decisions import QUERIES_BEGUN, Decision, FrontierSettings
+from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.frontier.state import FrontierState, MemoryState
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Query

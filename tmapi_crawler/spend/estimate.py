@@ -22,7 +22,8 @@ from typing import Any
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.closing import FINISHED
 from tmapi_crawler.frontier import paging
-from tmapi_crawler.frontier.decisions import Frontier, FrontierSettings
+from tmapi_crawler.frontier.decisions import FrontierSettings
+from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Query
 from tmapi_crawler.spend.ledger import COLLECTION, STORED

@@ -29,7 +29,8 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from tmapi_crawler import api
 from tmapi_crawler.closing import FINISHED
 from tmapi_crawler.frontier.context import PageContext
-from tmapi_crawler.frontier.decisions import Decision, Frontier
+from tmapi_crawler.frontier.decisions import Decision
+from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Plan, PlanError, Query
 from tmapi_crawler.spend.spool import Spool

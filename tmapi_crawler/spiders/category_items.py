@@ -36,7 +36,8 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.accounting import Completeness
 from tmapi_crawler.closing import PROBED
 from tmapi_crawler.frontier.context import META_KEY, PageContext
-from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings, priority
+from tmapi_crawler.frontier.decisions import Decision, FrontierSettings, priority
+from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.frontier.paging import page_url
 from tmapi_crawler.frontier.state import FrontierState, StateLost
 from tmapi_crawler.frontier.summary import PageSummary
