@@ -39,6 +39,7 @@ SCHEDULER = "tmapi_crawler.distributed.scheduler.DistributedScheduler"
 DUPEFILTER_CLASS = "scrapy_redis.dupefilter.RFPDupeFilter"
 TMAPI_LIMITER = "tmapi_crawler.distributed.limiter.RedisLimiter"
 TMAPI_BUDGET = "tmapi_crawler.distributed.budget.RedisBudget"
+TMAPI_RUN_FINISHER = "tmapi_crawler.distributed.finishing.ClusterFinisher"
 #: The frontier's decisions (queries begun, splits, walks, the detected cap) are shared, so the
 #: workers decide each once and pay what one process would.
 TMAPI_FRONTIER_STATE = "tmapi_crawler.distributed.state.RedisState"

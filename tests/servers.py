@@ -2,8 +2,9 @@
 
 The suite's servers (``tests/conftest.py``), crash-recovery tests and the benchmarks start,
 kill and restart real servers through these. They share the binaries and command lines with
-the crawler's embedded servers (``tmapi_crawler.servers``), which only need to start a detached
-server once and leave it running.
+the crawler's embedded servers (``tmapi_crawler.servers``, ``storage.embedded``,
+``distributed.embedded``), which only need to start a detached server once and leave it
+running.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Self
 
 import redis
 
+from tmapi_crawler.distributed.embedded import redis_args
 from tmapi_crawler.servers import (
     LOCALHOST,
     START_TIMEOUT,
@@ -33,11 +35,9 @@ from tmapi_crawler.servers import (
     find_redis_server,
     free_port,
     log_errors,
-    mongo_status,
-    mongod_args,
     port_open,
-    redis_args,
 )
+from tmapi_crawler.storage.embedded import mongo_status, mongod_args
 
 _POLL_INTERVAL = 0.05
 

@@ -29,8 +29,8 @@ from tmapi_crawler.alerts.rules import (
     parse,
     service_of,
 )
-from tmapi_crawler.cli import USAGE_ERROR
-from tmapi_crawler.validation import SettingError, check_settings
+from tmapi_crawler.cli import USAGE_ERROR, check_alerts_file
+from tmapi_crawler.validation import SettingError
 
 GOOD = """\
 notify: ["json://127.0.0.1:8765/hook", "tgram://123456:secretbot/987"]
@@ -94,12 +94,12 @@ def test_the_settings_check_refuses_the_file_and_names_its_line(tmp_path: Path) 
     bad = tmp_path / "alerts.yaml"
     bad.write_text("notify: [json://h/x]\nrules:\n  - {kind: below}\n")
     with pytest.raises(SettingError, match=r"^TMAPI_ALERTS_FILE: .*alerts\.yaml:3: below needs"):
-        check_settings(Settings({"TMAPI_ALERTS_FILE": str(bad)}))
+        check_alerts_file(Settings({"TMAPI_ALERTS_FILE": str(bad)}))
     with pytest.raises(SettingError, match="cannot be read"):
-        check_settings(Settings({"TMAPI_ALERTS_FILE": str(tmp_path / "missing.yaml")}))
+        check_alerts_file(Settings({"TMAPI_ALERTS_FILE": str(tmp_path / "missing.yaml")}))
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
-    check_settings(Settings({"TMAPI_ALERTS_FILE": str(good)}))
+    check_alerts_file(Settings({"TMAPI_ALERTS_FILE": str(good)}))
 
 
 def test_a_crawl_with_a_malformed_alerts_file_exits_2_before_anything(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ import redis
 
 from tests.crawling import PROJECT_ROOT, TOKEN
 from tests.servers import MongodProcess, RedisProcess
-from tmapi_crawler.cli import command_line
 from tmapi_crawler.commands.report import summary
 from tmapi_crawler.sandbox.process import SandboxProcess
+from tmapi_crawler.shell import command_line
 from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
 from tmapi_crawler.storage import embedded as embedded_mongo
 from tmapi_crawler.storage.store import CRAWL_RUNS

@@ -19,10 +19,17 @@ from tests.crawling import TOKEN, CrawlResult, crawl
 from tests.inprocess import crawler_for, project_settings
 from tests.servers import MongodProcess
 from tmapi_crawler import signals as tmapi_signals
-from tmapi_crawler.accounting import Completeness, loss_from_dict, loss_to_dict
+from tmapi_crawler.accounting import Completeness
 from tmapi_crawler.commands.report import summary
 from tmapi_crawler.distributed.status import completeness
-from tmapi_crawler.frontier.completeness import PAGES_GIVEN_UP, STALE_STOPPED, STOPPED, Loss
+from tmapi_crawler.frontier.completeness import (
+    PAGES_GIVEN_UP,
+    STALE_STOPPED,
+    STOPPED,
+    Loss,
+    loss_from_dict,
+    loss_to_dict,
+)
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.decisions import Decision
 from tmapi_crawler.plan import Query

@@ -27,6 +27,7 @@ from tests.conftest import PROJECT_ROOT
 from tests.servers import MongodProcess
 from tmapi_crawler import export
 from tmapi_crawler.commands.export import write
+from tmapi_crawler.crawl import new_crawl_id
 from tmapi_crawler.exporters import (
     FLAG_FIELDS,
     LINK_FIELDS,
@@ -39,7 +40,6 @@ from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.sandbox.catalog import Catalog, build_item
 from tmapi_crawler.storage.documents import batch_now, updates_by_id
 from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY
-from tmapi_crawler.storage.runs import new_crawl_id
 from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, ProductStore
 
 CATALOG = Catalog(sizes={7: 40, 9: 30}, overlap=0.0)

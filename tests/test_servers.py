@@ -95,7 +95,7 @@ def test_session_fixtures_answer(
 def test_mongod_start_ping_stop(tmp_path: Path) -> None:
     with MongodProcess(tmp_path) as server:
         assert server.uri == f"mongodb://127.0.0.1:{server.port}"
-        assert servers.mongo_status(server.port)["pid"] == server.pid
+        assert embedded_mongo.mongo_status(server.port)["pid"] == server.pid
     assert not server.is_running()
     assert not servers.port_open(server.port)
     assert (tmp_path / "mongod.log").stat().st_size > 0

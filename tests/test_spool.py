@@ -33,12 +33,12 @@ from tests.servers import MongodProcess
 from tests.test_transport import Listener
 from tmapi_crawler import api
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.crawl import crawl_id as crawl_id_of
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.items import ProductPage
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
 from tmapi_crawler.spend.spool import COLLECTION, Spool
-from tmapi_crawler.storage import runs
 from tmapi_crawler.storage.store import ProductStore
 from tmapi_crawler.storage.writer import MongoPipeline
 from tmapi_crawler.transport.limiter import AdaptiveLimiter
@@ -139,7 +139,7 @@ def test_an_answer_is_in_the_spool_before_its_permit_is_released(
         limiter = transport.limiter
         assert isinstance(limiter, WatchingLimiter)
         document = await ProductStore.of(crawler).db[COLLECTION].find_one()
-        return request, response, limiter.spooled_at_release, runs.crawl_id(crawler), document
+        return request, response, limiter.spooled_at_release, crawl_id_of(crawler), document
 
     (request, response, at_release, crawl_id, document), stats = run(
         sandbox.url, mongod, mongo_db_name, scenario, reason="shutdown",
@@ -167,7 +167,7 @@ def test_a_spooled_page_is_not_paid_for_again_on_resume(
     async def paid_not_stored(crawler: Crawler, transport: TmapiTransportMiddleware) -> str:
         request = (await planned(crawler))[0]
         assert isinstance(await transport.process_request(request), Response)
-        return runs.crawl_id(crawler)
+        return crawl_id_of(crawler)
 
     crawl_id, _ = run(sandbox.url, mongod, mongo_db_name, paid_not_stored, reason="shutdown")
     assert sandbox.stats()["requests"] == 1
@@ -207,7 +207,7 @@ def test_the_ledger_drops_recorded_answers_and_a_finished_crawl_leaves_none(
         spooled = sorted([d["_id"] async for d in answers.find()])
         await store_pages(crawler, responses[:1])
         left = [d["_id"] for d in db[COLLECTION].find()]
-        return first, second, spooled, left, runs.crawl_id(crawler)
+        return first, second, spooled, left, crawl_id_of(crawler)
 
     (first, second, spooled, left, crawl_id), stats = run(sandbox.url, mongod, mongo_db_name,
                                                           scenario)

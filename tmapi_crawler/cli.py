@@ -9,20 +9,17 @@ command of its own.
   setting, draws a warning.
 * Output cut short by its reader (``scrapy status | head``) ends a command quietly, as it
   does for any Unix tool, instead of with a ``BrokenPipeError`` traceback.
-* A command that tells the user what to run next names it so that it works as printed, from
-  the current folder, in a shell with no virtual environment activated
-  (:func:`command_line`).
+* A command that tells the user what to run next names it so that it works as printed
+  (``shell.command_line``).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import shlex
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from scrapy.commands import ScrapyCommand
@@ -31,6 +28,8 @@ from scrapy.settings import SETTINGS_PRIORITIES
 from scrapy.utils.conf import arglist_to_dict
 
 from settings_profiles import apply_profile
+from tmapi_crawler.alerts.rules import RulesError
+from tmapi_crawler.alerts.rules import load as load_alerts
 from tmapi_crawler.validation import (
     SettingError,
     check_names,
@@ -50,29 +49,6 @@ USAGE_ERROR = 2
 INCOMPLETE = 3
 #: Exit status of a command whose reader went away, as if SIGPIPE had ended it (128 + 13).
 BROKEN_PIPE = 128 + signal.SIGPIPE
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-#: Scrapy with the project's environment, set up on first use; no venv to activate.
-WRAPPER = PROJECT_ROOT / "scripts" / "scrapy"
-#: Profiles that need no ``SCRAPY_PROJECT=`` in front of a command (``scrapy.cfg``).
-_DEFAULT_PROFILES = ("", "default", "local")
-
-
-def command_line(*words: str, profile: bool = False) -> str:
-    """``scrapy <words>`` as the user types it here, in a fresh shell, from the current folder.
-
-    ``profile``: the command depends on the settings profile, so the current
-    ``SCRAPY_PROJECT`` is spelled out in front of it.
-    """
-    cwd = Path.cwd().resolve()
-    inside = cwd == PROJECT_ROOT or PROJECT_ROOT in cwd.parents
-    program = os.path.relpath(WRAPPER, cwd) if inside else "scripts/scrapy"
-    line = " ".join([program, *(shlex.quote(word) for word in words)])
-    chosen = os.environ.get("SCRAPY_PROJECT", "")
-    if profile and chosen not in _DEFAULT_PROFILES:
-        line = f"SCRAPY_PROJECT={shlex.quote(chosen)} {line}"
-    return line if inside else f"cd {shlex.quote(str(PROJECT_ROOT))} && {line}"
-
-
 def fail(message: str, status: int = USAGE_ERROR) -> NoReturn:
     """End the command with one line on stderr."""
     print(f"error: {message}", file=sys.stderr)
@@ -156,5 +132,17 @@ def check_project_settings(settings: BaseSettings) -> None:
     try:
         check_names(settings)
         check_settings(settings)
+        check_alerts_file(settings)
     except SettingError as exc:
         fail(str(exc))
+
+
+def check_alerts_file(settings: BaseSettings) -> None:
+    """Raise :class:`SettingError` for an alerts file whose rules are refused: checked with
+    the settings, before anything starts, but by the alerts' own schema (``alerts.rules``),
+    which the settings' registry (``validation``, at the bottom of the house) cannot know."""
+    if alerts_file := settings.get("TMAPI_ALERTS_FILE"):
+        try:
+            load_alerts(alerts_file)
+        except RulesError as exc:
+            raise SettingError(f"TMAPI_ALERTS_FILE: {exc}") from None

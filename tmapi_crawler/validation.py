@@ -33,9 +33,6 @@ from scrapy.settings import SETTINGS_PRIORITIES, default_settings
 from scrapy.utils.misc import load_object
 from scrapy_redis import defaults as scrapy_redis_defaults
 
-from tmapi_crawler.alerts.rules import RulesError
-from tmapi_crawler.alerts.rules import load as load_alerts
-
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
@@ -231,6 +228,7 @@ SETTINGS: Final[dict[str, Rule]] = {
     "MONGO_FLUSH_INTERVAL": seconds(),
     "MONGO_RETRY_TIMEOUT": seconds(zero=True),
     "STATS_FILE": path(empty=True),
+    "TMAPI_RUN_FINISHER": object_path(),
     # Stopping.
     "TMAPI_FORCED_STOP_TIMEOUT": seconds(zero=True),
     # Progress.
@@ -299,11 +297,6 @@ def check_settings(settings: BaseSettings) -> None:
             word = "greater than" if relation.strict else "at least"
             raise SettingError(f"{relation.larger}={high:g} must be {word} "
                                f"{relation.smaller}={low:g}: {relation.why}")
-    if alerts_file := settings.get("TMAPI_ALERTS_FILE"):
-        try:
-            load_alerts(alerts_file)
-        except RulesError as exc:
-            raise SettingError(f"TMAPI_ALERTS_FILE: {exc}") from None
 
 
 @functools.cache

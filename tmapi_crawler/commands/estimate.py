@@ -24,13 +24,14 @@ from scrapy.settings import SETTINGS_PRIORITIES
 
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.cli import ProjectCommand, SpiderArguments, command_line, fail, note
+from tmapi_crawler.cli import ProjectCommand, SpiderArguments, fail, note
 from tmapi_crawler.closing import PROBED
 from tmapi_crawler.commands.crawl import check_before_start, summary_line
 from tmapi_crawler.commands.report import locate_database
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.plan import Plan, plan_from_arguments
 from tmapi_crawler.server_command import redact
+from tmapi_crawler.shell import command_line
 from tmapi_crawler.spend import estimate
 from tmapi_crawler.spend.ledger import FRESH_ARGUMENT, fresh_requested, plan_fingerprint
 

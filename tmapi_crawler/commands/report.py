@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 import pymongo
 from pymongo.errors import PyMongoError
 
-from tmapi_crawler.cli import ProjectCommand, command_line, note
+from tmapi_crawler.cli import ProjectCommand, note
 from tmapi_crawler.server_command import redact
+from tmapi_crawler.shell import command_line
 from tmapi_crawler.spend.cost import format_cost
 from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
 from tmapi_crawler.storage import completeness

@@ -29,8 +29,8 @@ from scrapy.spiderloader import get_spider_loader
 
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.cli import SpiderArguments
+from tmapi_crawler.cluster_command import ClusterCommand, require_distributed
 from tmapi_crawler.commands.crawl import check_before_start
-from tmapi_crawler.distributed.command import ClusterCommand, require_distributed
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.queue import page_push
 from tmapi_crawler.distributed.state import RedisState, ReplayState

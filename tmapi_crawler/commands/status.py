@@ -18,8 +18,8 @@ import redis
 from scrapy.exceptions import UsageError
 from scrapy.spiderloader import get_spider_loader
 
+from tmapi_crawler.cluster_command import ClusterCommand, require_distributed
 from tmapi_crawler.commands.crawl import USAGE_ERROR
-from tmapi_crawler.distributed.command import ClusterCommand, require_distributed
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.status import read_status
 

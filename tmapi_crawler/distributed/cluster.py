@@ -24,10 +24,10 @@ from scrapy import signals
 from scrapy.utils.misc import load_object
 from scrapy_redis.dupefilter import RFPDupeFilter
 
+from tmapi_crawler.crawl import new_crawl_id
 from tmapi_crawler.distributed.keys import CrawlKeys, LimiterKeys, redact_url
 from tmapi_crawler.distributed.queue import CrawlGone, SharedQueue
 from tmapi_crawler.distributed.scripts import Scripts
-from tmapi_crawler.storage.runs import new_crawl_id
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tmapi_crawler.cli import command_line
+import redis
+
 from tmapi_crawler.servers import (
     LOCALHOST,
     EmbeddedServer,
@@ -24,17 +25,56 @@ from tmapi_crawler.servers import (
     find_redis_server,
     log_errors,
     pid_alive,
-    proc_cwd,
-    redis_args,
-    redis_pid,
+    port_open,
     resolve_dir,
 )
+from tmapi_crawler.shell import command_line
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
 DEFAULT_DIR = ".data/redis"
 _POLL_INTERVAL = 0.05
+
+
+def redis_args(binary: str, directory: Path, port: int, logpath: Path, *,
+               persistent: bool) -> list[str]:
+    """Command line for a loopback-only redis-server; ``persistent``: an append-only file in
+    ``directory``, fsynced every second, so a restart keeps the queue."""
+    return [
+        binary,
+        "--port", str(port),
+        "--bind", LOCALHOST,
+        "--dir", str(directory.resolve()),
+        "--logfile", str(logpath.resolve()),
+        "--daemonize", "no",
+        "--save", "",
+        "--appendonly", "yes" if persistent else "no",
+    ]  # fmt: skip
+
+
+def redis_pid(port: int, timeout: float = 0.25) -> int | None:
+    """The pid the redis-server on ``port`` reports, if it answers in time (and is loaded)."""
+    if not port_open(port, timeout):
+        return None
+    client = redis.Redis(
+        host=LOCALHOST, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    try:
+        info = client.info("server")
+        client.ping()
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return int(info["process_id"])
+
+
+def proc_cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
 
 
 class RedisServer(EmbeddedServer):

@@ -44,7 +44,7 @@ from scrapy.utils.misc import load_object
 from tmapi_crawler import api
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.accounting import Completeness, loss_to_dict
+from tmapi_crawler.accounting import Completeness
 from tmapi_crawler.aio import wait_set
 from tmapi_crawler.closing import (
     FINISHED,
@@ -63,13 +63,8 @@ from tmapi_crawler.distributed.cluster import (
 )
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.queue import CrawlGone, Leased, Push, page_push
-from tmapi_crawler.distributed.status import (
-    COMPLETE_FIELD,
-    INCOMPLETE_FIELD,
-    CrawlTotals,
-    read_status,
-    read_totals,
-)
+from tmapi_crawler.distributed.status import read_status
+from tmapi_crawler.frontier.completeness import loss_to_dict
 from tmapi_crawler.frontier.context import META_KEY
 from tmapi_crawler.progress import Progress, Rate
 from tmapi_crawler.spend.spool import Spool
@@ -685,15 +680,6 @@ class DistributedScheduler(BaseScheduler):
             await self.cluster.mark_lost(self.crawl_id or "", "restart")
 
     # Progress and totals.
-
-    async def cluster_totals(self) -> CrawlTotals:
-        """The cluster crawl's counts, as ``scrapy status`` shows them, for its run record."""
-        return await read_totals(self.cluster)
-
-    async def record_completeness(self, complete: bool, incomplete: str) -> None:
-        """The finaliser's completeness record, for ``scrapy status`` (``distributed.status``)."""
-        await self.cluster.client.hset(self.cluster.keys.crawl, mapping={
-            COMPLETE_FIELD: int(complete), INCOMPLETE_FIELD: incomplete})
 
     async def progress_line(self, *, final: bool = False) -> str | None:
         """The cluster's progress line, as ``scrapy status`` shows it (``progress.py``)."""

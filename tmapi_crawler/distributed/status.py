@@ -18,10 +18,9 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from tmapi_crawler.accounting import loss_from_dict, merge
 from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.keys import redact_url
-from tmapi_crawler.frontier.completeness import PAGES_GIVEN_UP, Loss
+from tmapi_crawler.frontier.completeness import PAGES_GIVEN_UP, Loss, loss_from_dict, merge
 from tmapi_crawler.frontier.decisions import QUERIES_BEGUN, QUERIES_DONE
 from tmapi_crawler.progress import Progress, eta_seconds, format_line
 from tmapi_crawler.storage.completeness import NOT_RECORDED
@@ -45,6 +44,12 @@ def completeness(crawl: dict[str, Any], state: str) -> str | None:
     if str(crawl[COMPLETE_FIELD]) == "1":
         return "complete"
     return f"incomplete: categories {crawl.get(INCOMPLETE_FIELD, '')}"
+
+
+async def record_completeness(cluster: Cluster, complete: bool, incomplete: str) -> None:
+    """The finaliser's completeness record, for ``scrapy status`` (:func:`completeness`)."""
+    await cluster.client.hset(cluster.keys.crawl, mapping={
+        COMPLETE_FIELD: int(complete), INCOMPLETE_FIELD: incomplete})
 
 
 async def read_status(cluster: Cluster, *, final: bool = False) -> dict[str, Any]:
@@ -190,7 +195,7 @@ class CrawlTotals:
     crawl_wide_losses: tuple[str, ...]
     #: Workers whose heartbeat expired while they were still crawling (killed).
     dead_workers: tuple[str, ...]
-    #: What the workers could not read (``accounting``), given-up pages included.
+    #: What the workers could not read (``frontier.completeness``), given-up pages included.
     losses: tuple[Loss, ...] = ()
 
     def counts(self) -> dict[str, int]:

@@ -30,7 +30,7 @@ from scrapy.http import TextResponse
 from scrapy.utils.misc import build_from_crawler, load_object
 from twisted.python.failure import Failure
 
-from tmapi_crawler import api
+from tmapi_crawler import api, crawl
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.accounting import Completeness
@@ -54,7 +54,6 @@ from tmapi_crawler.spend.ledger import (
     replay,
 )
 from tmapi_crawler.spend.ledger import now as ledger_now
-from tmapi_crawler.storage import runs
 from tmapi_crawler.storage.coverage import mark_incomplete
 from tmapi_crawler.storage.store import ProductStore
 from tmapi_crawler.transport.answers import read_page
@@ -221,7 +220,7 @@ class CategoryItemsSpider(scrapy.Spider):
         if store.opened:
             # An answer from the spool: the calls an interrupted run paid for it.
             paid = calls + response.meta.get(SPOOLED_CALLS_META, 0)
-            document = ledger_document(runs.crawl_id(self.crawler), context, summary,
+            document = ledger_document(crawl.crawl_id(self.crawler), context, summary,
                                        paid, ledger_now(),
                                        planned=planned_key(context, self.plan.queries))
             if items:
@@ -249,7 +248,7 @@ class CategoryItemsSpider(scrapy.Spider):
         count_page(self.crawler.stats, context, calls, ok=False, probe=self.probe)
         if store.opened and reason != NOT_SENT and calls:
             await self._record(store, ledger_document(
-                runs.crawl_id(self.crawler), context, PageSummary(0), calls, ledger_now(),
+                crawl.crawl_id(self.crawler), context, PageSummary(0), calls, ledger_now(),
                 planned=planned_key(context, self.plan.queries), state=LOST))
         if not self.probe:
             self._follow(await self.frontier.on_lost(context))

@@ -12,7 +12,10 @@ import contextlib
 import os
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import pymongo
+from pymongo.errors import PyMongoError
 
 from tmapi_crawler.folders import private_dir
 from tmapi_crawler.servers import (
@@ -25,10 +28,8 @@ from tmapi_crawler.servers import (
     ServerStartError,
     find_mongod,
     log_errors,
-    mongo_status,
-    mongod_args,
     pid_alive,
-    proc_argv,
+    port_open,
     resolve_dir,
 )
 
@@ -39,6 +40,52 @@ DEFAULT_DIR = ".data/mongodb"
 DB_SUBDIR = "db"
 EmbeddedMongo = Running
 EmbeddedMongoError = EmbeddedServerError
+
+
+def mongod_args(binary: str, dbpath: Path, port: int, logpath: Path) -> list[str]:
+    """Command line for a light, loopback-only mongod: small cache, no socket file, quiet log."""
+    return [
+        binary,
+        "--dbpath", str(dbpath.resolve()),
+        "--port", str(port),
+        "--bind_ip", LOCALHOST,
+        "--nounixsocket",
+        "--wiredTigerCacheSizeGB", "0.25",
+        "--setParameter", "diagnosticDataCollectionEnabled=false",
+        "--quiet",
+        "--logpath", str(logpath.resolve()),
+        "--logappend",
+    ]  # fmt: skip
+
+
+def mongo_status(port: int, timeout: float = 0.25) -> dict[str, Any] | None:
+    """``serverStatus`` of the mongod on ``port`` if it answers ``ping`` in time, else None.
+
+    The status carries the server's own ``pid``: how a port is known to be served by the
+    mongod we started.
+    """
+    if not port_open(port, timeout):
+        return None
+    ms = max(1, int(timeout * 1000))
+    uri = f"mongodb://{LOCALHOST}:{port}"
+    client: pymongo.MongoClient = pymongo.MongoClient(
+        uri, directConnection=True, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms
+    )
+    try:
+        client.admin.command("ping")
+        return client.admin.command("serverStatus", repl=0, metrics=0, locks=0)
+    except PyMongoError:
+        return None
+    finally:
+        client.close()
+
+
+def proc_argv(pid: int) -> list[str]:
+    """A process's command line from ``/proc`` (empty when it is gone or not Linux)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
 
 
 class MongodServer(EmbeddedServer):

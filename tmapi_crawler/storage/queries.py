@@ -46,7 +46,7 @@ COUNT_LIMIT: Final = 10_000
 MAX_SEARCH: Final = 100
 MAX_PRICE: Final = 1e9
 MAX_DAYS: Final = 3660
-#: ``scrapy crawl``'s crawl ids (``storage.runs.new_crawl_id``).
+#: ``scrapy crawl``'s crawl ids (``crawl.new_crawl_id``).
 CRAWL_ID: Final = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{1,32}")
 ITEM_ID: Final = re.compile(r"\d{1,19}")
 _CAT_ID: Final = re.compile(r"\d{1,12}")

@@ -5,27 +5,30 @@ run), and how it ended once the spider closed — after the writer's last flush,
 takes from the database are final, and products gone from a completely crawled category are
 marked then. On a forced stop (a second Ctrl-C) it still records the finish reason, after the
 writer saved what was parsed (``signals.crawl_killed``).
+
+How the end is recorded is the finisher's (``TMAPI_RUN_FINISHER``): :class:`RunFinisher` for
+one process's crawl; a cluster worker's share is ``distributed.finishing``'s, so nothing here
+knows about clusters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import socket
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
-from weakref import WeakKeyDictionary
+from typing import TYPE_CHECKING, Any
 
 from pymongo.errors import OperationFailure, PyMongoError
-from redis.exceptions import RedisError
 from scrapy import signals
 from scrapy.exceptions import CloseSpider
+from scrapy.utils.misc import load_object
 
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.accounting import Completeness, merge
 from tmapi_crawler.closing import FINISHED, MONGODB_UNAVAILABLE, PROBED
+from tmapi_crawler.crawl import crawl_id
+from tmapi_crawler.frontier.completeness import Losses
 from tmapi_crawler.spend.cost import cost_of
 from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
 from tmapi_crawler.spend.spool import Spool
@@ -39,7 +42,6 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
-    from tmapi_crawler.distributed.status import CrawlTotals
     from tmapi_crawler.frontier.completeness import Loss
     from tmapi_crawler.spend.ledger import Resume
 
@@ -47,39 +49,6 @@ logger = logging.getLogger(__name__)
 
 #: ``crawl_runs.status``: still going, closed by Scrapy, or cut short by a forced stop.
 RUNNING, CLOSED, KILLED = "running", "closed", "killed"
-#: ``crawl_runs.workers.<id>.status`` of a worker whose heartbeat expired while it crawled.
-DEAD = "dead"
-
-_CRAWL_IDS: WeakKeyDictionary[Crawler, str] = WeakKeyDictionary()
-
-
-def new_crawl_id() -> str:
-    """Sortable by start time, unique across workers started in the same second."""
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
-def crawl_id(crawler: Crawler) -> str:
-    """The crawl's id: a distributed scheduler's cluster crawl, or one made for this run.
-
-    Asked for first by whoever needs it first (the recorder when the spider opens, the writer
-    when it flushes), once the scheduler is open.
-    """
-    known = _CRAWL_IDS.get(crawler)
-    if known is None:
-        scheduler = crawler.engine.scheduler if crawler.engine is not None else None
-        known = _CRAWL_IDS[crawler] = getattr(scheduler, "crawl_id", None) or new_crawl_id()
-        crawler.stats.set_value(stats_keys.CRAWL_ID, known)
-    return known
-
-
-# Resuming (tmapi_crawler/spend/ledger.py).
-
-
-def resume_crawl(crawler: Crawler, crawl_id_: str) -> None:
-    """This run continues the interrupted crawl ``crawl_id_``: its id is the crawl's."""
-    _CRAWL_IDS[crawler] = crawl_id_
-    crawler.stats.set_value(stats_keys.CRAWL_ID, crawl_id_)
-
 
 def run_document(crawl_id_: str, spider: Spider | None, settings: BaseSettings,
                  database: str) -> dict[str, Any]:
@@ -132,7 +101,7 @@ async def record_resume(store: ProductStore, resume: Resume, *, saved: int = 0,
     })
 
 
-def _own_counts(stats: dict[str, Any]) -> dict[str, int]:
+def own_counts(stats: dict[str, Any]) -> dict[str, int]:
     """What this process did, from its stats."""
     return {
         "pages": stats.get(stats_keys.PAGES, 0),
@@ -157,20 +126,79 @@ async def whole_crawl_counts(store: ProductStore, crawl_id_: str, own: dict[str,
     return {name: int(before.get(name, 0)) + value for name, value in own.items()}
 
 
+class RunFinisher:
+    """How a run's end is recorded: the crawl of this one process.
+
+    ``TMAPI_RUN_FINISHER`` names the class, so a cluster worker records its share of the
+    cluster crawl instead (the distributed profile's ``distributed.finishing.ClusterFinisher``).
+    """
+
+    def __init__(self, recorder: CrawlRunRecorder) -> None:
+        self.recorder = recorder
+
+    @property
+    def worker_id(self) -> str | None:
+        """This process's id in a cluster crawl, or None: the crawl is this process's."""
+        return None
+
+    @property
+    def final(self) -> bool:
+        """Whether this process recorded the crawl's end, not only its own share."""
+        return True
+
+    async def finish(self, reason: str, status: str) -> None:
+        recorder = self.recorder
+        crawler, store, crawl_id_ = recorder.crawler, recorder.store, recorder.crawl_id
+        record = await recorder.completeness(Losses.of(crawler).losses(reason), reason)
+        vanished = await self._mark_vanished(reason, record) if status == CLOSED else 0
+        if status == CLOSED and reason == FINISHED:
+            await Spool.of(crawler).finish()
+        counts = {**await store.run_counts(crawl_id_), "vanished": vanished}
+        stats = recorder.stats.get_stats()
+        own = await whole_crawl_counts(store, crawl_id_, own_counts(stats))
+        await store.finish_run(crawl_id_, {
+            "status": status,
+            "finished_at": datetime.now(UTC),
+            "finish_reason": reason,
+            "counts": {**own, **counts},
+            "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
+            **record,
+        })
+        recorder.finished = True  # before the cost: a forced stop's timeout must not undo it
+        await recorder.record_cost(counts.get("products_seen"))
+        for name, value in counts.items():
+            recorder.stats.set_value(stats_keys.product_count(name), value)
+        # Beside the crawl's products, its sightings over all its runs (a resume's included).
+        recorder.stats.set_value(stats_keys.CRAWL_SIGHTINGS, own["items"])
+
+    async def _mark_vanished(self, reason: str, record: dict[str, Any]) -> int:
+        """Mark products gone from the categories this crawl saw whole (``coverage``), none
+        of those its completeness record names.
+
+        Only a crawl that finished can tell. A distributed crawl is marked once, by its
+        finaliser, from every worker's losses (``distributed.finishing``).
+        """
+        if reason != FINISHED:
+            return 0
+        recorder = self.recorder
+        plan = getattr(recorder.crawler.spider, "plan", None)
+        whole = complete_categories(getattr(plan, "queries", ()), recorder.stats.get_stats())
+        return await recorder.vanish(
+            whole_categories(whole, map(int, record.get("incomplete", ()))))
+
+
 class CrawlRunRecorder:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.stats = crawler.stats
         self.store = ProductStore.of(crawler)
         self.timeout = crawler.settings.getfloat("TMAPI_FORCED_STOP_TIMEOUT")
-        #: Set when a distributed scheduler shares its crawl: this process is one of its workers.
-        self.worker_id: str | None = None
+        self.finisher: RunFinisher = load_object(crawler.settings["TMAPI_RUN_FINISHER"])(self)
         self._started = False
-        self._finished = False
+        #: The run's end is recorded (set by the finisher).
+        self.finished = False
         #: A forced stop happened: the run is recorded ``killed`` whichever end records it.
         self._killed = False
-        #: Set by ``crawl_complete`` in the one worker that finalises the cluster crawl.
-        self._finaliser = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> CrawlRunRecorder:
@@ -178,7 +206,6 @@ class CrawlRunRecorder:
         crawler.signals.connect(recorder.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(recorder.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(recorder.crawl_killed, signal=tmapi_signals.crawl_killed)
-        crawler.signals.connect(recorder.crawl_complete, signal=tmapi_signals.crawl_complete)
         return recorder
 
     @property
@@ -188,17 +215,15 @@ class CrawlRunRecorder:
     async def spider_opened(self) -> None:
         if not self.store.opened:  # no writer, or MongoDB is not there (it said so)
             return
-        crawler = self.crawler
-        self.worker_id = getattr(crawler.engine.scheduler, "worker_id", None)
-        spider = crawler.spider
-        settings = crawler.settings
+        spider = self.crawler.spider
+        settings = self.crawler.settings
         try:
             if await self._resumed():
                 self._started = True
                 return
             await self.store.start_run(
                 run_document(self.crawl_id, spider, settings, self.store.database),
-                worker_id=self.worker_id)
+                worker_id=self.finisher.worker_id)
         except (StorageUnavailable, PyMongoError) as exc:
             logger.error("Could not record crawl %s (%s); nothing was sent to the API",
                          self.crawl_id, exc)
@@ -219,7 +244,7 @@ class CrawlRunRecorder:
                     self.crawl_id)
         return True
 
-    async def _record_cost(self, products: int | None) -> None:
+    async def record_cost(self, products: int | None) -> None:
         """``crawl_runs.cost``: added up over the crawl's runs (resumes) and workers."""
         cost = cost_of(self.stats.get_stats())
         saved = cost.pop("saved_by_resume")
@@ -242,11 +267,11 @@ class CrawlRunRecorder:
         if not self.store.opened:
             return
         try:
-            if self._started and not self._finished:
-                await self._finish(reason, KILLED if self._killed else CLOSED)
+            if self._started and not self.finished:
+                await self.finisher.finish(reason, KILLED if self._killed else CLOSED)
                 await self.crawler.signals.send_catch_log_async(
                     tmapi_signals.crawl_recorded, crawl_id=self.crawl_id,
-                    final=self.worker_id is None or self._finaliser)
+                    final=self.finisher.final)
         except (StorageUnavailable, PyMongoError) as exc:
             logger.error("Could not record the end of crawl %s: %s", self.crawl_id, exc)
         finally:
@@ -255,55 +280,16 @@ class CrawlRunRecorder:
     async def crawl_killed(self, reason: str) -> None:
         """A forced stop: the finish reason still reaches the run record, in bounded time."""
         self._killed = True
-        if not self._started or self._finished:
+        if not self._started or self.finished:
             return
         try:
             async with asyncio.timeout(self.timeout):
-                await self._finish(reason, KILLED)
+                await self.finisher.finish(reason, KILLED)
         except Exception as exc:  # TimeoutError included
             logger.error("Could not record the end of crawl %s: %s", self.crawl_id,
                          str(exc) or type(exc).__name__)
 
-    async def _finish(self, reason: str, status: str) -> None:
-        if self.worker_id is not None:
-            await self._finish_worker(reason, status)
-            return
-        record = await self._completeness(Completeness.of(self.crawler).losses(reason), reason)
-        vanished = await self._mark_vanished(reason, record) if status == CLOSED else 0
-        if status == CLOSED and reason == FINISHED:
-            await Spool.of(self.crawler).finish()
-        counts = {**await self.store.run_counts(self.crawl_id), "vanished": vanished}
-        stats = self.stats.get_stats()
-        own = await whole_crawl_counts(self.store, self.crawl_id, _own_counts(stats))
-        await self.store.finish_run(self.crawl_id, {
-            "status": status,
-            "finished_at": datetime.now(UTC),
-            "finish_reason": reason,
-            "counts": {**own, **counts},
-            "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
-            **record,
-        })
-        self._finished = True  # before the cost: a forced stop's timeout must not undo the status
-        await self._record_cost(counts.get("products_seen"))
-        for name, value in counts.items():
-            self.stats.set_value(stats_keys.product_count(name), value)
-        # Beside the crawl's products, its sightings over all its runs (a resume's included).
-        self.stats.set_value(stats_keys.CRAWL_SIGHTINGS, own["items"])
-
-    async def _mark_vanished(self, reason: str, record: dict[str, Any]) -> int:
-        """Mark products gone from the categories this crawl saw whole (``coverage``), none
-        of those its completeness record names.
-
-        Only a crawl that finished can tell. A distributed crawl is marked once, by its
-        finaliser, from every worker's losses (``_finish_worker``).
-        """
-        if reason != FINISHED:
-            return 0
-        plan = getattr(self.crawler.spider, "plan", None)
-        whole = complete_categories(getattr(plan, "queries", ()), self.stats.get_stats())
-        return await self._vanish(whole_categories(whole, map(int, record.get("incomplete", ()))))
-
-    async def _completeness(self, losses: list[Loss], reason: str) -> dict[str, Any]:
+    async def completeness(self, losses: list[Loss], reason: str) -> dict[str, Any]:
         """``crawl_runs.complete``, ``incomplete`` and ``limited``, also in the stats (the final
         line and the exit status read them). A probe records none: it reads page 1s only."""
         if reason == PROBED:
@@ -320,7 +306,8 @@ class CrawlRunRecorder:
                            completeness.described(record["incomplete"]))
         return record
 
-    async def _vanish(self, categories: list[int]) -> int:
+    async def vanish(self, categories: list[int]) -> int:
+        """Mark the products gone from ``categories`` since earlier crawls vanished."""
         if not categories:
             return 0
         try:
@@ -332,84 +319,3 @@ class CrawlRunRecorder:
         logger.info("Crawled completely: categories %s; %d listings gone since earlier crawls "
                     "marked vanished", ", ".join(map(str, categories)), marked)
         return marked
-
-    # A worker of a distributed crawl.
-
-    def crawl_complete(self, crawl_id: str, finaliser: bool) -> None:
-        """The cluster crawl is complete: the finaliser records its end once it closed."""
-        self._finaliser = finaliser and crawl_id == self.crawl_id
-
-    async def _finish_worker(self, reason: str, status: str) -> None:
-        """Record this worker's end, and the crawl's counts as the cluster counted them.
-
-        This worker's own counts go under ``workers.<id>``. The crawl's counts are those
-        ``scrapy status`` shows (Redis: pages acknowledged, sightings, every worker's answers,
-        killed ones included) and the products from MongoDB, set by every worker that closes,
-        so the last one leaves the latest. The finaliser of a complete crawl also marks the
-        products gone from the categories seen whole, with every worker's losses counted,
-        logs "Crawled completely", and marks the workers that were killed dead.
-        """
-        assert self.worker_id is not None
-        stats = self.stats.get_stats()
-        now = datetime.now(UTC)
-        products = await self.store.run_counts(self.crawl_id)
-        own = {
-            "status": status, "finished_at": now, "finish_reason": reason,
-            "counts": _own_counts(stats),
-            "answers": stats_keys.with_prefix(stats, stats_keys.ANSWERS),
-        }
-        crawl: dict[str, Any] = {"status": status, "finished_at": now, "finish_reason": reason,
-                                 "counts": dict(products)}
-        statuses: dict[str, str] = {}
-        totals = await self._cluster_totals()
-        if reason not in (FINISHED, PROBED):
-            # Stopped: what every worker lost, and the queries this one left with pages.
-            shared = totals.losses if totals is not None else ()
-            crawl.update(await self._completeness(
-                merge([*shared, *Completeness.of(self.crawler).losses(reason)]), reason))
-        if totals is not None:
-            crawl["counts"].update(totals.counts())
-            crawl["answers"] = totals.progress["answers"]
-            if self._finaliser and status == CLOSED and reason == FINISHED:
-                record = await self._completeness(list(totals.losses), reason)
-                crawl.update(record)
-                await self._share_completeness(record)
-                crawl["counts"]["vanished"] = await self._vanish_cluster(totals, record)
-                await Spool.of(self.crawler).finish()
-                crawl["completed_by"] = self.worker_id
-                statuses = dict.fromkeys(totals.dead_workers, DEAD)
-        await self.store.finish_worker_run(self.crawl_id, self.worker_id, own, crawl, statuses)
-        self._finished = True
-        await self._record_cost(crawl["counts"].get("products_seen"))
-        for name, value in products.items():
-            self.stats.set_value(stats_keys.product_count(name), value)
-
-    async def _share_completeness(self, record: dict[str, Any]) -> None:
-        """Tell ``scrapy status`` too (the crawl's Redis hash)."""
-        try:
-            await self.crawler.engine.scheduler.record_completeness(
-                record["complete"], completeness.described(record["incomplete"]))
-        except RedisError as exc:
-            logger.error("Could not record in Redis whether crawl %s is complete (%s); "
-                         "crawl_runs has it", self.crawl_id, exc)
-
-    async def _cluster_totals(self) -> CrawlTotals | None:
-        read = getattr(self.crawler.engine.scheduler, "cluster_totals", None)
-        if read is None:
-            return None
-        try:
-            return cast("CrawlTotals", await read())
-        except RedisError as exc:
-            logger.error("Could not read the cluster's counts from Redis (%s): crawl %s keeps "
-                         "the counts recorded before", exc, self.crawl_id)
-            return None
-
-    async def _vanish_cluster(self, totals: CrawlTotals, record: dict[str, Any]) -> int:
-        """Mark vanished products of the categories the whole cluster saw whole, none of those
-        its completeness record names."""
-        if totals.crawl_wide_losses:
-            logger.info("No category was crawled completely: %s",
-                        ", ".join(totals.crawl_wide_losses))
-            return 0
-        named = {*totals.incomplete, *map(int, record.get("incomplete", ()))}
-        return await self._vanish(whole_categories(totals.categories, named))

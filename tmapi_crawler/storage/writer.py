@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo.errors import PyMongoError
 from scrapy.exceptions import CloseSpider
 
+from tmapi_crawler import crawl
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.closing import MONGODB_UNAVAILABLE, close_spider
@@ -38,7 +39,6 @@ from tmapi_crawler.items import ProductItem, ProductPage
 from tmapi_crawler.normalize import rendered
 from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
 from tmapi_crawler.spend.spool import Spool
-from tmapi_crawler.storage import runs
 from tmapi_crawler.storage.coverage import mark_incomplete
 from tmapi_crawler.storage.documents import batch_now, rejected_document, updates_by_id
 from tmapi_crawler.storage.store import ProductStore, StorageUnavailable
@@ -111,7 +111,7 @@ class MongoPipeline:
             raise CloseSpider(MONGODB_UNAVAILABLE) from None
         resumed = await self._resume()
         # Known (and in the stats) before the spider opens: progress snapshots carry it.
-        crawl_id = runs.crawl_id(self.crawler)
+        crawl_id = crawl.crawl_id(self.crawler)
         await Spool.of(self.crawler).open(
             self.store.db, crawl_id, resumed=resumed,
             distributed=self.crawler.settings.getbool("TMAPI_DISTRIBUTED"))
@@ -135,7 +135,7 @@ class MongoPipeline:
             raise CloseSpider(MONGODB_UNAVAILABLE) from None
         if resume is None:
             return False
-        runs.resume_crawl(self.crawler, resume.crawl_id)
+        crawl.resume_crawl(self.crawler, resume.crawl_id)
         return True
 
     async def process_item(self, item: Any) -> Any:
@@ -204,7 +204,7 @@ class MongoPipeline:
 
     async def _store(self, batch: _Batch) -> None:
         """Write a batch's products, then its rejected items (with those MongoDB refused)."""
-        crawl_id = runs.crawl_id(self.crawler)
+        crawl_id = crawl.crawl_id(self.crawler)
         now = batch_now()
         refused: dict[int, str] = {}
         if batch.items:
@@ -292,7 +292,7 @@ class MongoPipeline:
         if not items:
             return
         private_dir(self.spill_dir)
-        path = self.spill_dir / f"{runs.crawl_id(self.crawler)}.jsonl"
+        path = self.spill_dir / f"{crawl.crawl_id(self.crawler)}.jsonl"
         # Text that is not valid Unicode is written as its JSON escape, \ud800: still JSON.
         with path.open("a", encoding="utf-8", errors="backslashreplace") as spill:
             for item in items:

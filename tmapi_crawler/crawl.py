@@ -1,0 +1,47 @@
+"""A crawl's identity: its id, made once per crawl and found by everyone who records it.
+
+It sits at the bottom of the house because everything that records a crawl needs it: the
+writer and the run recorder (``storage``), the ledger, the cluster (a distributed scheduler
+shares its crawl's id), the spider's ledger entries. A resumed crawl keeps the id of the crawl
+it continues (``resume_crawl``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
+
+from tmapi_crawler import stats as stats_keys
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+_CRAWL_IDS: WeakKeyDictionary[Crawler, str] = WeakKeyDictionary()
+
+
+def new_crawl_id() -> str:
+    """Sortable by start time, unique across workers started in the same second."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def crawl_id(crawler: Crawler) -> str:
+    """The crawl's id: a distributed scheduler's cluster crawl, or one made for this run.
+
+    Asked for first by whoever needs it first (the recorder when the spider opens, the writer
+    when it flushes), once the scheduler is open.
+    """
+    known = _CRAWL_IDS.get(crawler)
+    if known is None:
+        scheduler = crawler.engine.scheduler if crawler.engine is not None else None
+        known = _CRAWL_IDS[crawler] = getattr(scheduler, "crawl_id", None) or new_crawl_id()
+        crawler.stats.set_value(stats_keys.CRAWL_ID, known)
+    return known
+
+
+def resume_crawl(crawler: Crawler, crawl_id_: str) -> None:
+    """This run continues the interrupted crawl ``crawl_id_`` (``spend.ledger``): its id is
+    the crawl's."""
+    _CRAWL_IDS[crawler] = crawl_id_
+    crawler.stats.set_value(stats_keys.CRAWL_ID, crawl_id_)
