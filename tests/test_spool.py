@@ -1,4 +1,4 @@
-"""The answer spool (``spend.spool``): a page paid for is durable in MongoDB before its permit
+"""The answer spool (``storage.spool``): a page paid for is durable in MongoDB before its permit
 is released, a resume hands it back instead of paying again, and the ledger drops it.
 
 Components in-process (the engine opens the spider as a crawl does: store, ledger, spool; the
@@ -36,9 +36,9 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.items import ProductPage
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
-from tmapi_crawler.spend.spool import COLLECTION, Spool
 from tmapi_crawler.storage import runs
+from tmapi_crawler.storage.ledger import COLLECTION as LEDGER
+from tmapi_crawler.storage.spool import COLLECTION, Spool
 from tmapi_crawler.storage.store import ProductStore
 from tmapi_crawler.storage.writer import MongoPipeline
 from tmapi_crawler.transport.limiter import AdaptiveLimiter

@@ -42,8 +42,8 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.cluster import Cluster
 from tmapi_crawler.frontier.context import PageContext
-from tmapi_crawler.spend import spool
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
+from tmapi_crawler.storage import spool
 from tmapi_crawler.transport import credentials
 
 

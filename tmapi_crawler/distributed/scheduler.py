@@ -72,8 +72,8 @@ from tmapi_crawler.distributed.status import (
 )
 from tmapi_crawler.frontier.context import META_KEY
 from tmapi_crawler.progress import Progress, Rate
-from tmapi_crawler.spend.spool import Spool
 from tmapi_crawler.storage.coverage import losses
+from tmapi_crawler.storage.spool import Spool
 from tmapi_crawler.storage.writer import MongoPipeline
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ further) or whose page 1 does not say how much follows. A query with neither is 
 a made-up number.
 
 A crawl of the same plan left unfinished is resumed by the next ``scrapy crawl`` with these
-arguments (``spend.ledger``): the estimate shows it (:func:`pending`) with the pages it holds
+arguments (``storage.ledger``): the estimate shows it (:func:`pending`) with the pages it holds
 and the calls still to pay, each planned query's figure less what its held pages cost.
 """
 
@@ -25,7 +25,7 @@ from tmapi_crawler.frontier import paging
 from tmapi_crawler.frontier.decisions import Frontier, FrontierSettings
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Query
-from tmapi_crawler.spend.ledger import COLLECTION, STORED
+from tmapi_crawler.storage.ledger import COLLECTION, STORED
 
 
 @dataclass(frozen=True, slots=True)

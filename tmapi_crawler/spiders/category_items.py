@@ -11,7 +11,7 @@ on those signals — a worker dying between the two would lose what the page ask
 
 In probe mode (``scrapy estimate --probe``) it fetches page 1 of each planned query and asks
 the frontier nothing more; the pages are stored and recorded as any crawl's, and the crawl
-closes ``tmapi_probed``, so the next ``scrapy crawl`` of the plan resumes it (``spend.ledger``)
+closes ``tmapi_probed``, so the next ``scrapy crawl`` of the plan resumes it (``storage.ledger``)
 and pays for none of them again.
 """
 
@@ -42,8 +42,10 @@ from tmapi_crawler.frontier.state import FrontierState, StateLost
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.items import ProductItem, ProductPage, QueryContext
 from tmapi_crawler.plan import Plan, plan_from_arguments
-from tmapi_crawler.spend.cost import count_page
-from tmapi_crawler.spend.ledger import (
+from tmapi_crawler.storage import runs
+from tmapi_crawler.storage.cost import count_page
+from tmapi_crawler.storage.coverage import mark_incomplete
+from tmapi_crawler.storage.ledger import (
     FRESH_ARGUMENT,
     LOST,
     Ledger,
@@ -52,9 +54,7 @@ from tmapi_crawler.spend.ledger import (
     planned_key,
     replay,
 )
-from tmapi_crawler.spend.ledger import now as ledger_now
-from tmapi_crawler.storage import runs
-from tmapi_crawler.storage.coverage import mark_incomplete
+from tmapi_crawler.storage.ledger import now as ledger_now
 from tmapi_crawler.storage.store import ProductStore
 from tmapi_crawler.transport.answers import read_page
 from tmapi_crawler.transport.middleware import CALLS_META, NOT_SENT, SPOOLED_CALLS_META, ApiError

@@ -30,8 +30,7 @@ from pymongo.errors import (
     PyMongoError,
 )
 
-from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
-from tmapi_crawler.spend.ledger import STORED as LEDGER_STORED
+from tmapi_crawler.quoting import shown
 from tmapi_crawler.storage import embedded, prices
 from tmapi_crawler.storage.history import (
     HISTORY,
@@ -46,7 +45,8 @@ from tmapi_crawler.storage.history import (
     vanish_mark,
     vanished_filter,
 )
-from tmapi_crawler.transport.answers import shown
+from tmapi_crawler.storage.ledger import COLLECTION as LEDGER
+from tmapi_crawler.storage.ledger import STORED as LEDGER_STORED
 
 if TYPE_CHECKING:
     from datetime import datetime

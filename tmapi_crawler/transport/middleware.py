@@ -11,7 +11,7 @@ It sits closest to the downloader and downloads API requests itself, so that:
 * a request waits for a concurrency permit while it already holds a ``CONCURRENT_REQUESTS``
   slot, and keeps both through its retries and backoff — a retry is not re-queued behind
   thousands of other requests, and never exceeds the account's limit;
-* the budget (``TMAPI_MAX_REQUESTS``, ``spend.budget``) is asked right before each call,
+* the budget (``TMAPI_MAX_REQUESTS``, ``transport.budget``) is asked right before each call,
   after its permit: a call it refuses is not sent, and the crawl closes with
   ``tmapi_budget_exhausted``;
 * once the crawl stops (a 439, the budget, Ctrl-C), no new paid call starts: requests waiting for a
@@ -20,7 +20,7 @@ It sits closest to the downloader and downloads API requests itself, so that:
   bounded by ``DOWNLOAD_MAXSIZE``) before its code is read — also when the server compressed
   an answer it was not asked to; the response handed back is decoded, so that middleware
   later finds nothing left to decode;
-* a successful answer is kept in the answer spool (``spend.spool``) before its permit is
+* a successful answer is kept in the answer spool (``storage.spool``) before its permit is
   released, so a page paid for is durable before the next call starts; a page whose answer
   the spool holds (a resume after a kill) is handed back from it: no permit, no budget, no
   call;
@@ -53,8 +53,8 @@ from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.aio import Interrupted, Interrupter
 from tmapi_crawler.frontier.context import META_KEY, PageContext
-from tmapi_crawler.spend.budget import Budget
-from tmapi_crawler.spend.spool import Spool
+from tmapi_crawler.quoting import shown
+from tmapi_crawler.storage.spool import Spool
 from tmapi_crawler.transport import credentials
 from tmapi_crawler.transport.answers import (
     BAD_ENCODING,
@@ -64,8 +64,8 @@ from tmapi_crawler.transport.answers import (
     BrokenAnswer,
     failure_name,
     read_answer,
-    shown,
 )
+from tmapi_crawler.transport.budget import Budget
 from tmapi_crawler.transport.limiter import Limiter, LimiterClosed
 
 if TYPE_CHECKING:

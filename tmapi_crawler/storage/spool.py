@@ -1,6 +1,6 @@
 """The answer spool: a page paid for is durable in MongoDB before the next call starts.
 
-The resume ledger (``spend.ledger``) records a page once its products are stored, so a
+The resume ledger (``storage.ledger``) records a page once its products are stored, so a
 SIGKILL between the answer and that write would make a resume pay for the page again. The
 transport therefore keeps every successful answer in ``crawl_answers`` before it releases the
 call's permit (``keep``): at every instant, the pages paid for but not durable in MongoDB are at
@@ -42,7 +42,7 @@ from pymongo import ASCENDING, WriteConcern
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.transport.answers import shown
+from tmapi_crawler.quoting import shown
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection

@@ -32,7 +32,7 @@ from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Plan, PlanError, Query
-from tmapi_crawler.spend.spool import Spool
+from tmapi_crawler.storage.spool import Spool
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -221,7 +221,7 @@ class Ledger:
 
     async def record(self, store: ProductStore, documents: Iterable[dict[str, Any]]) -> None:
         """Upsert pages (a page fetched again replaces its document); ``seq`` orders them.
-        Then their answers leave the spool (``spend.spool``): the ledger holds them now."""
+        Then their answers leave the spool (``storage.spool``): the ledger holds them now."""
         operations = []
         keys = []
         for document in documents:
