@@ -22,9 +22,9 @@ from pymongo.database import Database
 from tmapi_crawler import api
 from tmapi_crawler.exporters import FLAG_FIELDS, LINK_FIELDS, PRICE_FIELDS, SHOP_FIELDS
 from tmapi_crawler.storage import queries
-from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY
+from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, PRODUCTS
+from tmapi_crawler.storage.history import AVAILABLE_IN
 from tmapi_crawler.storage.queries import QueryError
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS
 
 #: What can be exported: ``scrapy export <what>``.
 WHAT: Final = ("products", "changes")

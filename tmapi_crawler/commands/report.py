@@ -18,10 +18,8 @@ from tmapi_crawler.cli import ProjectCommand, command_line, note
 from tmapi_crawler.server_command import redact
 from tmapi_crawler.storage import completeness
 from tmapi_crawler.storage import embedded as embedded_mongo
+from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, LEDGER, PRODUCTS, REJECTED
 from tmapi_crawler.storage.cost import format_cost
-from tmapi_crawler.storage.history import HISTORY
-from tmapi_crawler.storage.ledger import COLLECTION as LEDGER
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, REJECTED
 
 #: Lines of the category and cheapest-product lists.
 TOP = 5

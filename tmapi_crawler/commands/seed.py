@@ -37,10 +37,11 @@ from tmapi_crawler.distributed.state import RedisState, ReplayState
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.progress import Progress
 from tmapi_crawler.quoting import shown
+from tmapi_crawler.storage.collections import REJECTED
 from tmapi_crawler.storage.coverage import losses
 from tmapi_crawler.storage.ledger import Ledger, Replay, plan_fingerprint, replay
 from tmapi_crawler.storage.runs import record_resume, record_seeded, run_document
-from tmapi_crawler.storage.store import REJECTED, ProductStore, StorageUnavailable
+from tmapi_crawler.storage.store import ProductStore, StorageUnavailable
 
 if TYPE_CHECKING:
     import argparse

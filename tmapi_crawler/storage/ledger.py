@@ -32,6 +32,7 @@ from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Plan, PlanError, Query
+from tmapi_crawler.storage.collections import CRAWL_RUNS, LEDGER
 from tmapi_crawler.storage.spool import Spool
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COLLECTION: Final = "crawl_pages"
 #: ``crawl_pages.state``: the page's products are stored; the page was given up on.
 STORED, LOST = "stored", "lost"
 #: The spider argument that starts a new crawl even when the last one was interrupted.
@@ -194,7 +194,7 @@ class Ledger:
     async def open(self, store: ProductStore, fingerprint: str, spider: str, *,
                    fresh: bool) -> Resume | None:
         """Make the indexes; find the interrupted crawl of this plan to resume, if any."""
-        pages = store.db[COLLECTION]
+        pages = store.db[LEDGER]
         await pages.create_index(list(INDEXES), name="crawl_seq")
         await pages.create_index([("crawl_id", ASCENDING), ("key", ASCENDING)], name="page",
                                  unique=True)
@@ -203,7 +203,7 @@ class Ledger:
                                  name="estimate")
         if fresh:
             return None
-        last = await store.db["crawl_runs"].find_one(
+        last = await store.db[CRAWL_RUNS].find_one(
             {"plan_fingerprint": fingerprint, "spider": spider},
             sort=[("started_at", DESCENDING)])
         if last is None or last.get("finish_reason") == FINISHED:
@@ -231,7 +231,7 @@ class Ledger:
                 {"$set": {**document, "seq": self._seq}}, upsert=True))
             keys.append(document["key"])
         if operations:
-            await store.db[COLLECTION].bulk_write(operations, ordered=False)
+            await store.db[LEDGER].bulk_write(operations, ordered=False)
             await Spool.of(self.crawler).drop(keys)
 
 

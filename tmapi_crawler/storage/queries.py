@@ -20,8 +20,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
 from tmapi_crawler.api import LANGUAGES
-from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS
+from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, PRODUCTS
+from tmapi_crawler.storage.history import AVAILABLE_IN
 
 #: Boolean product fields a list can be filtered on (``free_shipping=true``).
 FLAGS: Final = ("free_shipping", "ship_in_48h", "is_super_factory", "is_powerful_seller",

@@ -32,8 +32,8 @@ from pymongo.errors import (
 
 from tmapi_crawler.quoting import shown
 from tmapi_crawler.storage import embedded, prices
+from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, LEDGER, PRODUCTS, REJECTED
 from tmapi_crawler.storage.history import (
-    HISTORY,
     HISTORY_INDEXES,
     STORED_FIELDS,
     categories_of,
@@ -45,7 +45,6 @@ from tmapi_crawler.storage.history import (
     vanish_mark,
     vanished_filter,
 )
-from tmapi_crawler.storage.ledger import COLLECTION as LEDGER
 from tmapi_crawler.storage.ledger import STORED as LEDGER_STORED
 
 if TYPE_CHECKING:
@@ -54,10 +53,6 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
-
-PRODUCTS = "products"
-CRAWL_RUNS = "crawl_runs"
-REJECTED = "rejected_items"
 
 PRODUCT_INDEXES = [
     IndexModel([("categories", ASCENDING), ("price", ASCENDING)], name="category_price"),
