@@ -35,6 +35,7 @@ from scrapy_redis import defaults as scrapy_redis_defaults
 
 from tmapi_crawler.alerts.rules import RulesError
 from tmapi_crawler.alerts.rules import load as load_alerts
+from tmapi_crawler.deprecations import current_path
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -188,7 +189,7 @@ def object_path() -> Rule:
         if not isinstance(value, str):
             return callable(value)
         try:
-            load_object(value)
+            load_object(current_path(value))
         except (ImportError, NameError, ValueError, AttributeError):
             return False
         return True

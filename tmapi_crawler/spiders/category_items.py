@@ -27,7 +27,7 @@ from pymongo.errors import PyMongoError
 from scrapy import signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider
 from scrapy.http import TextResponse
-from scrapy.utils.misc import build_from_crawler, load_object
+from scrapy.utils.misc import build_from_crawler
 from twisted.python.failure import Failure
 
 from tmapi_crawler import api
@@ -35,6 +35,7 @@ from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.accounting import Completeness
 from tmapi_crawler.closing import PROBED
+from tmapi_crawler.deprecations import load_class
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.frontier.decisions import Decision, Frontier, FrontierSettings, priority
 from tmapi_crawler.frontier.paging import page_url
@@ -103,7 +104,7 @@ class CategoryItemsSpider(scrapy.Spider):
         on ``TMAPI_FRONTIER_STATE`` unless given a state (``scrapy seed`` gives the cluster's)."""
         settings = self.crawler.settings
         if state is None:
-            state = build_from_crawler(load_object(settings["TMAPI_FRONTIER_STATE"]), self.crawler)
+            state = build_from_crawler(load_class(settings, "TMAPI_FRONTIER_STATE"), self.crawler)
         return Frontier(
             FrontierSettings(reach=settings.getint("TMAPI_RESULT_CAP") or None,
                              window=settings.getint("TMAPI_QUERY_WINDOW"),

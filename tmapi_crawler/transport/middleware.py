@@ -52,6 +52,7 @@ from tmapi_crawler import api, closing
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.aio import Interrupted, Interrupter
+from tmapi_crawler.deprecations import load_class
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.quoting import shown
 from tmapi_crawler.storage.spool import Spool
@@ -153,8 +154,8 @@ class TmapiTransportMiddleware:
             logger.warning(
                 "TMAPI_BASE_URL %s is plain http: the API token travels unencrypted", base_url
             )
-        limiter = build_from_crawler(load_object(settings["TMAPI_LIMITER"]), crawler)
-        budget = build_from_crawler(load_object(settings["TMAPI_BUDGET"]), crawler)
+        limiter = build_from_crawler(load_class(settings, "TMAPI_LIMITER"), crawler)
+        budget = build_from_crawler(load_class(settings, "TMAPI_BUDGET"), crawler)
         mw = cls(crawler, token, limiter, budget)
         crawler.signals.connect(mw.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(mw.spider_closed, signal=signals.spider_closed)
