@@ -18,7 +18,7 @@ from typing import Any
 
 from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, PRODUCTS
 from tmapi_crawler.storage.history import HISTORY_INDEXES
-from tmapi_crawler.storage.store import PRODUCT_INDEXES
+from tmapi_crawler.storage.indexes import PRODUCT_INDEXES
 
 BATCH = 10_000
 FIRST_CATEGORY = 1001

@@ -38,10 +38,11 @@ from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.progress import Progress
 from tmapi_crawler.quoting import shown
 from tmapi_crawler.storage.collections import REJECTED
+from tmapi_crawler.storage.connection import StorageUnavailable
 from tmapi_crawler.storage.coverage import losses
 from tmapi_crawler.storage.ledger import Ledger, Replay, plan_fingerprint, replay
 from tmapi_crawler.storage.runs import record_resume, record_seeded, run_document
-from tmapi_crawler.storage.store import ProductStore, StorageUnavailable
+from tmapi_crawler.storage.store import ProductStore
 
 if TYPE_CHECKING:
     import argparse

@@ -28,12 +28,13 @@ from tmapi_crawler.accounting import Completeness, merge
 from tmapi_crawler.closing import FINISHED, MONGODB_UNAVAILABLE, PROBED
 from tmapi_crawler.storage import completeness
 from tmapi_crawler.storage.collections import CRAWL_RUNS
+from tmapi_crawler.storage.connection import StorageUnavailable
 from tmapi_crawler.storage.cost import cost_of
 from tmapi_crawler.storage.coverage import complete_categories, whole_categories
 from tmapi_crawler.storage.documents import batch_now
 from tmapi_crawler.storage.ledger import Ledger, plan_fingerprint
 from tmapi_crawler.storage.spool import Spool
-from tmapi_crawler.storage.store import ProductStore, StorageUnavailable
+from tmapi_crawler.storage.store import ProductStore
 
 if TYPE_CHECKING:
     from scrapy import Spider

@@ -38,11 +38,12 @@ from tmapi_crawler.items import ProductItem, ProductPage
 from tmapi_crawler.normalize import rendered
 from tmapi_crawler.quoting import shown
 from tmapi_crawler.storage import runs
+from tmapi_crawler.storage.connection import StorageUnavailable
 from tmapi_crawler.storage.coverage import mark_incomplete
 from tmapi_crawler.storage.documents import batch_now, rejected_document, updates_by_id
 from tmapi_crawler.storage.ledger import Ledger, plan_fingerprint
 from tmapi_crawler.storage.spool import Spool
-from tmapi_crawler.storage.store import ProductStore, StorageUnavailable
+from tmapi_crawler.storage.store import ProductStore
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
