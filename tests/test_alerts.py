@@ -24,11 +24,12 @@ from tests.servers import MongodProcess
 from tests.webhook import Webhook
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.alerts.evaluate import MAX_LINES
-from tmapi_crawler.alerts.extension import ALERTS_SENT, Outcome, check_crawl
+from tmapi_crawler.alerts.extension import Outcome, check_crawl
 from tmapi_crawler.alerts.rules import AlertsConfig, Rule, load
 from tmapi_crawler.commands.alerts import SAMPLE_TITLE
 from tmapi_crawler.sandbox.catalog import Catalog
 from tmapi_crawler.sandbox.process import SandboxProcess
+from tmapi_crawler.storage.collections import ALERTS_SENT
 
 CAT = 301
 SIZES = {str(CAT): 60}

@@ -22,9 +22,8 @@ from tests.servers import MongodProcess, RedisProcess
 from tmapi_crawler.commands.report import summary
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.shell import command_line
-from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
 from tmapi_crawler.storage import embedded as embedded_mongo
-from tmapi_crawler.storage.store import CRAWL_RUNS
+from tmapi_crawler.storage.collections import CRAWL_RUNS, LEDGER
 
 #: Environment variables of the project, left out so a developer's shell changes nothing here.
 OWN = re.compile(r"(TMAPI|MONGO|REDIS)_|SCRAPY_(SETTINGS_MODULE|PROJECT)$")

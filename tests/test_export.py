@@ -38,9 +38,10 @@ from tmapi_crawler.exporters import (
 )
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.sandbox.catalog import Catalog, build_item
+from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, PRODUCTS
 from tmapi_crawler.storage.documents import batch_now, updates_by_id
-from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, ProductStore
+from tmapi_crawler.storage.history import AVAILABLE_IN
+from tmapi_crawler.storage.store import ProductStore
 
 CATALOG = Catalog(sizes={7: 40, 9: 30}, overlap=0.0)
 FORMATS = (".csv", ".json", ".jsonl", ".xlsx")

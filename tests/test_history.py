@@ -23,11 +23,11 @@ from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.catalog import Catalog, build_item
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
-from tmapi_crawler.spend.ledger import ledger_document
+from tmapi_crawler.storage.collections import HISTORY, LEDGER, PRODUCTS
 from tmapi_crawler.storage.documents import batch_now, updates_by_id
-from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY, TRACKED_FIELDS
-from tmapi_crawler.storage.store import PRODUCTS, ProductStore
+from tmapi_crawler.storage.history import AVAILABLE_IN, TRACKED_FIELDS
+from tmapi_crawler.storage.ledger import ledger_document
+from tmapi_crawler.storage.store import ProductStore
 
 # Not neighbours: resizing 301 leaves 303 (which borrows from 302) as it is.
 SIZES = {"301": 120, "303": 80}

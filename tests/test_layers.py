@@ -22,7 +22,7 @@ PACKAGE = Path(tmapi_crawler.__file__).parent
 LAYERS: dict[str, int] = {
     # L0: the API's shape and what everything else needs without knowing the crawl.
     "api": 0, "aio": 0, "stats": 0, "signals": 0, "validation": 0, "folders": 0,
-    "settings": 0, "__init__": 0, "shell": 0,
+    "settings": 0, "__init__": 0, "shell": 0, "quoting": 0, "deprecations": 0,
     # L1: the crawl's plan, its items, its identity, how it closes.
     "plan": 1, "items": 1, "normalize": 1, "crawl": 1, "closing": 1,
     # logformatter: it says how an item was dropped, so it knows the items (L1), not below.
@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
     "frontier": 2,
     # L3: one paid call, and what is kept.
     "transport": 3, "storage": 3,
-    # L4: the Redis backend; what remains of spend is reporting (cost, estimate).
+    # L4: the Redis backend; what remains of spend is reporting (the estimate).
     "distributed": 4, "spend": 4,
     # L5: a page's accounting, the spider, the feed exporters.
     "accounting": 5, "spiders": 5, "exporters": 5,
@@ -51,19 +51,6 @@ KNOWN: set[tuple[str, str]] = {
     # sched: the cluster worker's progress snapshot reads the losses from
     # ``frontier.completeness.Losses`` instead of the accounting extension.
     ("distributed.scheduler", "accounting"),
-    # spend: the ledger and the spool move into storage/ (and the ledger stops importing
-    # storage.store back), the budget into transport/.
-    ("storage.completeness", "spend.ledger"),
-    ("storage.runs", "spend.ledger"),
-    ("storage.runs", "spend.spool"),
-    ("storage.store", "spend.ledger"),
-    ("storage.writer", "spend.ledger"),
-    ("storage.writer", "spend.spool"),
-    ("transport.middleware", "spend.budget"),
-    ("transport.middleware", "spend.spool"),
-    # spend: ``cost_of`` (what ``crawl_runs.cost`` records) must sit at storage's floor or
-    # below for the run recorder to use it.
-    ("storage.runs", "spend.cost"),
 }
 
 

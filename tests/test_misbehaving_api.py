@@ -24,7 +24,7 @@ from tests.servers import MongodProcess, RedisProcess
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.sandbox.misbehaviour import STORABLE_KINDS
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, REJECTED
+from tmapi_crawler.storage.collections import CRAWL_RUNS, PRODUCTS, REJECTED
 
 SIZES = {"601": 90, "602": 60}
 LANGUAGES = ("en", "zh")

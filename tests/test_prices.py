@@ -23,9 +23,9 @@ from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.sandbox.catalog import Catalog, build_item
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.storage import prices
+from tmapi_crawler.storage.collections import HISTORY, PRODUCTS
 from tmapi_crawler.storage.documents import updates_by_id
-from tmapi_crawler.storage.history import HISTORY
-from tmapi_crawler.storage.store import PRODUCTS, ProductStore
+from tmapi_crawler.storage.store import ProductStore
 
 DAY = timedelta(days=1)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

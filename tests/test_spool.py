@@ -1,4 +1,4 @@
-"""The answer spool (``spend.spool``): a page paid for is durable in MongoDB before its permit
+"""The answer spool (``storage.spool``): a page paid for is durable in MongoDB before its permit
 is released, a resume hands it back instead of paying again, and the ledger drops it.
 
 Components in-process (the engine opens the spider as a crawl does: store, ledger, spool; the
@@ -37,8 +37,8 @@ from tmapi_crawler.crawl import crawl_id as crawl_id_of
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.items import ProductPage
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
-from tmapi_crawler.spend.spool import COLLECTION, Spool
+from tmapi_crawler.storage.collections import LEDGER, SPOOL
+from tmapi_crawler.storage.spool import Spool
 from tmapi_crawler.storage.store import ProductStore
 from tmapi_crawler.storage.writer import MongoPipeline
 from tmapi_crawler.transport.limiter import AdaptiveLimiter
@@ -73,7 +73,7 @@ class WatchingLimiter(AdaptiveLimiter):
         return cls(crawler)
 
     async def release(self) -> None:
-        answers = ProductStore.of(self.crawler).db[COLLECTION]
+        answers = ProductStore.of(self.crawler).db[SPOOL]
         self.spooled_at_release.append(await answers.count_documents({}))
         await super().release()
 
@@ -138,7 +138,7 @@ def test_an_answer_is_in_the_spool_before_its_permit_is_released(
         response = await transport.process_request(request)
         limiter = transport.limiter
         assert isinstance(limiter, WatchingLimiter)
-        document = await ProductStore.of(crawler).db[COLLECTION].find_one()
+        document = await ProductStore.of(crawler).db[SPOOL].find_one()
         return request, response, limiter.spooled_at_release, crawl_id_of(crawler), document
 
     (request, response, at_release, crawl_id, document), stats = run(
@@ -154,7 +154,7 @@ def test_an_answer_is_in_the_spool_before_its_permit_is_released(
     assert document["calls"] == 1
     assert stats[stats_keys.SPOOL_KEPT] == 1
     # An interrupted crawl keeps its spool for the resume.
-    assert mongo_client[mongo_db_name][COLLECTION].count_documents({}) == 1
+    assert mongo_client[mongo_db_name][SPOOL].count_documents({}) == 1
 
 
 def test_a_spooled_page_is_not_paid_for_again_on_resume(
@@ -187,7 +187,7 @@ def test_a_spooled_page_is_not_paid_for_again_on_resume(
     db = mongo_client[mongo_db_name]
     assert {d["_id"] for d in db["products"].find({}, {"_id": 1})} == truth
     assert db[LEDGER].count_documents({"crawl_id": crawl_id, "state": "stored"}) == PAGES
-    assert db[COLLECTION].count_documents({}) == 0
+    assert db[SPOOL].count_documents({}) == 0
     run_document = db["crawl_runs"].find_one({"_id": crawl_id})
     assert run_document["cost"]["saved_by_resume"] == 1
     # Every call the server billed, over both runs: each page once.
@@ -203,10 +203,10 @@ def test_the_ledger_drops_recorded_answers_and_a_finished_crawl_leaves_none(
     async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> Any:
         first, second = (await planned(crawler))[:2]
         responses = [await transport.process_request(r) for r in (first, second)]
-        answers = ProductStore.of(crawler).db[COLLECTION]
+        answers = ProductStore.of(crawler).db[SPOOL]
         spooled = sorted([d["_id"] async for d in answers.find()])
         await store_pages(crawler, responses[:1])
-        left = [d["_id"] for d in db[COLLECTION].find()]
+        left = [d["_id"] for d in db[SPOOL].find()]
         return first, second, spooled, left, crawl_id_of(crawler)
 
     (first, second, spooled, left, crawl_id), stats = run(sandbox.url, mongod, mongo_db_name,
@@ -218,7 +218,7 @@ def test_the_ledger_drops_recorded_answers_and_a_finished_crawl_leaves_none(
     assert db[LEDGER].count_documents({"key": key_of(first), "state": "stored"}) == 1
     assert left == [f"{crawl_id}:{key_of(second)}"]
     # Closed ``finished``: nothing of the crawl is left.
-    assert db[COLLECTION].count_documents({}) == 0
+    assert db[SPOOL].count_documents({}) == 0
 
 
 def test_the_token_never_reaches_the_spool(
@@ -238,7 +238,7 @@ def test_the_token_never_reaches_the_spool(
                               reason="shutdown")
     assert isinstance(response, Response)
     assert stats[stats_keys.SPOOL_KEPT] == 1
-    documents = list(mongo_client[mongo_db_name][COLLECTION].find())
+    documents = list(mongo_client[mongo_db_name][SPOOL].find())
     assert len(documents) == 1
     stored = b"".join(bson.encode(d) for d in documents)
     assert TOKEN.encode() not in stored
@@ -253,7 +253,7 @@ def test_mongodb_refusing_the_spool_does_not_stop_the_crawl(
     the ledger recorded the pages and found their answers missing from the spool."""
     # A collection that refuses every document it is given.
     mongo_client[mongo_db_name].create_collection(
-        COLLECTION, validator={"never": {"$exists": True}}, validationAction="error")
+        SPOOL, validator={"never": {"$exists": True}}, validationAction="error")
 
     async def scenario(crawler: Crawler, transport: TmapiTransportMiddleware) -> Any:
         responses = [await transport.process_request(r)

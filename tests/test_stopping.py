@@ -27,7 +27,7 @@ from tests.crawling import PROJECT_ROOT, TOKEN, wait_until
 from tests.servers import MongodProcess
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS
+from tmapi_crawler.storage.collections import CRAWL_RUNS, PRODUCTS
 
 SIZES = {"501": 200, "502": 200}
 GRACEFUL = "Received SIGINT, shutting down gracefully"

@@ -19,7 +19,7 @@ from tests.servers import MongodProcess
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.servers import free_port
 from tmapi_crawler.storage import embedded as embedded_mongo
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, REJECTED
+from tmapi_crawler.storage.collections import CRAWL_RUNS, PRODUCTS, REJECTED
 
 SIZES = {"201": 120, "202": 90}
 TYPED = {

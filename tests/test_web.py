@@ -27,8 +27,7 @@ from starlette.testclient import TestClient
 
 from tests.crawling import PROJECT_ROOT
 from tests.web_data import Crawled
-from tmapi_crawler.storage.history import HISTORY
-from tmapi_crawler.storage.store import PRODUCTS
+from tmapi_crawler.storage.collections import HISTORY, PRODUCTS
 from tmapi_crawler.web.app import create_app
 from tmapi_crawler.web.tables import PRODUCT_COLUMNS
 

@@ -22,8 +22,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from tests.browser import chromium, missing_browser, served
 from tests.test_web import HOSTILE, expected_steps
 from tests.web_data import Crawled
-from tmapi_crawler.storage.history import HISTORY
-from tmapi_crawler.storage.store import PRODUCTS
+from tmapi_crawler.storage.collections import HISTORY, PRODUCTS
 
 WAIT = 30
 

@@ -34,8 +34,8 @@ from tmapi_crawler.sandbox.misbehaviour import (
     STORABLE_KINDS,
     odd_item_json,
 )
-from tmapi_crawler.storage.history import HISTORY
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, REJECTED, ProductStore
+from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, PRODUCTS, REJECTED
+from tmapi_crawler.storage.store import ProductStore
 
 CATALOG = Catalog(default_size=60)
 CAT_ID = 7

@@ -41,7 +41,7 @@ def crawl_id(crawler: Crawler) -> str:
 
 
 def resume_crawl(crawler: Crawler, crawl_id_: str) -> None:
-    """This run continues the interrupted crawl ``crawl_id_`` (``spend.ledger``): its id is
+    """This run continues the interrupted crawl ``crawl_id_`` (``storage.ledger``): its id is
     the crawl's."""
     _CRAWL_IDS[crawler] = crawl_id_
     crawler.stats.set_value(stats_keys.CRAWL_ID, crawl_id_)

@@ -28,7 +28,7 @@ from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.servers import EmbeddedServerError, ServerNotFound
 from tmapi_crawler.shell import PROJECT_ROOT, command_line
 from tmapi_crawler.storage import embedded as embedded_mongo
-from tmapi_crawler.storage.store import CRAWL_RUNS
+from tmapi_crawler.storage.collections import CRAWL_RUNS
 
 DEMO_TOKEN = "sandbox-demo-token"
 DEMO_PLAN = PROJECT_ROOT / "examples" / "plan.yaml"

@@ -21,10 +21,10 @@ from pymongo.database import Database
 
 from tmapi_crawler import api
 from tmapi_crawler.exporters import FLAG_FIELDS, LINK_FIELDS, PRICE_FIELDS, SHOP_FIELDS
-from tmapi_crawler.storage import queries
-from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY
+from tmapi_crawler.storage import change_queries, queries
+from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, PRODUCTS
+from tmapi_crawler.storage.history import AVAILABLE_IN
 from tmapi_crawler.storage.queries import QueryError
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS
 
 #: What can be exported: ``scrapy export <what>``.
 WHAT: Final = ("products", "changes")
@@ -159,7 +159,7 @@ def changes(db: Database, selection: Mapping[str, Any],
             vanished: bool | None = None) -> Iterator[dict[str, Any]]:
     """The selected changes' rows (``change_selection``), oldest first, streamed;
     ``vanished``: only the rows that say a product left a category (True), or the others."""
-    cursor = db[HISTORY].find(dict(selection)).sort(queries.CHANGES_ORDER).batch_size(BATCH)
+    cursor = db[HISTORY].find(dict(selection)).sort(change_queries.CHANGES_ORDER).batch_size(BATCH)
     with cursor:
         for document in cursor:
             for row in change_rows(document):
@@ -234,13 +234,13 @@ def product_selection(db: Database, filters: Filters) -> list[dict[str, Any]]:
     stages: list[dict[str, Any]] = [{"$match": queries.product_filter(query)},
                                     {"$sort": {"_id": 1}}]
     if filters.changed is not None:
-        stages += queries.changed_products(filters.changed, since)
+        stages += change_queries.changed_products(filters.changed, since)
     return stages
 
 
 def change_selection(db: Database, filters: Filters) -> dict[str, Any]:
     """The ``history`` filter of ``filters``."""
-    return queries.changes_filter(
+    return change_queries.changes_filter(
         categories=filters.cat_ids,
         since=since_time(db, filters.since) if filters.since else None,
         fields=(AVAILABLE_IN,) if filters.vanished else ())

@@ -94,5 +94,5 @@ class ProductPage:
     """
 
     products: list[ProductItem]
-    #: The page's resume-ledger document (``spend.ledger``), written once its products are.
+    #: The page's resume-ledger document (``storage.ledger``), written once its products are.
     ledger: dict[str, Any] | None = None

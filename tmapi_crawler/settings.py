@@ -32,12 +32,12 @@ TMAPI_RETRY_MAX_DELAY = 30.0
 #: Results a query can reach by paging; pages past it are never requested.
 TMAPI_RESULT_CAP = os.environ.get("TMAPI_RESULT_CAP", "2000")
 
-# Spend control (tmapi_crawler/spend/).
+# Spend control (the budget: tmapi_crawler/transport/budget.py).
 #: Paid calls one run may make, retries included (distributed: the whole cluster crawl's
 #: session); 0: no budget. When spent, the crawl stops with tmapi_budget_exhausted, resumable.
 TMAPI_MAX_REQUESTS = os.environ.get("TMAPI_MAX_REQUESTS", "0")
 #: Who counts the budget: this process, or (distributed profile) the whole cluster.
-TMAPI_BUDGET = "tmapi_crawler.spend.budget.LocalBudget"
+TMAPI_BUDGET = "tmapi_crawler.transport.budget.LocalBudget"
 
 # The frontier: which pages to fetch next (tmapi_crawler/frontier/).
 #: Pages of one query queued or in flight at most; 0: twice TMAPI_CONCURRENCY (the add-on's

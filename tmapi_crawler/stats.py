@@ -88,12 +88,12 @@ COMPLETENESS_INCOMPLETE: Final = f"{PREFIX}/completeness/incomplete"
 #: 1 when a second Ctrl-C forced the stop (what was parsed was still saved).
 FORCED_STOP: Final = f"{PREFIX}/stop/forced"
 
-# Spend control (tmapi_crawler/spend/): resuming without paying twice.
+# Spend control (storage/ledger.py, storage/spool.py): resuming without paying twice.
 #: Pages a resumed crawl already held from its interrupted runs: replayed, not fetched.
 RESUME_PAGES_HELD: Final = f"{PREFIX}/resume/pages_held"
 #: Paid calls those pages had cost: what the resume saved.
 RESUME_CALLS_SAVED: Final = f"{PREFIX}/resume/calls_saved"
-#: The answer spool (``crawl_answers``, spend/spool.py): successful answers sent to it before
+#: The answer spool (``crawl_answers``, storage/spool.py): successful answers sent to it before
 #: their permit was released; not kept because MongoDB did not take them in time, or refused
 #: them (seen when the ledger drops the page) — the page is merely unprotected; not kept
 #: because larger than 15 MB; answers a resume was handed from the spool instead of paying

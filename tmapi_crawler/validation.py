@@ -33,6 +33,8 @@ from scrapy.settings import SETTINGS_PRIORITIES, default_settings
 from scrapy.utils.misc import load_object
 from scrapy_redis import defaults as scrapy_redis_defaults
 
+from tmapi_crawler.deprecations import current_path
+
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
@@ -185,7 +187,7 @@ def object_path() -> Rule:
         if not isinstance(value, str):
             return callable(value)
         try:
-            load_object(value)
+            load_object(current_path(value))
         except (ImportError, NameError, ValueError, AttributeError):
             return False
         return True

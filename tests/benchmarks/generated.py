@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tmapi_crawler.storage.history import HISTORY, HISTORY_INDEXES
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCT_INDEXES, PRODUCTS
+from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, PRODUCTS
+from tmapi_crawler.storage.history import HISTORY_INDEXES
+from tmapi_crawler.storage.indexes import PRODUCT_INDEXES
 
 BATCH = 10_000
 FIRST_CATEGORY = 1001

@@ -21,8 +21,9 @@ import pymongo
 
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.sandbox.catalog import Catalog, build_item
+from tmapi_crawler.storage.collections import PRODUCTS
 from tmapi_crawler.storage.documents import updates_by_id
-from tmapi_crawler.storage.store import PRODUCTS, ProductStore
+from tmapi_crawler.storage.store import ProductStore
 
 if TYPE_CHECKING:
     from tests.benchmarks.run import Bench

@@ -42,8 +42,9 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.cluster import Cluster
 from tmapi_crawler.frontier.context import PageContext
-from tmapi_crawler.spend import spool
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
+from tmapi_crawler.storage import spool
+from tmapi_crawler.storage.collections import SPOOL
 from tmapi_crawler.transport import credentials
 
 
@@ -161,7 +162,7 @@ def test_a_killed_worker_loses_nothing(
     assert held > 0
     spooled = {(c.query.cat_id, c.page) for c in (
         PageContext.from_dict(doc["page"])
-        for doc in mongo_client[env.database][spool.COLLECTION].find({}, {"page": 1}))}
+        for doc in mongo_client[env.database][SPOOL].find({}, {"page": 1}))}
     assert finish(survivors) == ["finished"] * 2
     # Paid for but not stored at the kill: delivered again, it is handed back from the spool.
     billed_twice = [page for page, n in Counter((r[0], r[3]) for r in records(

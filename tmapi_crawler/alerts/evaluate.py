@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tmapi_crawler.alerts.rules import Rule
 from tmapi_crawler.closing import FINISHED
-from tmapi_crawler.storage.history import AVAILABLE_IN, HISTORY, history_id
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS
+from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, PRODUCTS
+from tmapi_crawler.storage.history import AVAILABLE_IN, history_id
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.database import AsyncDatabase

@@ -28,7 +28,8 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.alerts.deliver import send
 from tmapi_crawler.alerts.evaluate import Change, message, read_changes, select
 from tmapi_crawler.alerts.rules import AlertsConfig, Rule, destination_key, load, service_of
-from tmapi_crawler.storage.store import CRAWL_RUNS, ProductStore
+from tmapi_crawler.storage.collections import ALERTS_SENT, CRAWL_RUNS
+from tmapi_crawler.storage.store import ProductStore
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.database import AsyncDatabase
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ALERTS_SENT: Final = "alerts_sent"
 _DUPLICATE_KEY: Final = 11000
 
 

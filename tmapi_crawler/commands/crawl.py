@@ -27,7 +27,7 @@ from tmapi_crawler.cli import INCOMPLETE, USAGE_ERROR, ProjectCommand, fail
 from tmapi_crawler.distributed.embedded import resolve_redis_url
 from tmapi_crawler.plan import PlanError
 from tmapi_crawler.servers import EmbeddedServerError, ServerNotFound, find_mongod
-from tmapi_crawler.spend.cost import cost_of, format_cost
+from tmapi_crawler.storage.cost import cost_of, format_cost
 from tmapi_crawler.transport.credentials import MissingToken, token_from_settings
 
 logger = logging.getLogger(__name__)

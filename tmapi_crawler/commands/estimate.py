@@ -33,7 +33,7 @@ from tmapi_crawler.plan import Plan, plan_from_arguments
 from tmapi_crawler.server_command import redact
 from tmapi_crawler.shell import command_line
 from tmapi_crawler.spend import estimate
-from tmapi_crawler.spend.ledger import FRESH_ARGUMENT, fresh_requested, plan_fingerprint
+from tmapi_crawler.storage.ledger import FRESH_ARGUMENT, fresh_requested, plan_fingerprint
 
 if TYPE_CHECKING:
     import argparse

@@ -21,7 +21,7 @@ from pymongo.cursor import Cursor
 
 from tmapi_crawler.server_command import ServerCommand, redact
 from tmapi_crawler.storage import embedded as embedded_mongo
-from tmapi_crawler.storage.store import PRODUCTS
+from tmapi_crawler.storage.collections import PRODUCTS
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings

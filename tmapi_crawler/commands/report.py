@@ -17,12 +17,10 @@ from pymongo.errors import PyMongoError
 from tmapi_crawler.cli import ProjectCommand, note
 from tmapi_crawler.server_command import redact
 from tmapi_crawler.shell import command_line
-from tmapi_crawler.spend.cost import format_cost
-from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
 from tmapi_crawler.storage import completeness
 from tmapi_crawler.storage import embedded as embedded_mongo
-from tmapi_crawler.storage.history import HISTORY
-from tmapi_crawler.storage.store import CRAWL_RUNS, PRODUCTS, REJECTED
+from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, LEDGER, PRODUCTS, REJECTED
+from tmapi_crawler.storage.cost import format_cost
 
 #: Lines of the category and cheapest-product lists.
 TOP = 5

@@ -36,19 +36,21 @@ from tmapi_crawler.distributed.queue import page_push
 from tmapi_crawler.distributed.state import RedisState, ReplayState
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.progress import Progress
-from tmapi_crawler.spend.ledger import Ledger, Replay, plan_fingerprint, replay
+from tmapi_crawler.quoting import shown
+from tmapi_crawler.storage.collections import REJECTED
+from tmapi_crawler.storage.connection import StorageUnavailable
 from tmapi_crawler.storage.coverage import losses
+from tmapi_crawler.storage.ledger import Ledger, Replay, plan_fingerprint, replay
 from tmapi_crawler.storage.runs import record_resume, record_seeded, run_document
-from tmapi_crawler.storage.store import REJECTED, ProductStore, StorageUnavailable
-from tmapi_crawler.transport.answers import shown
+from tmapi_crawler.storage.store import ProductStore
 
 if TYPE_CHECKING:
     import argparse
 
     from tmapi_crawler.distributed.cluster import Cluster
     from tmapi_crawler.frontier.decisions import Decision
-    from tmapi_crawler.spend.ledger import Resume
     from tmapi_crawler.spiders.category_items import CategoryItemsSpider as Spider
+    from tmapi_crawler.storage.ledger import Resume
 
 
 #: How long a seed holds the crawl open without renewing (``Cluster.seeding``): a seed that died

@@ -1,6 +1,6 @@
 """The cluster crawl's budget of paid calls: one atomic counter in Redis (``budget_spend.lua``).
 
-It implements ``spend.budget.Budget``. The counter is keyed by the session the workers belong
+It implements ``transport.budget.Budget``. The counter is keyed by the session the workers belong
 to (the crawl, and the cluster's last stop): a budget stop closes the limiter with
 ``tmapi_budget_exhausted``, which stops every worker started before it, and workers started
 again afterwards (e.g. with a higher ``TMAPI_MAX_REQUESTS``) go on with a fresh count — the

@@ -53,7 +53,7 @@ class Leased:
 
     ``known`` is false for an id the crawl's dupefilter never saw: no worker queued it;
     ``deliveries``: how many times the entry was handed out, this one included (more than one:
-    a worker that had it may have paid for its page, ``spend.spool``).
+    a worker that had it may have paid for its page, ``storage.spool``).
     """
 
     id: str

@@ -67,8 +67,8 @@ from tmapi_crawler.distributed.status import read_status
 from tmapi_crawler.frontier.completeness import loss_to_dict
 from tmapi_crawler.frontier.context import META_KEY
 from tmapi_crawler.progress import Progress, Rate
-from tmapi_crawler.spend.spool import Spool
 from tmapi_crawler.storage.coverage import losses
+from tmapi_crawler.storage.spool import Spool
 from tmapi_crawler.storage.writer import MongoPipeline
 
 if TYPE_CHECKING:

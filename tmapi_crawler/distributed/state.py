@@ -125,7 +125,7 @@ class RedisState:
 
 
 class ReplayState(RedisState):
-    """The state ``scrapy seed`` replays a resumed crawl's held pages on (``spend.ledger``).
+    """The state ``scrapy seed`` replays a resumed crawl's held pages on (``storage.ledger``).
 
     No page's decision is remembered under the page: a held page is never decided again, and a
     memo left from the lost crawl (same crawl id) must not answer for the replay. Every step is

@@ -1,1 +1,1 @@
-"""Spend control: the budget of paid calls, the resume ledger, the estimate, what a crawl cost."""
+"""Spend reporting: what a plan will probably cost (the estimate)."""

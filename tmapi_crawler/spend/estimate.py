@@ -9,7 +9,7 @@ further) or whose page 1 does not say how much follows. A query with neither is 
 a made-up number.
 
 A crawl of the same plan left unfinished is resumed by the next ``scrapy crawl`` with these
-arguments (``spend.ledger``): the estimate shows it (:func:`pending`) with the pages it holds
+arguments (``storage.ledger``): the estimate shows it (:func:`pending`) with the pages it holds
 and the calls still to pay, each planned query's figure less what its held pages cost.
 """
 
@@ -26,7 +26,8 @@ from tmapi_crawler.frontier.decisions import FrontierSettings
 from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Query
-from tmapi_crawler.spend.ledger import COLLECTION, STORED
+from tmapi_crawler.storage.collections import CRAWL_RUNS, LEDGER
+from tmapi_crawler.storage.ledger import STORED
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +48,13 @@ class Figure:
 def from_history(db: Any, queries: tuple[Query, ...]) -> list[Figure]:
     """Each planned query's calls in the last finished crawl that had it (``db``: pymongo)."""
     keys = [q.key() for q in queries]
-    rows = list(db[COLLECTION].aggregate([
+    rows = list(db[LEDGER].aggregate([
         {"$match": {"planned": {"$in": keys}}},
         {"$group": {"_id": {"planned": "$planned", "crawl": "$crawl_id"},
                     "calls": {"$sum": "$calls"}, "at": {"$max": "$at"}}},
     ]))
     crawls = {row["_id"]["crawl"] for row in rows}
-    finished = {run["_id"] for run in db["crawl_runs"].find(
+    finished = {run["_id"] for run in db[CRAWL_RUNS].find(
         {"_id": {"$in": sorted(crawls)}, "finish_reason": FINISHED}, {"_id": 1})}
     best: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -80,14 +81,14 @@ class Pending:
 
 def pending(db: Any, fingerprint: str, spider: str) -> Pending | None:
     """The crawl the next ``scrapy crawl`` of this plan resumes, as ``Ledger.open`` finds it."""
-    runs = db["crawl_runs"].find({"plan_fingerprint": fingerprint, "spider": spider},
+    runs = db[CRAWL_RUNS].find({"plan_fingerprint": fingerprint, "spider": spider},
                                  {"finish_reason": 1}).sort("started_at", -1).limit(1)
     last = next(iter(runs), None)
     if last is None or last.get("finish_reason") == FINISHED:
         return None
     held: dict[str, int] = {}
     paid: dict[str, int] = {}
-    for row in db[COLLECTION].aggregate([
+    for row in db[LEDGER].aggregate([
         {"$match": {"crawl_id": last["_id"]}},
         {"$group": {"_id": "$planned", "calls": {"$sum": "$calls"},
                     "held": {"$sum": {"$cond": [{"$eq": ["$state", STORED]}, 1, 0]}}}},

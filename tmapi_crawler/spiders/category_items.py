@@ -11,7 +11,7 @@ on those signals — a worker dying between the two would lose what the page ask
 
 In probe mode (``scrapy estimate --probe``) it fetches page 1 of each planned query and asks
 the frontier nothing more; the pages are stored and recorded as any crawl's, and the crawl
-closes ``tmapi_probed``, so the next ``scrapy crawl`` of the plan resumes it (``spend.ledger``)
+closes ``tmapi_probed``, so the next ``scrapy crawl`` of the plan resumes it (``storage.ledger``)
 and pays for none of them again.
 """
 
@@ -27,7 +27,7 @@ from pymongo.errors import PyMongoError
 from scrapy import signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider
 from scrapy.http import TextResponse
-from scrapy.utils.misc import build_from_crawler, load_object
+from scrapy.utils.misc import build_from_crawler
 from twisted.python.failure import Failure
 
 from tmapi_crawler import api, crawl
@@ -35,6 +35,7 @@ from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.accounting import Completeness
 from tmapi_crawler.closing import PROBED
+from tmapi_crawler.deprecations import load_class
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.frontier.decisions import Decision, FrontierSettings, priority
 from tmapi_crawler.frontier.frontier import Frontier
@@ -43,8 +44,9 @@ from tmapi_crawler.frontier.state import FrontierState, StateLost
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.items import ProductItem, ProductPage, QueryContext
 from tmapi_crawler.plan import Plan, plan_from_arguments
-from tmapi_crawler.spend.cost import count_page
-from tmapi_crawler.spend.ledger import (
+from tmapi_crawler.storage.cost import count_page
+from tmapi_crawler.storage.coverage import mark_incomplete
+from tmapi_crawler.storage.ledger import (
     FRESH_ARGUMENT,
     LOST,
     Ledger,
@@ -53,8 +55,7 @@ from tmapi_crawler.spend.ledger import (
     planned_key,
     replay,
 )
-from tmapi_crawler.spend.ledger import now as ledger_now
-from tmapi_crawler.storage.coverage import mark_incomplete
+from tmapi_crawler.storage.ledger import now as ledger_now
 from tmapi_crawler.storage.store import ProductStore
 from tmapi_crawler.transport.answers import read_page
 from tmapi_crawler.transport.call import ApiError
@@ -104,7 +105,7 @@ class CategoryItemsSpider(scrapy.Spider):
         on ``TMAPI_FRONTIER_STATE`` unless given a state (``scrapy seed`` gives the cluster's)."""
         settings = self.crawler.settings
         if state is None:
-            state = build_from_crawler(load_object(settings["TMAPI_FRONTIER_STATE"]), self.crawler)
+            state = build_from_crawler(load_class(settings, "TMAPI_FRONTIER_STATE"), self.crawler)
         return Frontier(
             FrontierSettings(reach=settings.getint("TMAPI_RESULT_CAP") or None,
                              window=settings.getint("TMAPI_QUERY_WINDOW"),

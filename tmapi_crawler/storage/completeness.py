@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
+from tmapi_crawler.storage.collections import LEDGER
 
 if TYPE_CHECKING:
     from tmapi_crawler.frontier.completeness import Loss

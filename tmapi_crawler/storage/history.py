@@ -30,7 +30,8 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 
-HISTORY = "history"
+from tmapi_crawler.storage.collections import HISTORY
+
 #: Typed fields whose change between two crawls is history.
 TRACKED_FIELDS = ("price", "sale_price", "sales_90d", "moq")
 #: The history name of a product's availability: the categories it is listed in.

@@ -29,13 +29,15 @@ from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.closing import FINISHED, MONGODB_UNAVAILABLE, PROBED
 from tmapi_crawler.crawl import crawl_id
 from tmapi_crawler.frontier.completeness import Losses
-from tmapi_crawler.spend.cost import cost_of
-from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
-from tmapi_crawler.spend.spool import Spool
 from tmapi_crawler.storage import completeness
+from tmapi_crawler.storage.collections import CRAWL_RUNS
+from tmapi_crawler.storage.connection import StorageUnavailable
+from tmapi_crawler.storage.cost import cost_of
 from tmapi_crawler.storage.coverage import complete_categories, whole_categories
 from tmapi_crawler.storage.documents import batch_now
-from tmapi_crawler.storage.store import CRAWL_RUNS, ProductStore, StorageUnavailable
+from tmapi_crawler.storage.ledger import Ledger, plan_fingerprint
+from tmapi_crawler.storage.spool import Spool
+from tmapi_crawler.storage.store import ProductStore
 
 if TYPE_CHECKING:
     from scrapy import Spider
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
     from tmapi_crawler.frontier.completeness import Loss
-    from tmapi_crawler.spend.ledger import Resume
+    from tmapi_crawler.storage.ledger import Resume
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +234,7 @@ class CrawlRunRecorder:
         logger.info("Storing into MongoDB database %r as crawl %s", self.store.database,
                     self.crawl_id)
 
-    # Resumes and cost (tmapi_crawler/spend/).
+    # Resumes and cost (storage/ledger.py, storage/cost.py).
 
     async def _resumed(self) -> bool:
         """A resumed crawl keeps its one document: this run is listed under ``resumes``."""

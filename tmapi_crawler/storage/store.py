@@ -11,7 +11,6 @@ that does not answer, or refuses everything, stops the crawl.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,23 +18,19 @@ from typing import TYPE_CHECKING, Any, Final
 from weakref import WeakKeyDictionary
 
 from bson.errors import BSONError
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, UpdateOne, WriteConcern
+from pymongo import ASCENDING, UpdateOne, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     BulkWriteError,
-    ConnectionFailure,
     DocumentTooLarge,
     OperationFailure,
-    PyMongoError,
 )
 
-from tmapi_crawler.spend.ledger import COLLECTION as LEDGER
-from tmapi_crawler.spend.ledger import STORED as LEDGER_STORED
-from tmapi_crawler.storage import embedded, prices
+from tmapi_crawler.quoting import shown
+from tmapi_crawler.storage import prices
+from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, LEDGER, PRODUCTS, REJECTED
+from tmapi_crawler.storage.connection import Connection
 from tmapi_crawler.storage.history import (
-    HISTORY,
-    HISTORY_INDEXES,
     STORED_FIELDS,
     categories_of,
     changes_since,
@@ -46,7 +41,8 @@ from tmapi_crawler.storage.history import (
     vanish_mark,
     vanished_filter,
 )
-from tmapi_crawler.transport.answers import shown
+from tmapi_crawler.storage.indexes import ensure_indexes
+from tmapi_crawler.storage.ledger import STORED as LEDGER_STORED
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -55,43 +51,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PRODUCTS = "products"
-CRAWL_RUNS = "crawl_runs"
-REJECTED = "rejected_items"
-
-PRODUCT_INDEXES = [
-    IndexModel([("categories", ASCENDING), ("price", ASCENDING)], name="category_price"),
-    IndexModel([("categories", ASCENDING), ("free_shipping", ASCENDING), ("price", ASCENDING)],
-               name="category_free_shipping_price"),
-    IndexModel([("categories", ASCENDING), ("sales_90d", DESCENDING)], name="category_sales"),
-    # Catalogue lists (storage.queries): each sort with its ``_id`` tie-break, so that the index
-    # gives the order (no in-memory sort) and pages never overlap; a category's price range by
-    # sales is read in the index.
-    IndexModel([("categories", ASCENDING), ("sales_90d", DESCENDING), ("_id", ASCENDING),
-                ("price", ASCENDING)], name="category_sales_id_price"),
-    IndexModel([("categories", ASCENDING), ("price", ASCENDING), ("_id", ASCENDING)],
-               name="category_price_id"),
-    IndexModel([("categories", ASCENDING), ("first_seen", DESCENDING), ("_id", DESCENDING)],
-               name="category_first_seen_id"),
-    IndexModel([("sales_90d", DESCENDING), ("_id", ASCENDING)], name="sales_id"),
-    IndexModel([("price", ASCENDING), ("_id", ASCENDING)], name="price_id"),
-    IndexModel([("first_seen", DESCENDING), ("_id", DESCENDING)], name="first_seen_id"),
-    IndexModel([("categories", ASCENDING), ("first_crawl_id", ASCENDING)],
-               name="category_first_crawl"),
-    IndexModel([("price", ASCENDING)], name="price"),
-    IndexModel([("sales_90d", DESCENDING)], name="sales"),
-    IndexModel([("is_super_factory", ASCENDING), ("sales_90d", DESCENDING)], name="shop_sales"),
-    IndexModel([("company_names.zh", ASCENDING)], name="shop_name", sparse=True),
-    IndexModel([("last_seen", DESCENDING)], name="last_seen"),
-    IndexModel([("first_seen", DESCENDING)], name="first_seen"),
-    IndexModel([("last_crawl_id", ASCENDING)], name="last_crawl"),
-    IndexModel([("first_crawl_id", ASCENDING)], name="first_crawl"),
-    # "At least 15 % below its 90-day average", "at its lowest ever (after a drop)": one
-    # index range each (most products never changed: vs_min 1 alone would be most of them).
-    IndexModel([("price_stats.vs_avg90", ASCENDING)], name="vs_avg90"),
-    IndexModel([("price_stats.vs_min", ASCENDING), ("price_stats.last_change.pct", ASCENDING)],
-               name="vs_min_drop"),
-]
 #: Run fields that describe one worker of a distributed crawl, not the crawl.
 _PER_WORKER = ("host", "arguments", "started_at", "status")
 #: Codes a retried write can meet: a concurrent upsert of the same new ``_id`` (11000).
@@ -105,10 +64,6 @@ _ENCODING_ERRORS: Final = (BSONError, DocumentTooLarge, OverflowError, UnicodeEn
                            RecursionError)
 
 _STORES: WeakKeyDictionary[Crawler, ProductStore] = WeakKeyDictionary()
-
-
-class StorageUnavailable(Exception):
-    """MongoDB did not answer in time, or refused a write for reasons no document caused."""
 
 
 def _document_error(error: BaseException) -> bool:
@@ -128,21 +83,14 @@ class BatchResult:
     refused: dict[int, str] = field(default_factory=dict)
 
 
-class ProductStore:
-    """Connection, indexes, batched writes and run records: one per crawl (:meth:`of`)."""
+class ProductStore(Connection):
+    """Batched writes and run records on the crawl's connection: one per crawl (:meth:`of`)."""
 
     def __init__(self, uri: str, database: str, retry_timeout: float,
                  price_stats: bool = True) -> None:
-        #: Empty: the embedded mongod (``MONGO_EMBEDDED_DIR``), resolved when opened.
-        self.uri = uri
-        self.database = database
-        self.retry_timeout = retry_timeout
+        super().__init__(uri, database, retry_timeout)
         #: Keep ``price_stats`` (``storage.prices``); off only to measure what it costs (B9).
         self.price_stats = price_stats
-        #: ``MONGO_EMBEDDED_DIR`` (None: the embedded module's default).
-        self.embedded_dir: str | None = None
-        self.client: AsyncMongoClient[dict[str, Any]] | None = None
-        self._db: AsyncDatabase[dict[str, Any]] | None = None
         self._history: AsyncCollection[dict[str, Any]] | None = None
 
     @classmethod
@@ -157,46 +105,12 @@ class ProductStore:
             _STORES[crawler] = store
         return store
 
-    @property
-    def opened(self) -> bool:
-        return self._db is not None
-
-    @property
-    def db(self) -> AsyncDatabase[dict[str, Any]]:
-        assert self._db is not None, "ProductStore used before open()"
-        return self._db
-
-    @property
-    def history(self) -> AsyncCollection[dict[str, Any]]:
-        assert self._history is not None, "ProductStore used before open()"
-        return self._history
-
     async def open(self) -> None:
-        """Connect (starting the embedded mongod if no URI is set), fail fast when MongoDB is
-        not there, then make sure the indexes exist. Opening an open store does nothing."""
+        """Connect, then make sure the indexes exist. Opening an open store does nothing."""
         if self.opened:
             return
-        if not self.uri:
-            # Left running at the end: other crawls may share it, and queries want it next
-            # (`scrapy mongo stop` stops it).
-            try:
-                server = await asyncio.to_thread(embedded.ensure_running, self.embedded_dir)
-            except embedded.EmbeddedMongoError as exc:
-                raise StorageUnavailable(f"embedded MongoDB not started: {exc}") from None
-            self.uri = server.uri
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            self.uri, serverSelectionTimeoutMS=5000, tz_aware=True, appname="tmapi-crawler"
-        )
-        try:
-            await client.admin.command("ping")
-        except PyMongoError as exc:
-            await client.close()
-            raise StorageUnavailable(f"MongoDB not reachable: {exc}") from None
-        # Journaled writes: an acknowledged batch survives a crash of mongod itself.
-        db = client.get_database(self.database, write_concern=WriteConcern(w=1, j=True))
-        await db[PRODUCTS].create_indexes(PRODUCT_INDEXES)
-        await db[REJECTED].create_index([("crawl_id", ASCENDING)], name="crawl")
-        await db[HISTORY].create_indexes(HISTORY_INDEXES)
+        client, db = await self._connect()
+        await ensure_indexes(db)
         self.client, self._db = client, db
         #: Not journaled on its own: the batch's journaled upserts, sent after it, make it
         #: durable too (the journal is one sequence), and a history lost with the batch is
@@ -204,9 +118,13 @@ class ProductStore:
         self._history = db.get_collection(HISTORY, write_concern=WriteConcern(w=1))
 
     async def close(self) -> None:
-        client, self.client, self._db, self._history = self.client, None, None, None
-        if client is not None:
-            await client.close()
+        self._history = None
+        await super().close()
+
+    @property
+    def history(self) -> AsyncCollection[dict[str, Any]]:
+        assert self._history is not None, "ProductStore used before open()"
+        return self._history
 
     async def write_products(
         self, updates: Mapping[int, dict[str, Any]], crawl_id: str, now: datetime
@@ -477,24 +395,4 @@ class ProductStore:
         new = await products.count_documents({"first_crawl_id": crawl_id})
         changed = await self.db[HISTORY].count_documents({"crawl_id": crawl_id})
         return {"products_seen": seen, "new": new, "updated": seen - new, "changed": changed}
-
-    async def _retrying(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
-        """Retry while MongoDB is unreachable (e.g. restarting), up to ``retry_timeout``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.retry_timeout
-        delay = 0.1
-        while True:
-            try:
-                return await operation(*args, **kwargs)
-            except (ConnectionFailure, OperationFailure) as exc:
-                if isinstance(exc, OperationFailure) and not exc.has_error_label(
-                    "RetryableWriteError"
-                ):
-                    raise
-                if loop.time() + delay > deadline:
-                    raise StorageUnavailable(f"MongoDB unavailable for "
-                                             f"{self.retry_timeout:.0f} s: {exc}") from None
-                logger.warning("MongoDB unavailable (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 

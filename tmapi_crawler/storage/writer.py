@@ -37,12 +37,13 @@ from tmapi_crawler.closing import MONGODB_UNAVAILABLE, close_spider
 from tmapi_crawler.folders import private_dir
 from tmapi_crawler.items import ProductItem, ProductPage
 from tmapi_crawler.normalize import rendered
-from tmapi_crawler.spend.ledger import Ledger, plan_fingerprint
-from tmapi_crawler.spend.spool import Spool
+from tmapi_crawler.quoting import shown
+from tmapi_crawler.storage.connection import StorageUnavailable
 from tmapi_crawler.storage.coverage import mark_incomplete
 from tmapi_crawler.storage.documents import batch_now, rejected_document, updates_by_id
-from tmapi_crawler.storage.store import ProductStore, StorageUnavailable
-from tmapi_crawler.transport.answers import shown
+from tmapi_crawler.storage.ledger import Ledger, plan_fingerprint
+from tmapi_crawler.storage.spool import Spool
+from tmapi_crawler.storage.store import ProductStore
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -118,7 +119,7 @@ class MongoPipeline:
         self._ticker = asyncio.ensure_future(self._tick())
 
     async def _resume(self) -> bool:
-        """Find the interrupted crawl of the same plan (``spend.ledger``) and continue it.
+        """Find the interrupted crawl of the same plan (``storage.ledger``) and continue it.
 
         A distributed crawl's id is the cluster's; ``scrapy seed`` decides its resumes.
         """

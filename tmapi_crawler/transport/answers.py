@@ -6,7 +6,7 @@ callers get one code either way and never have to look at the body twice.
 Everything that names an answer or a failure in stats keys and log lines comes from a bounded
 vocabulary defined here: an API code, one of the broken-answer reasons, or the name of a
 transport failure from a fixed list of classes. Text quoted from an answer or an exception is
-cut to ``MESSAGE_CHARS``: a 1 MB ``msg`` is not logged a million characters at a time.
+cut to ``quoting.MESSAGE_CHARS``: a 1 MB ``msg`` is not logged a million characters at a time.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from typing import Any, Final
 from scrapy.http import TextResponse
 
 from tmapi_crawler import api
-
-#: The most characters of an answer's ``msg`` or an exception's text any log line quotes.
-MESSAGE_CHARS: Final = 200
+from tmapi_crawler.quoting import MESSAGE_CHARS, shown
 
 # Why a success status carried no usable page (stats: ``answers/<reason>``).
 NOT_JSON: Final = "not_json"
@@ -67,13 +65,6 @@ class Page:
     items: list[Any]
     total_count: int | None
     has_next_page: bool | None
-
-
-def shown(text: str, limit: int = MESSAGE_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, saying how much was left out."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
 def failure_name(error: BaseException, known: Iterable[type[BaseException]]) -> str:

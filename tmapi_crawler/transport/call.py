@@ -34,6 +34,7 @@ from scrapy.utils.misc import load_object
 
 from tmapi_crawler import api
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.quoting import shown
 from tmapi_crawler.transport import credentials
 from tmapi_crawler.transport.answers import (
     BAD_ENCODING,
@@ -43,7 +44,6 @@ from tmapi_crawler.transport.answers import (
     BrokenAnswer,
     failure_name,
     read_answer,
-    shown,
 )
 
 if TYPE_CHECKING:

@@ -8,12 +8,12 @@ It sits closest to the downloader and downloads API requests itself, so that:
 * a request waits for a concurrency permit while it already holds a ``CONCURRENT_REQUESTS``
   slot, and keeps both through its retries and backoff — a retry is not re-queued behind
   thousands of other requests, and never exceeds the account's limit;
-* the budget (``TMAPI_MAX_REQUESTS``, ``spend.budget``) is asked right before each call,
+* the budget (``TMAPI_MAX_REQUESTS``, ``transport.budget``) is asked right before each call,
   after its permit: a call it refuses is not sent, and the crawl closes with
   ``tmapi_budget_exhausted``;
 * once the crawl stops (a 439, the budget, Ctrl-C), no new paid call starts: requests waiting for a
   permit or backing off give up at once (``closing.StopGuard`` says when);
-* a successful answer is kept in the answer spool (``spend.spool``) before its permit is
+* a successful answer is kept in the answer spool (``storage.spool``) before its permit is
   released, so a page paid for is durable before the next call starts; a page whose answer
   the spool holds (a resume after a kill) is handed back from it: no permit, no budget, no
   call;
@@ -34,17 +34,18 @@ from typing import TYPE_CHECKING, Any, Final
 from scrapy import signals
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.http import JsonResponse, Request, Response
-from scrapy.utils.misc import build_from_crawler, load_object
+from scrapy.utils.misc import build_from_crawler
 
 from tmapi_crawler import api, closing
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.aio import Interrupted, Interrupter
+from tmapi_crawler.deprecations import load_class
 from tmapi_crawler.frontier.context import META_KEY, PageContext
-from tmapi_crawler.spend.budget import Budget
-from tmapi_crawler.spend.spool import Spool
+from tmapi_crawler.storage.spool import Spool
 from tmapi_crawler.transport import credentials
 from tmapi_crawler.transport.answers import Answer, BrokenAnswer, read_answer
+from tmapi_crawler.transport.budget import Budget
 from tmapi_crawler.transport.call import ApiError, PaidCall
 from tmapi_crawler.transport.limiter import Limiter, LimiterClosed
 
@@ -88,8 +89,8 @@ class TmapiTransportMiddleware:
             logger.warning(
                 "TMAPI_BASE_URL %s is plain http: the API token travels unencrypted", base_url
             )
-        limiter = build_from_crawler(load_object(settings["TMAPI_LIMITER"]), crawler)
-        budget = build_from_crawler(load_object(settings["TMAPI_BUDGET"]), crawler)
+        limiter = build_from_crawler(load_class(settings, "TMAPI_LIMITER"), crawler)
+        budget = build_from_crawler(load_class(settings, "TMAPI_BUDGET"), crawler)
         mw = cls(crawler, token, limiter, budget)
         crawler.signals.connect(mw.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(mw.spider_closed, signal=signals.spider_closed)

@@ -1,9 +1,10 @@
 """The local web app of ``scrapy serve``: the catalogue, a product, movers and crawls.
 
-Read-only and offline: every read goes through ``storage.queries`` (validated, whitelisted;
-a bad parameter is a 400 before MongoDB is asked anything), and every asset is served from
-``web/static``. Each page has a JSON twin under ``/api`` and each list downloads as CSV or
-XLSX (``?format=csv|xlsx``). Nothing here knows the API token.
+Read-only and offline: every read goes through ``storage.queries`` and
+``storage.change_queries`` (validated, whitelisted; a bad parameter is a 400 before MongoDB is
+asked anything), and every asset is served from ``web/static``. Each page has a JSON twin
+under ``/api`` and each list downloads as CSV or XLSX (``?format=csv|xlsx``). Nothing here knows
+the API token.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from tmapi_crawler.storage import queries
+from tmapi_crawler.storage import change_queries, queries
 from tmapi_crawler.storage.queries import QueryError
 from tmapi_crawler.web import tables
 
@@ -136,18 +137,18 @@ async def product(request: Request) -> Response:
 async def movers(request: Request) -> Response:
     params = params_of(request)
     kind = _format(params)
-    query = queries.MoversQuery.from_params(params)
+    query = change_queries.MoversQuery.from_params(params)
     db = db_of(request)
-    found = await queries.movers(db, query)
+    found = await change_queries.movers(db, query)
     if kind != "html":
-        which = queries.parse_choice(params, "kind", queries.MOVER_KINDS, "drops")
+        which = queries.parse_choice(params, "kind", change_queries.MOVER_KINDS, "drops")
         return tables.download(tables.mover_rows(found.get(which, []), which), tables.MOVER_COLUMNS,
                          f"movers-{which}", kind)
     if request.url.path.startswith("/api/"):
         return JSON(found)
     return render(request, "movers.html", query=query, found=found, params=params,
                   categories=await queries.categories(db),
-                  lists={k: tables.mover_rows(found[k], k) for k in queries.MOVER_KINDS
+                  lists={k: tables.mover_rows(found[k], k) for k in change_queries.MOVER_KINDS
                          if k in found})
 
 

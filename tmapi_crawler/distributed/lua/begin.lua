@@ -6,7 +6,7 @@
 -- KEYS: crawl, queue, workers, dupefilter, done, failed, deliveries, entries, progress,
 --       limiter limit, limiter successes, sightings, frontier numbers, frontier sets.
 -- ARGV: base, renew (0/1), the id a new crawl takes (a new one, or the id of the interrupted
---       crawl `scrapy seed` resumes: spend/ledger.py), worker ('' for none), ttl ms, info,
+--       crawl `scrapy seed` resumes: storage/ledger.py), worker ('' for none), ttl ms, info,
 --       seeding ms (`scrapy seed`: no worker completes the crawl that long, see seeding.lua).
 -- Returns {id, fresh (0/1), state}: state 'lost' when a worker without `renew` finds a crawl
 -- that Redis lost (it must not crawl on as if nothing happened).

@@ -33,17 +33,17 @@ from tmapi_crawler.frontier.decisions import Decision
 from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Plan, PlanError, Query
-from tmapi_crawler.spend.spool import Spool
+from tmapi_crawler.storage.collections import CRAWL_RUNS, LEDGER
+from tmapi_crawler.storage.spool import Spool
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
-    from tmapi_crawler.storage.store import ProductStore
+    from tmapi_crawler.storage.connection import Connection
 
 logger = logging.getLogger(__name__)
 
-COLLECTION: Final = "crawl_pages"
 #: ``crawl_pages.state``: the page's products are stored; the page was given up on.
 STORED, LOST = "stored", "lost"
 #: The spider argument that starts a new crawl even when the last one was interrupted.
@@ -192,10 +192,10 @@ class Ledger:
             ledger = _LEDGERS[crawler] = cls(crawler)
         return ledger
 
-    async def open(self, store: ProductStore, fingerprint: str, spider: str, *,
+    async def open(self, store: Connection, fingerprint: str, spider: str, *,
                    fresh: bool) -> Resume | None:
         """Make the indexes; find the interrupted crawl of this plan to resume, if any."""
-        pages = store.db[COLLECTION]
+        pages = store.db[LEDGER]
         await pages.create_index(list(INDEXES), name="crawl_seq")
         await pages.create_index([("crawl_id", ASCENDING), ("key", ASCENDING)], name="page",
                                  unique=True)
@@ -204,7 +204,7 @@ class Ledger:
                                  name="estimate")
         if fresh:
             return None
-        last = await store.db["crawl_runs"].find_one(
+        last = await store.db[CRAWL_RUNS].find_one(
             {"plan_fingerprint": fingerprint, "spider": spider},
             sort=[("started_at", DESCENDING)])
         if last is None or last.get("finish_reason") == FINISHED:
@@ -220,9 +220,9 @@ class Ledger:
         self.resume = resume
         return resume
 
-    async def record(self, store: ProductStore, documents: Iterable[dict[str, Any]]) -> None:
+    async def record(self, store: Connection, documents: Iterable[dict[str, Any]]) -> None:
         """Upsert pages (a page fetched again replaces its document); ``seq`` orders them.
-        Then their answers leave the spool (``spend.spool``): the ledger holds them now."""
+        Then their answers leave the spool (``storage.spool``): the ledger holds them now."""
         operations = []
         keys = []
         for document in documents:
@@ -232,7 +232,7 @@ class Ledger:
                 {"$set": {**document, "seq": self._seq}}, upsert=True))
             keys.append(document["key"])
         if operations:
-            await store.db[COLLECTION].bulk_write(operations, ordered=False)
+            await store.db[LEDGER].bulk_write(operations, ordered=False)
             await Spool.of(self.crawler).drop(keys)
 
 

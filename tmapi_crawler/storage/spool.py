@@ -1,6 +1,6 @@
 """The answer spool: a page paid for is durable in MongoDB before the next call starts.
 
-The resume ledger (``spend.ledger``) records a page once its products are stored, so a
+The resume ledger (``storage.ledger``) records a page once its products are stored, so a
 SIGKILL between the answer and that write would make a resume pay for the page again. The
 transport therefore keeps every successful answer in ``crawl_answers`` before it releases the
 call's permit (``keep``): at every instant, the pages paid for but not durable in MongoDB are at
@@ -42,7 +42,8 @@ from pymongo import ASCENDING, WriteConcern
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.transport.answers import shown
+from tmapi_crawler.quoting import shown
+from tmapi_crawler.storage.collections import SPOOL
 
 if TYPE_CHECKING:
     from pymongo.asynchronous.collection import AsyncCollection
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COLLECTION: Final = "crawl_answers"
 #: Bodies larger than this are not kept: a MongoDB document holds at most 16 MB.
 MAX_BODY: Final = 15 * 2**20
 #: Seconds one spool write or look-up may take (client-side operation timeout).
@@ -101,7 +101,7 @@ class Spool:
     async def open(self, db: AsyncDatabase[dict[str, Any]], crawl_id: str, *, resumed: bool,
                    distributed: bool) -> None:
         """Spool the answers of crawl ``crawl_id``; a resume loads what its runs spooled."""
-        answers = db[COLLECTION]
+        answers = db[SPOOL]
         try:
             await answers.create_index([("crawl_id", ASCENDING)], name="crawl")
             held: set[str] = set()
