@@ -20,10 +20,10 @@ from tmapi_crawler.closing import FINISHED, PROBED
 from tmapi_crawler.distributed.cluster import Cluster
 from tmapi_crawler.distributed.status import read_totals, record_completeness
 from tmapi_crawler.frontier.completeness import Losses, merge
-from tmapi_crawler.storage.spool import Spool
 from tmapi_crawler.storage import completeness
 from tmapi_crawler.storage.coverage import whole_categories
 from tmapi_crawler.storage.runs import CLOSED, RunFinisher, own_counts
+from tmapi_crawler.storage.spool import Spool
 
 if TYPE_CHECKING:
     from tmapi_crawler.distributed.status import CrawlTotals
