@@ -5,7 +5,7 @@ the frontier puts in each ``Decision`` (the spider hands every decision it appli
 page given up on (the ``page_failed`` signal), and, when the crawl stops before its end (a
 budget, a 439, Ctrl-C), every query it left with pages to fetch. The run recorder
 (``storage.runs``) turns them into ``crawl_runs.complete`` and ``crawl_runs.incomplete``; a
-cluster worker reports them with its progress (``distributed.scheduler``), so the finaliser
+cluster worker reports them with its progress (the ``worker_snapshot`` signal), so the finaliser
 records every worker's.
 
 Every loss also marks its category incomplete for coverage: a category not read whole cannot
@@ -73,6 +73,8 @@ class Completeness:
         if account is None:
             account = _ACCOUNTS[crawler] = cls(crawler)
             crawler.signals.connect(account.page_failed, signal=tmapi_signals.page_failed)
+            crawler.signals.connect(account.worker_snapshot,
+                                    signal=tmapi_signals.worker_snapshot)
         return account
 
     @classmethod
@@ -102,6 +104,11 @@ class Completeness:
         context = PageContext.from_dict(request.meta[META_KEY])
         self.add([Loss(context.query.cat_id, STOPPED if reason == NOT_SENT else PAGES_GIVEN_UP,
                        context.query.key())])
+
+    def worker_snapshot(self) -> dict[str, Any]:
+        """A cluster worker's losses so far, which the finaliser records with every other
+        worker's (``distributed.status.read_totals``)."""
+        return {"losses": [loss_to_dict(loss) for loss in self.losses()]}
 
     def losses(self, finish_reason: str | None = None) -> list[Loss]:
         """Every loss so far; with a finish reason other than ``finished``, also the queries
