@@ -140,7 +140,7 @@ async def _keep_seeding(cluster: Cluster, crawl_id: str) -> None:
 def _snapshot(crawl_id: str, decisions: list[Decision], resume: Resume,
               rejected: list[int]) -> str:
     """The replay's progress counters and losses, shaped as a worker's
-    (``DistributedScheduler._snapshot``): the categories of the held pages of unfiltered
+    (``distributed.keeper.Keeper.snapshot``): the categories of the held pages of unfiltered
     queries, and as incomplete those the replay's notes name, or where an item without an id
     was rejected before (the losses the lost crawl's workers had reported went with Redis)."""
     counted: Counter[str] = Counter()
