@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
 
 import redis
 from scrapy import Request, signals
@@ -18,6 +16,7 @@ from scrapy.utils.test import get_crawler
 
 from tests.cluster import cluster_settings
 from tests.distributed.parts import Part, leased
+from tests.inprocess import until
 from tests.servers import RedisProcess
 from tmapi_crawler.distributed.leases import LEASE_META
 from tmapi_crawler.distributed.scheduler import DistributedScheduler
@@ -27,15 +26,6 @@ from tmapi_crawler.plan import Query
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
 
 KEY = "tmapi:category_items"
-
-
-async def until(condition: Callable[[], Any], timeout: float = 30) -> None:
-    """Wait for an event; the timeout only keeps a broken build from hanging."""
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 def test_the_queue_gets_page_specs_and_the_worker_refuses_anything_else(
