@@ -14,8 +14,8 @@ it; ``scrapy status category_items`` shows how far it got. What this changes, an
   stop with the finish reason ``redis_state_lost`` rather than report a crawl with holes;
 * the concurrency limit (``TMAPI_CONCURRENCY``) and its 503 adaptation are cluster-wide, and a
   439 (quota) seen by any worker stops them all, keeping the queue for a resume;
-* a worker stays while the cluster has queued or leased work, then exits after
-  ``MAX_IDLE_TIME_BEFORE_CLOSE`` seconds without any;
+* a worker stays while the cluster has queued or leased work, and exits as soon as the crawl
+  is complete (a crawl that never had work: after ``MAX_IDLE_TIME_BEFORE_CLOSE`` seconds);
 * ``scrapy crawl`` accepts no arguments (a pure worker); with arguments it seeds, then works.
 
 Every worker must use the same ``MONGO_URI``: an embedded MongoDB per machine would split the
@@ -44,7 +44,7 @@ TMAPI_RUN_FINISHER = "tmapi_crawler.distributed.finishing.ClusterFinisher"
 #: workers decide each once and pay what one process would.
 TMAPI_FRONTIER_STATE = "tmapi_crawler.distributed.state.RedisState"
 
-#: Seconds a worker waits with nothing queued or leased anywhere before it exits.
+#: Seconds a worker of a crawl that never had work waits for a seed before it exits.
 MAX_IDLE_TIME_BEFORE_CLOSE = 30
 #: How often a worker says it is alive, and after how long without it the others take its
 #: leased requests and permits back.

@@ -45,13 +45,6 @@ LAYERS: dict[str, int] = {
     "server_command": 6, "cluster_command": 6, "sandbox": 6,
 }
 
-#: Upward edges other developers of issue 25 remove in their own files; the lead empties this
-#: set when the branches are merged. Each is (importer, imported).
-KNOWN: set[tuple[str, str]] = {
-    # sched: the cluster worker's progress snapshot reads the losses from
-    # ``frontier.completeness.Losses`` instead of the accounting extension.
-    ("distributed.scheduler", "accounting"),
-}
 
 
 def module_name(path: Path) -> str:
@@ -183,20 +176,12 @@ def test_every_module_is_on_a_floor() -> None:
 
 
 def test_no_import_points_to_a_higher_floor() -> None:
-    upward = upward_edges(graph()) - KNOWN
+    upward = upward_edges(graph())
     assert not upward, f"imports pointing to a higher floor:\n{_described(upward)}"
-
-
-def test_known_upward_edges_still_exist() -> None:
-    """An edge fixed is taken out of KNOWN, so KNOWN never hides a new one."""
-    gone = KNOWN - upward_edges(graph())
-    assert not gone, f"no longer upward (remove from KNOWN):\n{_described(gone)}"
 
 
 def test_no_import_circle() -> None:
     edges = graph()
-    for source, target in KNOWN:
-        edges[source].discard(target)
     found = cycles(edges)
     assert not found, "modules importing each other in a circle:\n" + "\n".join(
         "  " + " -> ".join(circle(edges, component)) for component in found)

@@ -23,15 +23,14 @@ from scrapy.utils.test import get_crawler
 
 from tests.crawling import PROJECT_ROOT, TOKEN, crawl
 from tmapi_crawler.progress import (
-    Progress,
     ProgressReporter,
-    Rate,
     eta_seconds,
     format_bar,
     format_duration,
     format_line,
 )
 from tmapi_crawler.sandbox.process import SandboxProcess
+from tmapi_crawler.stats import Progress, Rate
 
 SIZES = {"401": 300, "402": 140}
 #: `format_line`'s numbers, for reading them back out of a log.

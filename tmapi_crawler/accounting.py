@@ -6,7 +6,7 @@ page given up on (the ``page_failed`` signal), and, when the crawl stops before 
 budget, a 439, Ctrl-C), every query it left with pages to fetch. It keeps them in
 ``frontier.completeness.Losses``, where the run recorder (``storage.runs``) reads them for
 ``crawl_runs.complete`` and ``crawl_runs.incomplete``; a cluster worker reports them with its
-progress (``distributed.scheduler``), so the finaliser records every worker's.
+progress (the ``worker_snapshot`` signal), so the finaliser records every worker's.
 
 Every loss also marks its category incomplete for coverage: a category not read whole cannot
 tell which of its products are gone.
@@ -15,12 +15,12 @@ tell which of its products are gone.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.frontier.completeness import PAGES_GIVEN_UP, STOPPED, Loss, Losses
+from tmapi_crawler.frontier.completeness import PAGES_GIVEN_UP, STOPPED, Loss, Losses, loss_to_dict
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.storage.coverage import mark_incomplete
 from tmapi_crawler.transport.middleware import NOT_SENT
@@ -48,6 +48,8 @@ class Completeness:
         if account is None:
             account = _ACCOUNTS[crawler] = cls(crawler)
             crawler.signals.connect(account.page_failed, signal=tmapi_signals.page_failed)
+            crawler.signals.connect(account.worker_snapshot,
+                                    signal=tmapi_signals.worker_snapshot)
         return account
 
     @classmethod
@@ -74,6 +76,11 @@ class Completeness:
         context = PageContext.from_dict(request.meta[META_KEY])
         self.add([Loss(context.query.cat_id, STOPPED if reason == NOT_SENT else PAGES_GIVEN_UP,
                        context.query.key())])
+
+    def worker_snapshot(self) -> dict[str, Any]:
+        """A cluster worker's losses so far, which the finaliser records with every other
+        worker's (``distributed.status.read_totals``)."""
+        return {"losses": [loss_to_dict(loss) for loss in self.losses()]}
 
     def losses(self, finish_reason: str | None = None) -> list[Loss]:
         return self.store.losses(finish_reason)

@@ -11,7 +11,7 @@ nothing; ``TMAPI_PROGRESS_INTERVAL = 0`` turns it off entirely. The numbers:
   repeats, sightings of products already stored (the rest of ``tmapi/db/sightings``), and
   rejected (``tmapi/items/rejected``);
 * API answers by code (``tmapi/answers/<code>``);
-* pages per second over the last ``RATE_WINDOW`` seconds, and the ETA of the known pages left.
+* pages per second over the last ``stats.RATE_WINDOW`` seconds, and the ETA of the known pages left.
 
 A distributed worker logs the cluster's line instead, as ``scrapy status`` shows it (its
 scheduler's ``progress_line``): one worker's own share of a shared crawl tells nothing about
@@ -25,17 +25,14 @@ import logging
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Self, TextIO
+from typing import TYPE_CHECKING, Self, TextIO
 
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
-from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.aio import wait_set
 from tmapi_crawler.closing import FINISHED
+from tmapi_crawler.stats import Progress, Rate
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -43,110 +40,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Seconds of history the rate is measured over: long enough to smooth bursts of page 1s and
-#: retries, short enough to follow a throttled account.
-RATE_WINDOW = 60.0
 #: How often the bar is redrawn (2 Hz).
 BAR_PERIOD = 0.5
 BAR_CELLS = 20
 _CLEAR_LINE = "\r\x1b[K"
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """The counters of one crawl (or, summed, of a cluster's workers)."""
-
-    queries: int = 0
-    queries_done: int = 0
-    pages: int = 0
-    pages_failed: int = 0
-    pages_known: int = 0
-    #: Pages a resume holds from the crawl's earlier runs: replayed, done without a fetch.
-    pages_held: int = 0
-    items: int = 0
-    stored: int = 0
-    new: int = 0
-    rejected: int = 0
-    #: Paid calls, and the budget (``TMAPI_MAX_REQUESTS``; 0: none).
-    calls: int = 0
-    budget: int = 0
-    answers: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def from_stats(cls, stats: Mapping[str, Any]) -> Self:
-        return cls(
-            queries=stats.get(stats_keys.QUERIES, 0),
-            queries_done=stats.get(stats_keys.QUERIES_DONE, 0),
-            pages=stats.get(stats_keys.PAGES, 0),
-            pages_failed=stats.get(stats_keys.PAGES_FAILED, 0),
-            pages_known=stats.get(stats_keys.PAGES_KNOWN, 0),
-            pages_held=stats.get(stats_keys.RESUME_PAGES_HELD, 0),
-            items=stats.get(stats_keys.ITEMS, 0),
-            stored=stats.get(stats_keys.DB_SIGHTINGS, 0),
-            new=stats.get(stats_keys.DB_CREATED, 0),
-            rejected=stats.get(stats_keys.ITEMS_REJECTED, 0),
-            calls=stats.get(stats_keys.REQUESTS, 0),
-            budget=stats.get(stats_keys.BUDGET, 0),
-            answers=stats_keys.with_prefix(stats, stats_keys.ANSWERS),
-        )
-
-    @classmethod
-    def from_snapshot(cls, snapshot: Mapping[str, Any]) -> Self:
-        return cls(**{f.name: snapshot.get(f.name, f.default) for f in fields(cls)
-                      if f.name != "answers"}, answers=dict(snapshot.get("answers", {})))
-
-    @classmethod
-    def total(cls, parts: Iterable[Progress]) -> Self:
-        """The sum of several workers' counters."""
-        sums: dict[str, Any] = {f.name: 0 for f in fields(cls) if f.name != "answers"}
-        answers: dict[str, int] = {}
-        budgets = [0]
-        for part in parts:
-            budgets.append(part.budget)
-            for name in sums:
-                sums[name] += getattr(part, name)
-            for code, count in part.answers.items():
-                answers[code] = answers.get(code, 0) + count
-        sums["budget"] = max(budgets)  # one budget for the cluster crawl, not one each
-        return cls(**sums, answers=answers)
-
-    @property
-    def pages_done(self) -> int:
-        return self.pages + self.pages_failed + self.pages_held
-
-    def finished(self) -> Self:
-        """The counters of a crawl that ran to its end: every page it needed is done."""
-        return replace(self, pages_known=self.pages_done)
-
-    @property
-    def pages_left(self) -> int | None:
-        """Known pages not done yet; None while nothing says how many pages there are."""
-        return max(self.pages_known - self.pages_done, 0) if self.pages_known else None
-
-    @property
-    def updated(self) -> int:
-        return self.stored - self.new
-
-
-class Rate:
-    """Pages per second over the last ``window`` seconds of samples."""
-
-    def __init__(self, window: float = RATE_WINDOW) -> None:
-        self.window = window
-        self._samples: deque[tuple[float, int]] = deque()
-
-    def add(self, at: float, done: int) -> None:
-        self._samples.append((at, done))
-        # Keep the newest sample older than the window as the base: a rate over at least the
-        # window, also when samples come less often than that.
-        while len(self._samples) > 2 and self._samples[1][0] <= at - self.window:
-            self._samples.popleft()
-
-    def per_second(self) -> float:
-        if len(self._samples) < 2:
-            return 0.0
-        (start, first), (end, last) = self._samples[0], self._samples[-1]
-        return (last - first) / (end - start) if end > start else 0.0
 
 
 def eta_seconds(progress: Progress, rate: float) -> float | None:

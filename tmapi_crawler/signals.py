@@ -40,6 +40,12 @@ crawl_killed = object()
 #: one worker, the one that completed it in Redis: the place to finalise the whole crawl once.
 crawl_complete = object()
 
+#: Sent by a distributed worker each time it writes its progress snapshot to Redis (with its
+#: acknowledgements and failures, and as it exits): ``worker_snapshot()``. Each handler returns
+#: a dict of what it adds to the snapshot — the page accounting, the losses it noticed
+#: (``losses``), which the finaliser reads to record the whole crawl's completeness.
+worker_snapshot = object()
+
 #: Sent by the run recorder once the crawl's end is in ``crawl_runs`` (its finish reason, and so
 #: the exit status, final), before it closes its MongoDB connection:
 #: ``crawl_recorded(crawl_id: str, final: bool)``. ``final``: this record speaks for the whole

@@ -13,8 +13,11 @@ which no engine signal covers.
 from __future__ import annotations
 
 import json
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from scrapy.statscollectors import MemoryStatsCollector
 
@@ -183,6 +186,109 @@ def cost_by_category(cat_id: int) -> str:
 def with_prefix(stats: dict[str, Any], prefix: str) -> dict[str, Any]:
     """The stats under ``prefix``, keyed by the rest of their name."""
     return {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)}
+
+
+# The progress counters: what a crawl's progress line, ``scrapy status`` and a cluster
+# worker's snapshot in Redis read from the stats (``progress.py``, ``distributed.keeper``).
+
+#: Seconds of history the rate is measured over: long enough to smooth bursts of page 1s and
+#: retries, short enough to follow a throttled account.
+RATE_WINDOW = 60.0
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The counters of one crawl (or, summed, of a cluster's workers)."""
+
+    queries: int = 0
+    queries_done: int = 0
+    pages: int = 0
+    pages_failed: int = 0
+    pages_known: int = 0
+    #: Pages a resume holds from the crawl's earlier runs: replayed, done without a fetch.
+    pages_held: int = 0
+    items: int = 0
+    stored: int = 0
+    new: int = 0
+    rejected: int = 0
+    #: Paid calls, and the budget (``TMAPI_MAX_REQUESTS``; 0: none).
+    calls: int = 0
+    budget: int = 0
+    answers: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_stats(cls, stats: Mapping[str, Any]) -> Self:
+        return cls(
+            queries=stats.get(QUERIES, 0),
+            queries_done=stats.get(QUERIES_DONE, 0),
+            pages=stats.get(PAGES, 0),
+            pages_failed=stats.get(PAGES_FAILED, 0),
+            pages_known=stats.get(PAGES_KNOWN, 0),
+            pages_held=stats.get(RESUME_PAGES_HELD, 0),
+            items=stats.get(ITEMS, 0),
+            stored=stats.get(DB_SIGHTINGS, 0),
+            new=stats.get(DB_CREATED, 0),
+            rejected=stats.get(ITEMS_REJECTED, 0),
+            calls=stats.get(REQUESTS, 0),
+            budget=stats.get(BUDGET, 0),
+            answers=with_prefix(stats, ANSWERS),
+        )
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Mapping[str, Any]) -> Self:
+        return cls(**{f.name: snapshot.get(f.name, f.default) for f in fields(cls)
+                      if f.name != "answers"}, answers=dict(snapshot.get("answers", {})))
+
+    @classmethod
+    def total(cls, parts: Iterable[Progress]) -> Self:
+        """The sum of several workers' counters."""
+        sums: dict[str, Any] = {f.name: 0 for f in fields(cls) if f.name != "answers"}
+        answers: dict[str, int] = {}
+        budgets = [0]
+        for part in parts:
+            budgets.append(part.budget)
+            for name in sums:
+                sums[name] += getattr(part, name)
+            for code, count in part.answers.items():
+                answers[code] = answers.get(code, 0) + count
+        sums["budget"] = max(budgets)  # one budget for the cluster crawl, not one each
+        return cls(**sums, answers=answers)
+
+    @property
+    def pages_done(self) -> int:
+        return self.pages + self.pages_failed + self.pages_held
+
+    def finished(self) -> Self:
+        """The counters of a crawl that ran to its end: every page it needed is done."""
+        return replace(self, pages_known=self.pages_done)
+
+    @property
+    def pages_left(self) -> int | None:
+        """Known pages not done yet; None while nothing says how many pages there are."""
+        return max(self.pages_known - self.pages_done, 0) if self.pages_known else None
+
+    @property
+    def updated(self) -> int:
+        return self.stored - self.new
+
+
+class Rate:
+    """Pages per second over the last ``window`` seconds of samples."""
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, at: float, done: int) -> None:
+        self._samples.append((at, done))
+        # Keep the newest sample older than the window as the base: a rate over at least the
+        # window, also when samples come less often than that.
+        while len(self._samples) > 2 and self._samples[1][0] <= at - self.window:
+            self._samples.popleft()
+
+    def per_second(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (start, first), (end, last) = self._samples[0], self._samples[-1]
+        return (last - first) / (end - start) if end > start else 0.0
 
 
 class StatsFileCollector(MemoryStatsCollector):

@@ -35,8 +35,8 @@ from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.queue import page_push
 from tmapi_crawler.distributed.state import RedisState, ReplayState
 from tmapi_crawler.frontier.context import PageContext
-from tmapi_crawler.progress import Progress
 from tmapi_crawler.quoting import shown
+from tmapi_crawler.stats import Progress
 from tmapi_crawler.storage.collections import REJECTED
 from tmapi_crawler.storage.connection import StorageUnavailable
 from tmapi_crawler.storage.coverage import losses
@@ -142,7 +142,7 @@ async def _keep_seeding(cluster: Cluster, crawl_id: str) -> None:
 def _snapshot(crawl_id: str, decisions: list[Decision], resume: Resume,
               rejected: list[int]) -> str:
     """The replay's progress counters and losses, shaped as a worker's
-    (``DistributedScheduler._snapshot``): the categories of the held pages of unfiltered
+    (``distributed.keeper.Keeper.snapshot``): the categories of the held pages of unfiltered
     queries, and as incomplete those the replay's notes name, or where an item without an id
     was rejected before (the losses the lost crawl's workers had reported went with Redis)."""
     counted: Counter[str] = Counter()

@@ -7,9 +7,11 @@ what a paid API needs on top of it:
   requests (nothing written to Redis can redirect the token or run code);
 * ``queue`` — a *reliable* queue: a popped entry is leased to its worker until its page is
   parsed and every product of it is stored, so a worker killed mid-crawl loses nothing;
-* ``scheduler`` — a Scrapy scheduler that never waits on Redis: a prefetched local buffer, an
-  ordered writer, heartbeats, the reaper of dead workers' leases, the detection of a Redis that
-  lost the crawl, and the one moment the whole cluster crawl is complete;
+* ``scheduler`` — a Scrapy scheduler that never waits on Redis: a prefetched local buffer
+  whose requests a factory rebuilds from page specs; ``leases`` — what a worker holds and the
+  ordered writer that acknowledges, fails and gives back; ``keeper`` — heartbeats, the reaper
+  of dead workers' leases, the detection of a Redis that lost the crawl, and the one moment
+  the whole cluster crawl is complete;
 * ``limiter`` — one concurrency limit for all workers, at the account's full throughput (permits
   change hands locally), with the cluster-wide stop on an exhausted quota;
 * ``cluster``, ``status`` — one process's handle on the shared crawl; what ``scrapy status`` and

@@ -48,7 +48,7 @@ from scrapy import signals
 from tmapi_crawler.aio import wait_set
 from tmapi_crawler.closing import close_spider
 from tmapi_crawler.distributed.cluster import Cluster, ClusterSettingsError
-from tmapi_crawler.transport.limiter import LimiterClosed
+from tmapi_crawler.transport.limiter import LimiterClosed, await_permit, refuse_waiters
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -166,15 +166,7 @@ class RedisLimiter:
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._kick()
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                await self.release()
-            raise
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+        await await_permit(waiter, self._waiters, self.release)
 
     async def release(self) -> None:
         """Give up one permit: to a request of this worker that waits for one, or to Redis."""
@@ -240,10 +232,7 @@ class RedisLimiter:
 
     def _shut(self) -> None:
         self._closed = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(LimiterClosed())
+        refuse_waiters(self._waiters)
 
     async def _shutdown(self) -> None:
         """Local shutdown: give back what is still held (once), stop the tasks."""

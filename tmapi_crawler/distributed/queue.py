@@ -184,3 +184,7 @@ class SharedQueue:
 
     async def leased_ids(self) -> list[str]:
         return [lease.decode() for lease in await self.client.hkeys(self.leases_key)]
+
+    async def known(self) -> int:
+        """How many entries this crawl ever queued (its dupefilter): none, and it had no work."""
+        return int(await self.client.scard(self.keys.dupefilter))

@@ -22,7 +22,8 @@ from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.frontier.completeness import PAGES_GIVEN_UP, Loss, loss_from_dict, merge
 from tmapi_crawler.frontier.decisions import QUERIES_BEGUN, QUERIES_DONE
-from tmapi_crawler.progress import Progress, eta_seconds, format_line
+from tmapi_crawler.progress import eta_seconds, format_line
+from tmapi_crawler.stats import Progress
 from tmapi_crawler.storage.completeness import NOT_RECORDED
 
 if TYPE_CHECKING:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
+
+T = TypeVar("T")
 
 
 class LimiterClosed(Exception):
@@ -52,6 +55,32 @@ class Limiter(Protocol):
     def closed(self) -> bool: ...
 
 
+async def await_permit(waiter: asyncio.Future[T], waiters: deque[asyncio.Future[T]],
+                       release: Callable[[], Awaitable[None]]) -> T:
+    """Wait until a releaser hands ``waiter`` (queued in ``waiters``) a permit.
+
+    A permit handed over while the wait is being cancelled is given back with ``release``, not
+    leaked; the waiter leaves the queue either way.
+    """
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            await release()
+        raise
+    finally:
+        if waiter in waiters:
+            waiters.remove(waiter)
+
+
+def refuse_waiters(waiters: deque[asyncio.Future[Any]]) -> None:
+    """Fail every waiting acquire with ``LimiterClosed``: the crawl is stopping."""
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            waiter.set_exception(LimiterClosed())
+
+
 class AdaptiveLimiter:
     """One process's limiter."""
 
@@ -80,15 +109,7 @@ class AdaptiveLimiter:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                await self.release()
-            raise
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+        await await_permit(waiter, self._waiters, self.release)
 
     async def release(self) -> None:
         self.in_flight -= 1
@@ -121,10 +142,7 @@ class AdaptiveLimiter:
         limiter tells the other workers. None is a local shutdown.
         """
         self._closed = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(LimiterClosed())
+        refuse_waiters(self._waiters)
 
     @property
     def closed(self) -> bool:
