@@ -233,11 +233,11 @@ class PageAccounting:
     def request_dropped(self, request: Request) -> None:
         """A duplicate the scheduler dropped will never be fetched (its copy will): the
         frontier counts its page resolved, which may finish its query."""
-        if META_KEY not in request.meta or request.meta.get(REPLAYED_META):
+        frontier = getattr(self.crawler.spider, "frontier", None)  # built when it starts
+        if frontier is None or META_KEY not in request.meta or request.meta.get(REPLAYED_META):
             return
-        spider = self.crawler.spider
         context = PageContext.from_dict(request.meta[META_KEY])
-        dropped = asyncio.ensure_future(spider.frontier.on_dropped(context))
+        dropped = asyncio.ensure_future(frontier.on_dropped(context))
         self._dropped.add(dropped)
         dropped.add_done_callback(self._settle_dropped)
 
