@@ -157,9 +157,12 @@ def test_the_accounting_gathers_decisions_given_up_pages_and_what_a_stop_left() 
         crawler = crawler_for(project_settings(), cat_id="5,6")
         spider = crawler.spider
         account = Completeness.of(crawler)
-        spider._apply(Decision(follow=[PageContext(Query(5)), PageContext(Query(6))]))
-        spider._apply(Decision(done=[Query(6).key()], losses=[
-            Loss(6, STALE_STOPPED, Query(6).key()), Loss(6, STALE_STOPPED, Query(6).key(), 40)]))
+        six = Query(6).key()
+        for decision in (
+                Decision(follow=[PageContext(Query(5)), PageContext(Query(6))]),
+                Decision(done=[six], losses=[Loss(6, STALE_STOPPED, six),
+                                             Loss(6, STALE_STOPPED, six, 40)])):
+            crawler.signals.send_catch_log(tmapi_signals.frontier_decided, decision=decision)
         failed = spider.page_request(PageContext(Query(5), page=3))
         crawler.signals.send_catch_log(tmapi_signals.page_failed, request=failed,
                                        reason="417")

@@ -13,9 +13,10 @@ from tests.simulated import answer, summarise
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.decisions import FrontierSettings
 from tmapi_crawler.frontier.frontier import Frontier
+from tmapi_crawler.frontier.replay import HeldPage, replay
 from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig
-from tmapi_crawler.storage.ledger import HeldPage, planned_key, replay
+from tmapi_crawler.storage.ledger import planned_key
 
 CAT = 9001
 QUERIES = [Query(cat_id=CAT), Query(cat_id=CAT, language="ru")]

@@ -32,6 +32,8 @@ SETTINGS = {
     "TMAPI_RESULT_CAP": 2000,
     "TMAPI_QUERY_WINDOW": 3,
     "TMAPI_FRONTIER_STATE": "tmapi_crawler.frontier.state.MemoryState",
+    # What a page cost and what the frontier learned are counted there.
+    "EXTENSIONS": {"tmapi_crawler.accounting.PageAccounting": 0},
 }
 SANDBOX = Sandbox(SandboxConfig(sizes={7: 200}))
 
@@ -72,7 +74,8 @@ def spider_for(settings: dict[str, Any] | None = None, **arguments: str
                ) -> CategoryItemsSpider:
     crawler = get_crawler(CategoryItemsSpider, {**SETTINGS, **(settings or {})})
     crawler.engine = Engine()
-    return CategoryItemsSpider.from_crawler(crawler, **arguments)
+    crawler.spider = CategoryItemsSpider.from_crawler(crawler, **arguments)  # as Scrapy sets it
+    return crawler.spider
 
 
 def pages(outputs: list[Any]) -> list[int]:
@@ -163,8 +166,8 @@ def test_what_splitting_cost_is_the_page_read_again_not_the_pages_of_split_queri
 def test_a_probe_asks_for_page_1_of_each_planned_query_and_nothing_more() -> None:
     crawler = get_crawler(CategoryItemsSpider, SETTINGS)
     crawler.engine = Engine()
-    spider = CategoryItemsSpider.from_crawler(crawler, probe=True, cat_id="7",
-                                              language="en,ru")
+    spider = crawler.spider = CategoryItemsSpider.from_crawler(crawler, probe=True, cat_id="7",
+                                                               language="en,ru")
     said: list[tuple[int, int]] = []
     crawler.signals.connect(lambda calls, held, **_: said.append((calls, held)),
                             signal=tmapi_signals.probe_planned, weak=False)
@@ -174,7 +177,7 @@ def test_a_probe_asks_for_page_1_of_each_planned_query_and_nothing_more() -> Non
     out = collect(spider.parse(answer(firsts[0])), spider)
     assert [type(o) for o in out] == [ProductPage]  # no follow-up
     key = PageContext.from_dict(firsts[0].meta[META_KEY]).key
-    assert spider.probed[key].total_count == 200
+    assert spider.frontier.probed[key].total_count == 200
     stats = crawler.stats
     assert stats.get_value("tmapi/cost/probes") == 1
     assert stats.get_value("tmapi/cost/pages") is None

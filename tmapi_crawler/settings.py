@@ -107,6 +107,7 @@ EXTENSIONS = {
     "tmapi_crawler.progress.ProgressReporter": 500,
     "tmapi_crawler.storage.runs.CrawlRunRecorder": 510,
     "tmapi_crawler.accounting.Completeness": 0,
+    "tmapi_crawler.accounting.PageAccounting": 0,
     "tmapi_crawler.alerts.extension.AlertsExtension": 520,
     "scrapy.extensions.feedexport.FeedExporter": None,
     "tmapi_crawler.exporters.FeedExporter": 0,

@@ -56,3 +56,26 @@ crawl_recorded = object()
 #: ``probe_planned(calls: int, held: int)``, the paid calls it is about to make (page 1 of each
 #: planned query) and the page 1s the crawl it resumes holds already (not paid again).
 probe_planned = object()
+
+#: Sent by the spider for every decision of the frontier it applies (the plan's, a resume's
+#: replay, a page's, a loss's, a dropped duplicate's, the one at close), before the pages it
+#: asks for are queued: ``frontier_decided(decision: Decision)``. What the frontier learned is
+#: counted, logged and marked for coverage there (``accounting.PageAccounting``).
+frontier_decided = object()
+
+#: Sent, and awaited, by the spider once an answered page is decided and its follow-ups are
+#: queued, before ``page_parsed`` (and also when the shared state was lost, when
+#: ``page_parsed`` is not sent): ``page_answered(request, summary: PageSummary, decision:
+#: Decision, page: ProductPage)``. Where the page is counted, its cost, and its ledger document
+#: (set on ``page`` to be written with its products; an empty page's written at once).
+page_answered = object()
+
+#: Sent, and awaited, by the spider's errback for a page given up on, before the frontier hears
+#: of it: ``page_given_up(request, reason: str)``. Where its cost and its ledger document
+#: (``lost``) are kept; ``page_failed`` follows once what the loss asks for is queued.
+page_given_up = object()
+
+#: Sent by the spider when it resumes an interrupted crawl, once the frontier was replayed over
+#: the pages it holds and the replay's decisions were applied: ``crawl_resumed(crawl_id: str,
+#: replay: Replay)`` (the pages held, the calls they saved, the pages left to fetch).
+crawl_resumed = object()

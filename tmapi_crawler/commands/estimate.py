@@ -135,7 +135,7 @@ class Command(SpiderArguments, ProjectCommand):
                  "probe are estimated from earlier crawls")
             self.exitcode = 1
         frontier = getattr(crawler.spider, "frontier", None)
-        summaries: dict[str, PageSummary] = getattr(crawler.spider, "probed", {})
+        summaries: dict[str, PageSummary] = getattr(frontier, "probed", {})
         if frontier is None or not summaries:
             return {}, crawl_id
         return asyncio.run(_figures(frontier.settings, plan, summaries)), crawl_id

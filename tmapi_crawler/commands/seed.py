@@ -35,12 +35,13 @@ from tmapi_crawler.distributed.keys import redact_url
 from tmapi_crawler.distributed.queue import page_push
 from tmapi_crawler.distributed.state import RedisState, ReplayState
 from tmapi_crawler.frontier.context import PageContext
+from tmapi_crawler.frontier.replay import Replay, replay
 from tmapi_crawler.quoting import shown
 from tmapi_crawler.stats import Progress
 from tmapi_crawler.storage.collections import REJECTED
 from tmapi_crawler.storage.connection import StorageUnavailable
 from tmapi_crawler.storage.coverage import losses
-from tmapi_crawler.storage.ledger import Ledger, Replay, plan_fingerprint, replay
+from tmapi_crawler.storage.ledger import Ledger, plan_fingerprint
 from tmapi_crawler.storage.runs import record_resume, record_seeded, run_document
 from tmapi_crawler.storage.store import ProductStore
 

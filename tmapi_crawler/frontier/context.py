@@ -16,6 +16,9 @@ from tmapi_crawler.plan import Query
 
 #: ``Request.meta`` key marking API requests; its value is ``PageContext.to_dict()``.
 META_KEY: Final = "tmapi"
+#: ``Request.meta`` key of the pages asked for by a page decided again (``Decision.replayed``):
+#: kept in this process only; such a page dropped as a duplicate was asked for already.
+REPLAYED_META: Final = "tmapi_replayed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,7 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from tmapi_crawler import api
 from tmapi_crawler.closing import FINISHED
 from tmapi_crawler.frontier.context import PageContext
-from tmapi_crawler.frontier.decisions import Decision
-from tmapi_crawler.frontier.frontier import Frontier
+from tmapi_crawler.frontier.replay import HeldPage
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Plan, PlanError, Query
 from tmapi_crawler.storage.collections import CRAWL_RUNS, LEDGER
@@ -110,13 +109,6 @@ def plan_fingerprint(plan: Plan, settings: BaseSettings) -> str:
 
 
 @dataclass(slots=True)
-class HeldPage:
-    context: PageContext
-    summary: PageSummary
-    calls: int
-
-
-@dataclass(slots=True)
 class Resume:
     """What a resumed crawl holds already: pages by key, in the order they were stored."""
 
@@ -124,42 +116,6 @@ class Resume:
     pages: dict[str, HeldPage] = field(default_factory=dict)
     #: Paid calls the interrupted runs spent (stored pages and pages given up on).
     calls: int = 0
-
-
-@dataclass(slots=True)
-class Replay:
-    """What replaying the held pages decided: the decisions (to count and log), the pages
-    left to fetch, and the pages and calls the replay saved."""
-
-    decisions: list[Decision] = field(default_factory=list)
-    left: list[PageContext] = field(default_factory=list)
-    held: int = 0
-    saved: int = 0
-
-
-async def replay(frontier: Frontier, planned: Decision, held: Mapping[str, HeldPage]) -> Replay:
-    """Replay the frontier over the pages held (free), in the order they were stored, each
-    once a decision of the replay asks for it; the pages asked for that are not held are left.
-
-    A page is replayed with the context the replay asked for it with (not the stored one), so
-    the frontier's state evolves as it did; the stored order keeps it on the original path.
-    """
-    result = Replay()
-    asked = {c.key: c for c in planned.follow}
-    waiting = dict(held)
-    progress = True
-    while progress:
-        progress = False
-        for key in [k for k in waiting if k in asked]:
-            page = waiting.pop(key)
-            decision = await frontier.on_page(asked.pop(key), page.summary)
-            result.decisions.append(decision)
-            result.held += 1
-            result.saved += page.calls
-            asked.update((c.key, c) for c in decision.follow)
-            progress = True
-    result.left = list(asked.values())
-    return result
 
 
 def ledger_document(crawl_id: str, context: PageContext, summary: PageSummary, calls: int,
