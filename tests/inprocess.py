@@ -10,8 +10,11 @@ with its aiohttp handler; the end-to-end crawls in ``tests/crawling.py`` use the
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from scrapy import signals
@@ -19,7 +22,7 @@ from scrapy.crawler import Crawler
 from scrapy.settings import BaseSettings
 from scrapy.utils.test import get_crawler
 
-from tests.crawling import TOKEN
+from tests.crawling import TOKEN, CrawlResult
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
 
 
@@ -60,6 +63,55 @@ async def spider_closed(crawler: Crawler, reason: str = "finished") -> None:
 async def engine_stopped(crawler: Crawler) -> None:
     """Close the download handlers and connection pools the crawler opened."""
     await crawler.signals.send_catch_log_async(signals.engine_stopped)
+
+
+def crawl_in_process(tmp_path: Path, *arguments: str, base_url: str, feed: bool = False,
+                     settings: dict[str, Any] | None = None) -> CrawlResult:
+    """A whole crawl, as ``crawling.crawl(..., store=False)`` runs one (``arguments`` are
+    ``name=value`` pairs), but in this process: the same components and settings, without the
+    process start and the command.
+
+    What only the command does — checking the arguments before start, the exit status, the
+    last line — is left to the end-to-end crawls (``tests/README.md``): ``returncode`` is
+    always 0 here; assert the finish reason instead. ``log`` holds every record at DEBUG in
+    Scrapy's format; ``feed=True`` writes one record per sighting, as ``crawl(feed=True)``.
+    """
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    items_path = tmp_path / "items.jsonl"
+    values = project_settings(
+        TMAPI_BASE_URL=base_url, TMAPI_RETRY_BASE_DELAY=0.01, TMAPI_RETRY_MAX_DELAY=0.05,
+        ITEM_PIPELINES={}, MONGO_SPILL_DIR=str(tmp_path / "unsaved"), **(settings or {}))
+    if feed:
+        values["TMAPI_FEED_RECORDS"] = (settings or {}).get("TMAPI_FEED_RECORDS", "sightings")
+        values["FEEDS"] = {str(items_path): {"format": "jsonlines", "overwrite": True}}
+    crawler = get_crawler(CategoryItemsSpider, values)
+    lines: list[str] = []
+    handler = _Collect(lines)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)  # before the spider opens: the transport filters every handler
+    root.setLevel(logging.DEBUG)
+    try:
+        asyncio.run(crawler.crawl_async(**dict(a.split("=", 1) for a in arguments)))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    result = CrawlResult(0, "\n".join(lines), dict(crawler.stats.get_stats()))
+    if feed and items_path.exists():
+        result.items = [json.loads(line) for line in items_path.read_text().splitlines()]
+    return result
+
+
+class _Collect(logging.Handler):
+    """Every record of the crawl, formatted as Scrapy logs it."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines = lines
+        self.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
 
 
 async def until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> None:
