@@ -80,7 +80,8 @@ def crawl_in_process(tmp_path: Path, *arguments: str, base_url: str, feed: bool 
     items_path = tmp_path / "items.jsonl"
     values = project_settings(
         TMAPI_BASE_URL=base_url, TMAPI_RETRY_BASE_DELAY=0.01, TMAPI_RETRY_MAX_DELAY=0.05,
-        ITEM_PIPELINES={}, MONGO_SPILL_DIR=str(tmp_path / "unsaved"), **(settings or {}))
+        ITEM_PIPELINES={}, MONGO_SPILL_DIR=str(tmp_path / "unsaved"))
+    values.update(settings or {})
     if feed:
         values["TMAPI_FEED_RECORDS"] = (settings or {}).get("TMAPI_FEED_RECORDS", "sightings")
         values["FEEDS"] = {str(items_path): {"format": "jsonlines", "overwrite": True}}
