@@ -152,7 +152,7 @@ def test_a_killed_worker_loses_nothing(
 ) -> None:
     env = start_env(latency=0.1, default_size=600)
     assert env.seed("cat_id=1,2,3").returncode == 0
-    cluster = joined_before_any_call(env, workers, 3)
+    cluster = joined_before_any_call(env, workers, 3, stall_after=10)
     with stalled_mid_crawl(env, cluster, 10) as (victim, survivors):
         assert_no_secret_or_pickle(redis_client)  # mid-crawl: leases and permits are there too
         victim.signal(signal.SIGKILL)
