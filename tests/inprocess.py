@@ -66,10 +66,11 @@ async def engine_stopped(crawler: Crawler) -> None:
 
 
 def crawl_in_process(tmp_path: Path, *arguments: str, base_url: str, feed: bool = False,
+                     mongo_uri: str = "", database: str = "",
                      settings: dict[str, Any] | None = None) -> CrawlResult:
-    """A whole crawl, as ``crawling.crawl(..., store=False)`` runs one (``arguments`` are
-    ``name=value`` pairs), but in this process: the same components and settings, without the
-    process start and the command.
+    """A whole crawl, as ``crawling.crawl`` runs one (``arguments`` are ``name=value`` pairs),
+    but in this process: the same components and settings, without the process start and the
+    command. Stored into ``mongo_uri``'s ``database`` if given; else MongoDB is left out.
 
     What only the command does — checking the arguments before start, the exit status, the
     last line — is left to the end-to-end crawls (``tests/README.md``): ``returncode`` is
@@ -80,7 +81,12 @@ def crawl_in_process(tmp_path: Path, *arguments: str, base_url: str, feed: bool 
     items_path = tmp_path / "items.jsonl"
     values = project_settings(
         TMAPI_BASE_URL=base_url, TMAPI_RETRY_BASE_DELAY=0.01, TMAPI_RETRY_MAX_DELAY=0.05,
-        ITEM_PIPELINES={}, MONGO_SPILL_DIR=str(tmp_path / "unsaved"))
+        MONGO_FLUSH_INTERVAL=0.2, MONGO_SPILL_DIR=str(tmp_path / "unsaved"),
+        MONGO_EMBEDDED_DIR=str(tmp_path / "embedded-mongodb"))
+    if mongo_uri:
+        values.update(MONGO_URI=mongo_uri, MONGO_DATABASE=database)
+    else:
+        values["ITEM_PIPELINES"] = {}
     values.update(settings or {})
     if feed:
         values["TMAPI_FEED_RECORDS"] = (settings or {}).get("TMAPI_FEED_RECORDS", "sightings")
