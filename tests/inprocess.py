@@ -23,6 +23,9 @@ from scrapy.settings import BaseSettings
 from scrapy.utils.test import get_crawler
 
 from tests.crawling import TOKEN, CrawlResult
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.cli import INCOMPLETE
+from tmapi_crawler.closing import FINISHED
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
 
 
@@ -72,9 +75,10 @@ def crawl_in_process(tmp_path: Path, *arguments: str, base_url: str, feed: bool 
     but in this process: the same components and settings, without the process start and the
     command. Stored into ``mongo_uri``'s ``database`` if given; else MongoDB is left out.
 
-    What only the command does — checking the arguments before start, the exit status, the
-    last line — is left to the end-to-end crawls (``tests/README.md``): ``returncode`` is
-    always 0 here; assert the finish reason instead. ``log`` holds every record at DEBUG in
+    What only the command does — checking the arguments before start, its last line — is left
+    to the end-to-end crawls (``tests/README.md``); ``returncode`` is the exit status the
+    README gives for the crawl's end (0 finished, 3 finished incomplete, 1 any other reason),
+    which those crawls check against the real command. ``log`` holds every record at DEBUG in
     Scrapy's format; ``feed=True`` writes one record per sighting, as ``crawl(feed=True)``.
     """
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -103,10 +107,18 @@ def crawl_in_process(tmp_path: Path, *arguments: str, base_url: str, feed: bool 
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
-    result = CrawlResult(0, "\n".join(lines), dict(crawler.stats.get_stats()))
+    stats = dict(crawler.stats.get_stats())
+    result = CrawlResult(exit_status(stats), "\n".join(lines), stats)
     if feed and items_path.exists():
         result.items = [json.loads(line) for line in items_path.read_text().splitlines()]
     return result
+
+
+def exit_status(stats: dict[str, Any]) -> int:
+    """The exit status ``scrapy crawl`` gives a crawl that ended with these stats."""
+    if stats.get("finish_reason") != FINISHED:
+        return 1
+    return INCOMPLETE if stats.get(stats_keys.COMPLETENESS_COMPLETE) is False else 0
 
 
 class _Collect(logging.Handler):

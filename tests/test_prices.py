@@ -225,7 +225,7 @@ def test_price_stats_equal_what_history_implies_after_crawls_with_moved_prices(
         result = crawl_in_process(tmp_path / str(epoch), *args, base_url=sandbox.url,
                                   mongo_uri=mongod.uri, database=mongo_db_name,
                                   settings={"MONGO_BATCH_SIZE": 20})
-        assert result.stat("finish_reason") == "finished", result.log[-3000:]
+        assert result.returncode == 0, result.log[-3000:]
     moved = recomputed_from_history(db)
     assert moved > 0.2 * db[PRODUCTS].count_documents({})
     assert db[PRODUCTS].count_documents({"price_stats.last_change": {"$ne": None}}) == moved
