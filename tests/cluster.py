@@ -179,11 +179,15 @@ def served(env: Env) -> int:
 
 
 def joined_before_any_call(env: Env, workers: Callable[..., list[Worker]], count: int,
-                           prefix: str = "worker", **settings: Any) -> list[Worker]:
+                           prefix: str = "worker", stall_after: int = 0,
+                           **settings: Any) -> list[Worker]:
     """``count`` workers that all joined the crawl before its first call, so that each takes
     part and a signal sent mid-crawl reaches a crawling worker: a stand-in holds the account's
     permits until then. Started together, one could join, under load, after the others had
-    crawled it all, or be interrupted before it had started."""
+    crawled it all, or be interrupted before it had started.
+
+    ``stall_after``: the sandbox holds its answers back once it has served that many pages
+    (``stalled_mid_crawl``), armed before the first call: a fast crawl cannot run past it."""
     keys = env.cluster.limiter_keys
     held = [f"stand-in:{i}" for i in range(int(settings.get("TMAPI_CONCURRENCY", LIMIT)))]
     client = redis.Redis.from_url(env.redis_uri)
@@ -195,6 +199,8 @@ def joined_before_any_call(env: Env, workers: Callable[..., list[Worker]], count
         wait_until(lambda: all("cluster crawl" in w.log for w in started),
                    "every worker joined")
         assert served(env) == before
+        if stall_after:
+            env.sandbox.configure(stall_after=stall_after)
         client.zrem(keys.permits, *held)
         client.publish(keys.released_channel, "released")
     finally:
@@ -209,13 +215,15 @@ def leases_of(env: Env, worker: Worker) -> int:
 @contextmanager
 def stalled_mid_crawl(env: Env, cluster: list[Worker], served_at_least: int
                       ) -> Iterator[tuple[Worker, list[Worker]]]:
-    """Once the sandbox has served ``served_at_least`` pages, hold its answers back and yield
-    the worker holding the most leased pages (one to kill while it works) and the others.
+    """Once the sandbox has served ``served_at_least`` pages — and held its answers back from
+    there on: the cluster joined with ``stall_after=served_at_least`` — yield the worker
+    holding the most leased pages (one to kill while it works) and the others.
 
     Stalled, no page is acknowledged or queued, so what a worker holds stays put while
-    ``scrapy status`` looks — a short crawl could otherwise end between two looks. Which worker
-    holds pages is not known in advance: one can hold none, the others having leased all
-    there was. The answers flow again on leaving.
+    ``scrapy status`` looks. Stalling only once the test saw the count let a short crawl on a
+    busy machine end first, every lease acknowledged. Which worker holds pages is not known in
+    advance: one can hold none, the others having leased all there was. The answers flow
+    again on leaving.
     """
     wait_until(lambda: served(env) >= served_at_least, "the crawl is under way")
     env.sandbox.configure(stalled=True)
@@ -225,7 +233,7 @@ def stalled_mid_crawl(env: Env, cluster: list[Worker], served_at_least: int
         assert leased[victim.pid] > 0, leased
         yield victim, [worker for worker in cluster if worker is not victim]
     finally:
-        env.sandbox.configure(stalled=False)
+        env.sandbox.configure(stalled=False, stall_after=0)
 
 
 def redis_values(client: redis.Redis) -> Iterator[tuple[bytes, bytes]]:

@@ -10,8 +10,11 @@ with its aiohttp handler; the end-to-end crawls in ``tests/crawling.py`` use the
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from scrapy import signals
@@ -19,7 +22,10 @@ from scrapy.crawler import Crawler
 from scrapy.settings import BaseSettings
 from scrapy.utils.test import get_crawler
 
-from tests.crawling import TOKEN
+from tests.crawling import TOKEN, CrawlResult
+from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.cli import INCOMPLETE
+from tmapi_crawler.closing import FINISHED
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
 
 
@@ -60,6 +66,71 @@ async def spider_closed(crawler: Crawler, reason: str = "finished") -> None:
 async def engine_stopped(crawler: Crawler) -> None:
     """Close the download handlers and connection pools the crawler opened."""
     await crawler.signals.send_catch_log_async(signals.engine_stopped)
+
+
+def crawl_in_process(tmp_path: Path, *arguments: str, base_url: str, feed: bool = False,
+                     mongo_uri: str = "", database: str = "",
+                     settings: dict[str, Any] | None = None) -> CrawlResult:
+    """A whole crawl, as ``crawling.crawl`` runs one (``arguments`` are ``name=value`` pairs),
+    but in this process: the same components and settings, without the process start and the
+    command. Stored into ``mongo_uri``'s ``database`` if given; else MongoDB is left out.
+
+    What only the command does — checking the arguments before start, its last line — is left
+    to the end-to-end crawls (``tests/README.md``); ``returncode`` is the exit status the
+    README gives for the crawl's end (0 finished, 3 finished incomplete, 1 any other reason),
+    which those crawls check against the real command. ``log`` holds every record at DEBUG in
+    Scrapy's format; ``feed=True`` writes one record per sighting, as ``crawl(feed=True)``.
+    """
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    items_path = tmp_path / "items.jsonl"
+    values = project_settings(
+        TMAPI_BASE_URL=base_url, TMAPI_RETRY_BASE_DELAY=0.01, TMAPI_RETRY_MAX_DELAY=0.05,
+        MONGO_FLUSH_INTERVAL=0.2, MONGO_SPILL_DIR=str(tmp_path / "unsaved"),
+        MONGO_EMBEDDED_DIR=str(tmp_path / "embedded-mongodb"))
+    if mongo_uri:
+        values.update(MONGO_URI=mongo_uri, MONGO_DATABASE=database)
+    else:
+        values["ITEM_PIPELINES"] = {}
+    values.update(settings or {})
+    if feed:
+        values["TMAPI_FEED_RECORDS"] = (settings or {}).get("TMAPI_FEED_RECORDS", "sightings")
+        values["FEEDS"] = {str(items_path): {"format": "jsonlines", "overwrite": True}}
+    crawler = get_crawler(CategoryItemsSpider, values)
+    lines: list[str] = []
+    handler = _Collect(lines)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)  # before the spider opens: the transport filters every handler
+    root.setLevel(logging.DEBUG)
+    try:
+        asyncio.run(crawler.crawl_async(**dict(a.split("=", 1) for a in arguments)))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    stats = dict(crawler.stats.get_stats())
+    result = CrawlResult(exit_status(stats), "\n".join(lines), stats)
+    if feed and items_path.exists():
+        result.items = [json.loads(line) for line in items_path.read_text().splitlines()]
+    return result
+
+
+def exit_status(stats: dict[str, Any]) -> int:
+    """The exit status ``scrapy crawl`` gives a crawl that ended with these stats."""
+    if stats.get("finish_reason") != FINISHED:
+        return 1
+    return INCOMPLETE if stats.get(stats_keys.COMPLETENESS_COMPLETE) is False else 0
+
+
+class _Collect(logging.Handler):
+    """Every record of the crawl, formatted as Scrapy logs it."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines = lines
+        self.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
 
 
 async def until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> None:

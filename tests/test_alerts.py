@@ -20,6 +20,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from tests.crawling import PROJECT_ROOT, TOKEN, CrawlResult, crawl
+from tests.inprocess import crawl_in_process
 from tests.servers import MongodProcess
 from tests.webhook import Webhook
 from tmapi_crawler import stats as stats_keys
@@ -74,8 +75,10 @@ def alerts_file(tmp_path: Path, urls: list[str], target: float) -> Path:
 
 def run(tmp_path: Path, sandbox: SandboxProcess, mongod: MongodProcess, database: str,
         alerts: Path, **settings: object) -> CrawlResult:
-    return crawl(tmp_path, f"cat_id={CAT}", base_url=sandbox.url, mongo_uri=mongod.uri,
-                 database=database, settings={"TMAPI_ALERTS_FILE": str(alerts), **settings})
+    """A crawl with alerts, in-process: what it sends and records is the subject."""
+    return crawl_in_process(tmp_path, f"cat_id={CAT}", base_url=sandbox.url,
+                            mongo_uri=mongod.uri, database=database,
+                            settings={"TMAPI_ALERTS_FILE": str(alerts), **settings})
 
 
 def listed(message: dict[str, Any]) -> tuple[list[int], int]:
@@ -216,8 +219,10 @@ def test_a_dead_or_hanging_service_changes_nothing_of_the_crawl(  # noqa: PLR091
     db = mongo_client[mongo_db_name]
     with Webhook(mode) as broken, Webhook() as working:
         path = alerts_file(tmp_path, [broken.url, working.url], crossing_target())
-        result = run(tmp_path / "1", fresh, mongod, mongo_db_name, path,
-                     TMAPI_ALERTS_TIMEOUT=1)
+        # A real `scrapy crawl`: its exit status is what must not change.
+        result = crawl(tmp_path / "1", f"cat_id={CAT}", base_url=fresh.url,
+                       mongo_uri=mongod.uri, database=mongo_db_name,
+                       settings={"TMAPI_ALERTS_FILE": str(path), "TMAPI_ALERTS_TIMEOUT": 1})
         assert result.returncode == 0, result.log[-3000:]
         assert broken.arrived.is_set(), "delivery was tried"
         assert len(working.titles()) == 2, "the working service got its messages"

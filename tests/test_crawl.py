@@ -1,7 +1,9 @@
-"""Real ``scrapy crawl`` runs against the sandbox over HTTP: arguments, paging, API errors.
+"""Whole crawls against the sandbox over HTTP: arguments, paging, API errors.
 
 Each answer path of the transport has its own in-process test (``test_transport.py``); here
-only the user's view of them: what a crawl stores, logs and exits with.
+only the user's view of them: what a crawl stores, logs and exits with. Crawls run in-process
+(``tests/inprocess.py``); a real ``scrapy crawl`` only where the command's part is checked —
+exit status, its check before start, the token absent from a real process's output.
 
 MongoDB is left out here (items come through the feed export); storage has its own tests.
 """
@@ -15,8 +17,11 @@ from math import ceil
 from pathlib import Path
 
 import pytest
+from scrapy.settings import Settings
 
 from tests.crawling import TOKEN, crawl, records
+from tests.inprocess import crawl_in_process, project_settings
+from tmapi_crawler.commands.crawl import check_before_start
 from tmapi_crawler.sandbox.process import SandboxProcess
 
 SIZES = {"101": 95, "102": 40, "103": 0}
@@ -60,12 +65,19 @@ def item_ids(result, **context) -> set[int]:
     (["cat_id=1", "color=red"], "error: color: unknown argument"),
 ])
 def test_bad_arguments_are_refused_before_any_request(
-    fresh: SandboxProcess, tmp_path: Path, arguments: list[str], message: str
+    fresh: SandboxProcess, arguments: list[str], message: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    result = crawl(tmp_path, *arguments, base_url=fresh.url, store=False)
-    assert result.returncode == 2
-    assert result.log.strip().splitlines() == [result.log.strip()]
-    assert result.log.startswith(message)
+    """The check ``scrapy crawl`` makes before it starts, in-process; a refused plan file and a
+    missing token (below) go through a real ``scrapy crawl``: exit 2, one line on stderr."""
+    settings = Settings(project_settings(TMAPI_BASE_URL=fresh.url, MONGO_URI="mongodb://unused"))
+    with pytest.raises(SystemExit) as exited:
+        check_before_start(settings, "category_items",
+                           dict(argument.split("=", 1) for argument in arguments))
+    assert exited.value.code == 2
+    log = capsys.readouterr().err
+    assert log.strip().splitlines() == [log.strip()]
+    assert log.startswith(message)
     assert fresh.stats()["requests"] == 0
 
 
@@ -91,8 +103,8 @@ def test_a_missing_token_is_refused_before_any_request(
 def test_every_page_of_every_combination_exactly_once(
     fresh: SandboxProcess, tmp_path: Path
 ) -> None:
-    result = crawl(tmp_path, "cat_id=101,102,103", "language=en,ru", base_url=fresh.url,
-                   store=False, feed=True)
+    result = crawl_in_process(tmp_path, "cat_id=101,102,103", "language=en,ru",
+                              base_url=fresh.url, feed=True)
     assert result.returncode == 0, result.log[-3000:]
     assert result.stat("finish_reason") == "finished"
     served = records(fresh.stats(), billed=None)
@@ -109,8 +121,8 @@ def test_every_page_of_every_combination_exactly_once(
 
 
 def test_items_keep_their_query_context(fresh: SandboxProcess, tmp_path: Path) -> None:
-    result = crawl(tmp_path, "cat_id=102", "sort=price_up", "free_shipping=true",
-                   "price_start=0.5", "page_size=7", base_url=fresh.url, store=False, feed=True)
+    result = crawl_in_process(tmp_path, "cat_id=102", "sort=price_up", "free_shipping=true",
+                              "price_start=0.5", "page_size=7", base_url=fresh.url, feed=True)
     assert result.returncode == 0, result.log[-3000:]
     truth = fresh.truth(cat_id=102, sort="price_up", free_shipping=True, price_start="0.5")
     by_rank = sorted(result.items, key=lambda i: (i["context"]["page"], i["context"]["position"]))
@@ -126,9 +138,9 @@ def test_items_keep_their_query_context(fresh: SandboxProcess, tmp_path: Path) -
 
 
 def test_max_pages_bounds_each_query(fresh: SandboxProcess, tmp_path: Path) -> None:
-    result = crawl(tmp_path, "cat_id=101,102", "max_pages=2", base_url=fresh.url, store=False,
-                   feed=True)
-    assert result.returncode == 0
+    result = crawl_in_process(tmp_path, "cat_id=101,102", "max_pages=2", base_url=fresh.url,
+                              feed=True)
+    assert result.returncode == 0, result.log[-3000:]
     assert sorted(p for *_, p in records(fresh.stats())) == [1, 1, 2, 2]
     assert len(result.items) == 40 + 40
 
@@ -139,7 +151,7 @@ def test_a_plan_file_drives_the_crawl(fresh: SandboxProcess, tmp_path: Path) -> 
         "defaults": {"language": ["en", "ja"]},
         "queries": [{"cat_id": 101, "sort": "sales"}, {"cat_id": 102, "language": "ko"}],
     }))
-    result = crawl(tmp_path, f"plan={plan}", base_url=fresh.url, store=False, feed=True)
+    result = crawl_in_process(tmp_path, f"plan={plan}", base_url=fresh.url, feed=True)
     assert result.returncode == 0, result.log[-3000:]
     assert result.stat("tmapi/queries") == 3
     seen = {(c, lang, s) for c, lang, s, _ in records(fresh.stats())}
@@ -149,8 +161,8 @@ def test_a_plan_file_drives_the_crawl(fresh: SandboxProcess, tmp_path: Path) -> 
 def test_twenty_percent_faults_lose_no_item(fresh: SandboxProcess, tmp_path: Path) -> None:
     fresh.configure(fault_rates={417: 0.05, 499: 0.05, 500: 0.04, 503: 0.03},
                     garbage_rate=0.015, missing_data_rate=0.015, fault_mode="mixed")
-    result = crawl(tmp_path, "cat_id=101,102", "language=en,ru,zh", "page_size=5",
-                   base_url=fresh.url, store=False, feed=True)
+    result = crawl_in_process(tmp_path, "cat_id=101,102", "language=en,ru,zh", "page_size=5",
+                              base_url=fresh.url, feed=True)
     assert result.returncode == 0, result.log[-3000:]
     for cat_id in (101, 102):
         truth = set(fresh.truth(cat_id=cat_id)["item_ids"])
@@ -168,7 +180,7 @@ def test_twenty_percent_faults_lose_no_item(fresh: SandboxProcess, tmp_path: Pat
 def test_422_is_logged_counted_and_the_rest_goes_on(fresh: SandboxProcess, tmp_path: Path) -> None:
     plan = tmp_path / "plan.yaml"
     plan.write_text("queries:\n  - {cat_id: 101, page_size: 500}\n  - {cat_id: 102}\n")
-    result = crawl(tmp_path, f"plan={plan}", base_url=fresh.url, store=False, feed=True)
+    result = crawl_in_process(tmp_path, f"plan={plan}", base_url=fresh.url, feed=True)
     assert result.stat("finish_reason") == "finished"
     assert result.stat("tmapi/answers/422") == 1
     assert result.stat("tmapi/pages/failed") == 1
@@ -204,9 +216,9 @@ def test_a_rejected_token_stops_the_crawl(fresh: SandboxProcess, tmp_path: Path)
 
 def test_concurrency_never_exceeds_the_setting(fresh: SandboxProcess, tmp_path: Path) -> None:
     fresh.configure(latency=0.03)
-    result = crawl(tmp_path, "cat_id=101,102", "language=en,ru,zh", base_url=fresh.url,
-                   store=False, settings={"TMAPI_CONCURRENCY": 3})
-    assert result.returncode == 0
+    result = crawl_in_process(tmp_path, "cat_id=101,102", "language=en,ru,zh",
+                              base_url=fresh.url, settings={"TMAPI_CONCURRENCY": 3})
+    assert result.returncode == 0, result.log[-3000:]
     assert fresh.stats()["peak_in_flight"] == 3
     assert result.stat("tmapi/throttle/peak_in_flight") == 3
 

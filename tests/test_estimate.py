@@ -11,7 +11,8 @@ from pathlib import Path
 import pymongo
 import pytest
 
-from tests.crawling import TOKEN, crawl, records
+from tests.crawling import TOKEN, records
+from tests.inprocess import crawl_in_process
 from tests.servers import MongodProcess
 from tests.test_commands import scrapy
 from tmapi_crawler import stats as stats_keys
@@ -61,8 +62,8 @@ def test_the_estimate_from_history_matches_the_next_crawl(
     assert total(out) == (0, 0)
     assert out.count("unknown (no finished crawl had it)") == 4
     sandbox.reset()
-    first = crawl(tmp_path / "1", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
-                  database=mongo_db_name, settings={"TMAPI_CONCURRENCY": 2})
+    first = crawl_in_process(tmp_path / "1", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
+                             database=mongo_db_name, settings={"TMAPI_CONCURRENCY": 2})
     assert first.stat("finish_reason") == "finished"
     code, out = estimate(mongod, mongo_db_name, *ARGUMENTS)
     calls, known = total(out)
@@ -74,9 +75,9 @@ def test_the_estimate_from_history_matches_the_next_crawl(
     assert "cat_id=803" in out
     assert out.count("unknown (no finished crawl had it)") == 1
     sandbox.reset()
-    again = crawl(tmp_path / "2", *ARGUMENTS, "fresh=true", base_url=sandbox.url,
-                  mongo_uri=mongod.uri, database=mongo_db_name,
-                  settings={"TMAPI_CONCURRENCY": 2})
+    again = crawl_in_process(tmp_path / "2", *ARGUMENTS, "fresh=true", base_url=sandbox.url,
+                             mongo_uri=mongod.uri, database=mongo_db_name,
+                             settings={"TMAPI_CONCURRENCY": 2})
     assert again.stat("finish_reason") == "finished"
     paid = sandbox.stats()["requests"]
     assert abs(paid - calls) <= 0.05 * paid, (paid, calls)
@@ -86,16 +87,16 @@ def test_a_pending_resume_is_shown_with_the_calls_still_to_pay(
     sandbox: SandboxProcess, mongod: MongodProcess, mongo_db_name: str, tmp_path: Path
 ) -> None:
     sandbox.reset()
-    whole = crawl(tmp_path / "1", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
-                  database=mongo_db_name)
+    whole = crawl_in_process(tmp_path / "1", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
+                             database=mongo_db_name)
     assert whole.stat("finish_reason") == "finished"
     ideal = sandbox.stats()["requests"]
     code, out = estimate(mongod, mongo_db_name, *ARGUMENTS, TMAPI_BASE_URL=sandbox.url)
     assert "Pending" not in out
     sandbox.reset()
-    stopped = crawl(tmp_path / "2", *ARGUMENTS, "fresh=true", base_url=sandbox.url,
-                    mongo_uri=mongod.uri, database=mongo_db_name,
-                    settings={"TMAPI_MAX_REQUESTS": 5})
+    stopped = crawl_in_process(tmp_path / "2", *ARGUMENTS, "fresh=true", base_url=sandbox.url,
+                               mongo_uri=mongod.uri, database=mongo_db_name,
+                               settings={"TMAPI_MAX_REQUESTS": 5})
     assert stopped.stat("finish_reason") == "tmapi_budget_exhausted"
     code, out = estimate(mongod, mongo_db_name, *ARGUMENTS, TMAPI_BASE_URL=sandbox.url)
     assert code == 0, out
@@ -111,8 +112,8 @@ def test_a_pending_resume_is_shown_with_the_calls_still_to_pay(
                          TMAPI_BASE_URL=sandbox.url)
     assert "Pending" not in out
     sandbox.reset()
-    resumed = crawl(tmp_path / "3", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
-                    database=mongo_db_name)
+    resumed = crawl_in_process(tmp_path / "3", *ARGUMENTS, base_url=sandbox.url,
+                               mongo_uri=mongod.uri, database=mongo_db_name)
     assert resumed.stat(stats_keys.CRAWL_ID) == crawl_id
     assert sandbox.stats()["requests"] == int(match[2])
 
@@ -144,8 +145,9 @@ def test_a_probe_is_paid_once_and_reused_by_the_crawl_that_follows(
 ) -> None:
     # What a crawl without a probe pays, in a database of its own.
     sandbox.reset()
-    unprobed = crawl(tmp_path / "1", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
-                     database=f"{mongo_db_name}_u", settings={"TMAPI_CONCURRENCY": 2})
+    unprobed = crawl_in_process(tmp_path / "1", *ARGUMENTS, base_url=sandbox.url,
+                                mongo_uri=mongod.uri, database=f"{mongo_db_name}_u",
+                                settings={"TMAPI_CONCURRENCY": 2})
     mongo_client.drop_database(f"{mongo_db_name}_u")
     assert unprobed.stat("finish_reason") == "finished"
     ideal = sandbox.stats()["requests"]
@@ -168,8 +170,8 @@ def test_a_probe_is_paid_once_and_reused_by_the_crawl_that_follows(
 
     # The crawl with the same arguments resumes the probe: no page 1 is paid again.
     sandbox.reset()
-    after = crawl(tmp_path / "2", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
-                  database=mongo_db_name, settings={"TMAPI_CONCURRENCY": 2})
+    after = crawl_in_process(tmp_path / "2", *ARGUMENTS, base_url=sandbox.url, mongo_uri=mongod.uri,
+                             database=mongo_db_name, settings={"TMAPI_CONCURRENCY": 2})
     assert after.stat("finish_reason") == "finished", after.log[-3000:]
     assert after.stat(stats_keys.CRAWL_ID) == run["_id"]
     assert after.stat(stats_keys.RESUME_PAGES_HELD) == queries
@@ -223,8 +225,8 @@ def test_a_probe_stopped_by_the_budget_estimates_what_it_probed(
         or "Total: 3 calls for 1 of 2 queries, 1 of them paid already" in out, out
     assert sandbox.stats()["requests"] == 1
     # The crawl resumes it: the page 1 probed is not paid again.
-    crawled = crawl(tmp_path, "cat_id=801,802", base_url=sandbox.url, mongo_uri=mongod.uri,
-                    database=mongo_db_name)
+    crawled = crawl_in_process(tmp_path, "cat_id=801,802", base_url=sandbox.url,
+                               mongo_uri=mongod.uri, database=mongo_db_name)
     assert crawled.stat("finish_reason") == "finished"
     assert crawled.stat(stats_keys.RESUME_PAGES_HELD) == 1
     billed = records(sandbox.stats())  # both runs: every page once, 7 + 3 in all
@@ -277,8 +279,8 @@ def test_the_estimate_of_a_split_category_is_what_its_re_crawl_pays(
     arguments = (f"cat_id={SPLIT}", "page_size=50")
     settings = {"TMAPI_CONCURRENCY": 2, "TMAPI_RESULT_CAP": SPLIT_CAP, "LOG_LEVEL": "INFO"}
     sandbox.reset()
-    first = crawl(tmp_path / "1", *arguments, base_url=sandbox.url, mongo_uri=mongod.uri,
-                  database=mongo_db_name, settings=settings)
+    first = crawl_in_process(tmp_path / "1", *arguments, base_url=sandbox.url, mongo_uri=mongod.uri,
+                             database=mongo_db_name, settings=settings)
     assert first.stat("finish_reason") == "finished", first.log[-3000:]
     assert first.stat("tmapi/split/by/flag") > 0
     assert first.stat("tmapi/split/by/sort") > 0
@@ -287,8 +289,8 @@ def test_the_estimate_of_a_split_category_is_what_its_re_crawl_pays(
     quoted, known = total(out)
     assert known == 1
     sandbox.reset()
-    again = crawl(tmp_path / "2", *arguments, "fresh=true", base_url=sandbox.url,
-                  mongo_uri=mongod.uri, database=mongo_db_name, settings=settings)
+    again = crawl_in_process(tmp_path / "2", *arguments, "fresh=true", base_url=sandbox.url,
+                             mongo_uri=mongod.uri, database=mongo_db_name, settings=settings)
     assert again.stat("finish_reason") == "finished"
     paid = sandbox.stats()["requests"]
     print(f"split category re-crawl: quoted {quoted} calls, paid {paid}")

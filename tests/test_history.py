@@ -1,8 +1,8 @@
 """What changed between crawls: ``history`` documents and products gone from a category.
 
-Real crawls of the sandbox into a real mongod, compared with what the products held before and
-after (and with the catalogue's own record of which prices moved); the store's batch writes are
-also driven directly, to replay a retried batch.
+Whole crawls of the sandbox (in-process) into a real mongod, compared with what the products
+held before and after (and with the catalogue's own record of which prices moved); the store's
+batch writes are also driven directly, to replay a retried batch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.crawling import TOKEN, CrawlResult, crawl
+from tests.crawling import TOKEN, CrawlResult
+from tests.inprocess import crawl_in_process
 from tests.servers import MongodProcess
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.summary import PageSummary
@@ -48,8 +49,10 @@ def fresh(sandbox: SandboxProcess) -> SandboxProcess:
 
 def run(tmp_path: Path, name: str, sandbox: SandboxProcess, mongod: MongodProcess,
         database: str, *arguments: str) -> CrawlResult:
-    result = crawl(tmp_path / name, *arguments, base_url=sandbox.url, mongo_uri=mongod.uri,
-                   database=database, settings={"MONGO_BATCH_SIZE": "50"})
+    """A crawl into ``database``, in-process: what it stores is the subject, not the process."""
+    result = crawl_in_process(tmp_path / name, *arguments, base_url=sandbox.url,
+                              mongo_uri=mongod.uri, database=database,
+                              settings={"MONGO_BATCH_SIZE": 50})
     assert result.returncode == 0, result.log[-3000:]
     return result
 
@@ -266,10 +269,11 @@ def test_another_crawl_between_two_runs_of_a_crawl_makes_no_listed_product_look_
     gone = set(products(db)) - set(listed)
     assert len(gone) == 20
 
-    stopped = crawl(tmp_path / "1", "cat_id=301", base_url=fresh.url, mongo_uri=mongod.uri,
-                    database=mongo_db_name, settings={"MONGO_BATCH_SIZE": "50",
-                                                      "TMAPI_MAX_REQUESTS": "2"})
+    stopped = crawl_in_process(tmp_path / "1", "cat_id=301", base_url=fresh.url,
+                               mongo_uri=mongod.uri, database=mongo_db_name,
+                               settings={"MONGO_BATCH_SIZE": 50, "TMAPI_MAX_REQUESTS": 2})
     assert stopped.returncode == 1, stopped.log[-3000:]
+    assert stopped.stat("finish_reason") == "tmapi_budget_exhausted"
     # Another plan of the same category, crawled whole while the first waits to be resumed.
     other = run(tmp_path, "2", fresh, mongod, mongo_db_name, "cat_id=301,303")
     assert other.stat("tmapi/products/vanished") == len(gone)

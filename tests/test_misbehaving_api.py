@@ -19,7 +19,8 @@ from typing import Any
 import pymongo
 import pytest
 
-from tests.crawling import PROJECT_ROOT, TOKEN, crawl
+from tests.crawling import PROJECT_ROOT, TOKEN
+from tests.inprocess import crawl_in_process
 from tests.servers import MongodProcess, RedisProcess
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.sandbox.misbehaviour import STORABLE_KINDS
@@ -58,8 +59,9 @@ def test_a_crawl_stores_every_good_product_of_a_misbehaving_api(
     mongo_db_name: str, tmp_path: Path,
 ) -> None:
     sandbox.configure(fault_rates={417: 0.1})
-    result = crawl(tmp_path, "cat_id=601,602", f"language={','.join(LANGUAGES)}",
-                   base_url=sandbox.url, mongo_uri=mongod.uri, database=mongo_db_name)
+    result = crawl_in_process(tmp_path, "cat_id=601,602", f"language={','.join(LANGUAGES)}",
+                              base_url=sandbox.url, mongo_uri=mongod.uri,
+                              database=mongo_db_name)
     assert result.returncode == 0, result.log[-3000:]
     assert result.stat("finish_reason") == "finished"
     stored, rejected, pages = expected(sandbox)

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.crawling import TOKEN, crawl
+from tests.crawling import TOKEN
+from tests.inprocess import crawl_in_process
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.sandbox.catalog import Catalog, build_item
 from tmapi_crawler.sandbox.process import SandboxProcess
@@ -221,8 +222,9 @@ def test_price_stats_equal_what_history_implies_after_crawls_with_moved_prices(
     args = ("cat_id=301,303", "language=en,zh", "sort=default,sales")
     for epoch in range(3):
         sandbox.configure(price_epoch=epoch)
-        result = crawl(tmp_path / str(epoch), *args, base_url=sandbox.url, mongo_uri=mongod.uri,
-                       database=mongo_db_name, settings={"MONGO_BATCH_SIZE": "20"})
+        result = crawl_in_process(tmp_path / str(epoch), *args, base_url=sandbox.url,
+                                  mongo_uri=mongod.uri, database=mongo_db_name,
+                                  settings={"MONGO_BATCH_SIZE": 20})
         assert result.returncode == 0, result.log[-3000:]
     moved = recomputed_from_history(db)
     assert moved > 0.2 * db[PRODUCTS].count_documents({})

@@ -6,7 +6,7 @@ too; ``total_count`` counts the listing and ``has_next_page`` goes on past
 Each page brings ``20 - K`` new products, so the ideal is ⌈products / (20 - K)⌉ pages per
 listing. For a category split past the result cap, the same: every product read once at
 ``20 - K`` a page (the walks' edges and page 1 read again by the split are the overhead the
-1.15 bound allows). Whole crawls run in-process (``simulated``); one runs as ``scrapy crawl``.
+1.15 bound allows). Whole crawls run in-process (``simulated``), and one over HTTP.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.crawling import TOKEN, crawl
+from tests.crawling import TOKEN
+from tests.inprocess import crawl_in_process
 from tests.simulated import crawl as simulate
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.plan import Query
@@ -136,8 +137,8 @@ def server() -> Iterator[SandboxProcess]:
 def test_a_crawl_reads_a_listing_with_11_promoted_of_20_whole(
         sandbox: SandboxProcess, tmp_path: Path) -> None:
     assert sandbox.stats(records=False)["config"]["promoted_slots"] == 11  # `--promoted-slots`
-    result = crawl(tmp_path, f"cat_id={CAT}", base_url=sandbox.url, store=False, feed=True,
-                   timeout=120, settings={"LOG_LEVEL": "INFO"})
+    result = crawl_in_process(tmp_path, f"cat_id={CAT}", base_url=sandbox.url, feed=True,
+                              settings={"LOG_LEVEL": "INFO"})
     assert result.returncode == 0, result.log[-3000:]
     assert result.stat("finish_reason") == "finished"
     expected = set(sandbox.truth(cat_id=CAT)["item_ids"])

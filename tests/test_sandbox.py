@@ -614,6 +614,24 @@ def test_a_stalled_api_answers_once_it_resumes(sandbox: SandboxProcess) -> None:
         assert len(answer.result(timeout=30)["items"]) == 20
 
 
+def test_an_api_stalling_after_some_pages_holds_that_page_and_the_next(
+    sandbox: SandboxProcess,
+) -> None:
+    sandbox.configure(stall_after=2)
+    assert len(page(sandbox, cat_id=1001)["items"]) == 20  # the first answers come
+    with ThreadPoolExecutor(2) as pool:
+        second = pool.submit(page, sandbox, cat_id=1001, page=2)
+        wait_until(lambda: sandbox.stats(records=False)["pages_served"] == 2,
+                   "the second call reached the sandbox")
+        third = pool.submit(page, sandbox, cat_id=1001, page=3)
+        wait_until(lambda: sandbox.stats(records=False)["pages_served"] == 3,
+                   "the third call reached the sandbox")
+        assert not second.done()
+        assert not third.done()
+        sandbox.configure(stall_after=0)
+        assert [len(f.result(timeout=30)["items"]) for f in (second, third)] == [20, 20]
+
+
 @pytest.mark.parametrize(("bad", "message"), [
     ({"totals": "approximate"}, "totals must be one of"),
     ({"short_page_rate": 2.0}, "short_page_rate must be a fraction"),

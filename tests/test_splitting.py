@@ -1,8 +1,9 @@
-"""Real crawls of a sandbox that answers like the real API: coverage against its truth, paid
+"""Whole crawls of a sandbox that answers like the real API: coverage against its truth, paid
 calls against the ideal (⌈products / page size⌉), and the stats against its request records.
 
-The frontier's decisions have their own in-process tests (``test_frontier``); these check the
-wiring end to end, one ``scrapy crawl`` process per crawl.
+The frontier's decisions have their own tests (``test_frontier``); these check the wiring of
+every component of a crawl, in-process (``tests/inprocess.py``): the command's part is
+``test_crawl``'s.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from scrapy.crawler import Crawler
 from scrapy.spiderloader import get_spider_loader
 from scrapy.utils.project import get_project_settings
 
-from tests.crawling import TOKEN, CrawlResult, crawl
+from tests.crawling import TOKEN, CrawlResult
+from tests.inprocess import crawl_in_process
 from tmapi_crawler import api
 from tmapi_crawler.distributed import entries
 from tmapi_crawler.frontier.context import CellRef, PageContext
@@ -57,10 +59,10 @@ def sandbox(server: SandboxProcess) -> Iterator[SandboxProcess]:
 
 def run(tmp_path: Path, sandbox: SandboxProcess, *arguments: str,
         **settings: Any) -> CrawlResult:
-    result = crawl(tmp_path, *arguments, base_url=sandbox.url, store=False, feed=True,
-                   timeout=120,
-                   # INFO: logging thousands of scraped products at DEBUG is most of the time.
-                   settings={"TMAPI_RESULT_CAP": REACH, "LOG_LEVEL": "INFO", **settings})
+    result = crawl_in_process(
+        tmp_path, *arguments, base_url=sandbox.url, feed=True,
+        # INFO: logging thousands of scraped products at DEBUG is most of the time.
+        settings={"TMAPI_RESULT_CAP": REACH, "LOG_LEVEL": "INFO", **settings})
     assert result.returncode == 0, result.log[-3000:]
     assert result.stat("finish_reason") == "finished"
     return result

@@ -1,4 +1,8 @@
-"""Crawls into a real mongod: documents, merging, re-crawls, failures of the database."""
+"""Crawls into a real mongod: documents, merging, re-crawls, failures of the database.
+
+Crawls run in-process (``tests/inprocess.py``), but where the process itself is the subject:
+its exit status, a mongod killed under it, the embedded mongod it starts.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import pymongo
 import pytest
 
 from tests.crawling import PROJECT_ROOT, TOKEN, crawl
+from tests.inprocess import crawl_in_process
 from tests.servers import MongodProcess
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.servers import free_port
@@ -57,8 +62,9 @@ def truth(sandbox, cat_id: int) -> set[int]:
 def test_one_typed_document_per_product_merged_across_categories_and_languages(
     fresh, mongod, mongo_client, mongo_db_name, tmp_path: Path
 ) -> None:
-    result = crawl(tmp_path, "cat_id=201,202", "language=en,zh,ru", "sort=default,sales",
-                   base_url=fresh.url, mongo_uri=mongod.uri, database=mongo_db_name)
+    result = crawl_in_process(tmp_path, "cat_id=201,202", "language=en,zh,ru",
+                              "sort=default,sales", base_url=fresh.url, mongo_uri=mongod.uri,
+                              database=mongo_db_name)
     assert result.returncode == 0, result.log[-3000:]
     db = mongo_client[mongo_db_name]
     first, second = truth(fresh, 201), truth(fresh, 202)
@@ -81,9 +87,9 @@ def test_one_typed_document_per_product_merged_across_categories_and_languages(
 
 def test_typed_fields_match_the_originals(fresh, mongod, mongo_client, mongo_db_name,
                                           tmp_path: Path) -> None:
-    result = crawl(tmp_path, "cat_id=201", base_url=fresh.url, mongo_uri=mongod.uri,
-                   database=mongo_db_name)
-    assert result.returncode == 0
+    result = crawl_in_process(tmp_path, "cat_id=201", base_url=fresh.url, mongo_uri=mongod.uri,
+                              database=mongo_db_name)
+    assert result.returncode == 0, result.log[-3000:]
     for doc in mongo_client[mongo_db_name][PRODUCTS].find():
         raw = doc["raw"]["en"]
         assert doc["price"] == (float(raw["price"]) if raw.get("price") else None)
@@ -99,15 +105,15 @@ def test_typed_fields_match_the_originals(fresh, mongod, mongo_client, mongo_db_
 def test_recrawl_keeps_first_seen_and_updates_what_changed(
     fresh, mongod, mongo_client, mongo_db_name, tmp_path: Path
 ) -> None:
-    first = crawl(tmp_path / "1", "cat_id=201", base_url=fresh.url, mongo_uri=mongod.uri,
-                  database=mongo_db_name)
-    assert first.returncode == 0
+    first = crawl_in_process(tmp_path / "1", "cat_id=201", base_url=fresh.url,
+                             mongo_uri=mongod.uri, database=mongo_db_name)
+    assert first.returncode == 0, first.log[-3000:]
     db = mongo_client[mongo_db_name]
     before = {d["_id"]: d for d in db[PRODUCTS].find()}
     fresh.configure(price_epoch=1)
-    second = crawl(tmp_path / "2", "cat_id=201", base_url=fresh.url, mongo_uri=mongod.uri,
-                   database=mongo_db_name)
-    assert second.returncode == 0
+    second = crawl_in_process(tmp_path / "2", "cat_id=201", base_url=fresh.url,
+                              mongo_uri=mongod.uri, database=mongo_db_name)
+    assert second.returncode == 0, second.log[-3000:]
     after = {d["_id"]: d for d in db[PRODUCTS].find()}
     assert set(after) == set(before)
     changed = [i for i in after if after[i]["raw"]["en"] != before[i]["raw"]["en"]]
@@ -129,9 +135,9 @@ def test_the_run_is_recorded_and_the_token_is_in_no_collection(
     malformed, mongod, mongo_client, mongo_db_name, tmp_path: Path
 ) -> None:
     malformed.configure(fault_rates={417: 0.1})
-    result = crawl(tmp_path, "cat_id=201", "language=en,ja", base_url=malformed.url,
-                   mongo_uri=mongod.uri, database=mongo_db_name)
-    assert result.returncode == 0
+    result = crawl_in_process(tmp_path, "cat_id=201", "language=en,ja", base_url=malformed.url,
+                              mongo_uri=mongod.uri, database=mongo_db_name)
+    assert result.returncode == 0, result.log[-3000:]
     db = mongo_client[mongo_db_name]
     run = db[CRAWL_RUNS].find_one({"_id": result.stat("tmapi/crawl_id")})
     assert run["arguments"] == {"cat_id": "201", "language": "en,ja"}
@@ -150,9 +156,9 @@ def test_malformed_items_are_kept_counted_and_logged(
 ) -> None:
     fresh = malformed
     fresh.configure(fault_rates={})
-    result = crawl(tmp_path, "cat_id=201,202", base_url=fresh.url, mongo_uri=mongod.uri,
-                   database=mongo_db_name)
-    assert result.returncode == 0
+    result = crawl_in_process(tmp_path, "cat_id=201,202", base_url=fresh.url,
+                              mongo_uri=mongod.uri, database=mongo_db_name)
+    assert result.returncode == 0, result.log[-3000:]
     db = mongo_client[mongo_db_name]
     rejected = list(db[REJECTED].find())
     expected = sum(len(fresh.truth(cat_id=c)["malformed_item_ids"])

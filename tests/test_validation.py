@@ -64,6 +64,43 @@ def test_every_setting_of_the_project_is_registered_and_documented() -> None:
         "add a row to docs/reference/settings.md"
 
 
+def profile_table() -> list[list[str]]:
+    """The rows of the reference's profiles table: names, then the value in each profile."""
+    section = REFERENCE.read_text().split("## Profiles", 1)[1]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")]
+            for line in section.splitlines() if line.startswith("| `")]
+
+
+def table_values(cell: str) -> list[Any]:
+    """A cell's values, one per setting of its row: dotted paths, booleans, numbers."""
+    values: list[Any] = []
+    for part in re.sub(r" \(.*?\)", "", cell).split(", "):
+        text = part.strip().strip("`").removesuffix(" s")
+        values.append({"true": True, "false": False}.get(text, text))
+    return values
+
+
+@pytest.mark.parametrize("column", [2, 3], ids=["distributed", "production"])
+def test_the_profiles_table_says_what_the_profiles_set(column: int) -> None:
+    """docs/reference/settings.md repeats the profiles' values: they must not drift apart."""
+    profile = Settings()
+    profile.setmodule(f"settings_profiles.{('distributed', 'production')[column - 2]}")
+    checked = 0
+    for row in profile_table():
+        names = re.findall(r"`([A-Z][A-Z0-9_]+)`", row[0])
+        cell = next(c for c in reversed(row[1:column + 1]) if c not in ("—", "not used"))
+        if cell.startswith(("the environment's", "Scrapy's")):
+            continue
+        for name, value in zip(names, table_values(cell), strict=True):
+            shipped = profile[name]
+            if isinstance(shipped, bool) or not isinstance(shipped, int | float):
+                assert value == shipped, name
+            else:
+                assert float(value) == shipped, name
+            checked += 1
+    assert checked >= 15
+
+
 @pytest.mark.parametrize("profile", ["local", "distributed", "production"])
 def test_the_shipped_defaults_pass(profile: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(PROJECT_ROOT)

@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.crawling import TOKEN, crawl
+from tests.crawling import TOKEN
+from tests.inprocess import crawl_in_process
 from tmapi_crawler import api
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.sandbox.process import SandboxProcess
@@ -45,8 +46,8 @@ def test_the_sandbox_counts_every_request_with_a_three_decimal_price(
 
 def test_a_walk_over_three_decimal_prices_stores_all_and_sends_whole_fen(
         sandbox: SandboxProcess, tmp_path: Path) -> None:
-    result = crawl(tmp_path, f"cat_id={CAT}", base_url=sandbox.url, store=False, feed=True,
-                   timeout=180, settings={"TMAPI_RESULT_CAP": CAP, "LOG_LEVEL": "INFO"})
+    result = crawl_in_process(tmp_path, f"cat_id={CAT}", base_url=sandbox.url, feed=True,
+                              settings={"TMAPI_RESULT_CAP": CAP, "LOG_LEVEL": "INFO"})
     assert result.returncode == 0, result.log[-3000:]
     assert result.stat("finish_reason") == "finished"
     got = {item["item_id"] for item in result.items}

@@ -1,4 +1,5 @@
-"""A real catalogue for the web app's tests: the sandbox crawled twice, prices moved between.
+"""A real catalogue for the web app's tests: the sandbox crawled twice (in-process), prices
+moved between.
 
 Category 301 also shrinks between the crawls, so its last listings vanish: every page and list
 of the app then has something to show (new products, changes, drops, rises, vanished).
@@ -9,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.crawling import TOKEN, crawl
+from tests.crawling import TOKEN
+from tests.inprocess import crawl_in_process
 from tests.servers import MongodProcess
 from tmapi_crawler.sandbox.process import SandboxProcess
 
@@ -31,8 +33,9 @@ def crawl_twice(tmp_path: Path, mongod: MongodProcess, database: str) -> Crawled
     with SandboxProcess(token=[TOKEN], size=SIZES) as sandbox:
         for run, change in enumerate(({}, {"price_epoch": 1, "sizes": {"301": 110}})):
             sandbox.configure(**change)
-            result = crawl(tmp_path / f"crawl{run}", *ARGUMENTS, base_url=sandbox.url,
-                           mongo_uri=mongod.uri, database=database)
+            result = crawl_in_process(tmp_path / f"crawl{run}", *ARGUMENTS,
+                                      base_url=sandbox.url, mongo_uri=mongod.uri,
+                                      database=database)
             assert result.returncode == 0, result.log[-3000:]
             crawl_ids.append(result.stat("tmapi/crawl_id"))
     return Crawled(mongod.uri, database, *crawl_ids)

@@ -4,6 +4,8 @@ when the crawl stops.
 A page is done when its follow-up requests are queued and every product it carried is
 settled: stored, or kept in ``rejected_items``. A distributed queue acknowledges its lease only
 then, so a worker that dies before that point loses nothing.
+
+Who sends each one, when, and who listens: docs/reference/signals.md.
 """
 
 #: Sent by the spider before it yields anything from a page:

@@ -153,7 +153,7 @@ def test_a_killed_worker_loses_nothing(
 ) -> None:
     env = start_env(latency=0.1, default_size=600)
     assert env.seed("cat_id=1,2,3").returncode == 0
-    cluster = joined_before_any_call(env, workers, 3)
+    cluster = joined_before_any_call(env, workers, 3, stall_after=10)
     with stalled_mid_crawl(env, cluster, 10) as (victim, survivors):
         assert_no_secret_or_pickle(redis_client)  # mid-crawl: leases and permits are there too
         victim.signal(signal.SIGKILL)
@@ -288,10 +288,13 @@ def test_redis_holds_no_token_and_no_pickle(
 ) -> None:
     env = start_env(latency=0.1, default_size=300)
     assert env.seed("cat_id=1,2,3").returncode == 0
-    cluster = workers(env, 2)
-    wait_until(lambda: env.status()["in_flight"] and env.status()["limiter"]["permits_in_use"],
-               "requests are leased and permits held")
-    during = assert_no_secret_or_pickle(redis_client)
+    # Held mid-crawl, so that leases and permits are certainly there while Redis is read.
+    cluster = joined_before_any_call(env, workers, 2, stall_after=10)
+    with stalled_mid_crawl(env, cluster, 10):
+        wait_until(lambda: env.status()["in_flight"] and
+                   env.status()["limiter"]["permits_in_use"],
+                   "requests are leased and permits held")
+        during = assert_no_secret_or_pickle(redis_client)
     assert {b"tmapi:category_items:dupefilter", b"tmapi:limiter:permits"} <= during
     assert any(key.startswith(b"tmapi:category_items:leases:") for key in during)
     assert finish(cluster) == ["finished"] * 2
@@ -304,11 +307,13 @@ def test_503s_lower_the_limit_of_the_whole_cluster_until_the_crawl_ends(
 ) -> None:
     env = start_env(latency=0.05, default_size=300, concurrency_limit=2)  # below TMAPI_CONCURRENCY
     assert env.seed("cat_id=1,2,3").returncode == 0
-    cluster = workers(env, 2)
-    # Shared: how far it goes depends on how many 503s arrive together (each takes one slot
-    # off), so any value below the maximum is right.
-    wait_until(lambda: 1 <= (env.status()["limiter"]["limit"] or LIMIT) < LIMIT,
-               "503s lowered the shared limit")
+    # Held mid-crawl (the limit is reset once the crawl completes); 503s still come.
+    cluster = joined_before_any_call(env, workers, 2, stall_after=10)
+    with stalled_mid_crawl(env, cluster, 10):
+        # Shared: how far it goes depends on how many 503s arrive together (each takes one
+        # slot off), so any value below the maximum is right.
+        wait_until(lambda: 1 <= (env.status()["limiter"]["limit"] or LIMIT) < LIMIT,
+                   "503s lowered the shared limit")
     assert finish(cluster) == ["finished"] * 2
     assert sum(w.stats.get("tmapi/throttle/decreases", 0) for w in cluster) >= LIMIT - 2
     # Reset once the crawl completed: the next crawl starts at the account's full limit.

@@ -38,7 +38,8 @@ def crawl_with_a_killed_worker(env: Env, workers: Callable[..., list[Worker]],
     while it holds leased pages; the survivors once they exited, and the victim."""
     assert env.seed(*(f"cat_id={','.join(map(str, CATEGORIES))}",)).returncode == 0
     start = served(env)
-    cluster = joined_before_any_call(env, workers, 3, prefix, TMAPI_PROGRESS_INTERVAL=0.2)
+    cluster = joined_before_any_call(env, workers, 3, prefix, stall_after=start + 10,
+                                     TMAPI_PROGRESS_INTERVAL=0.2)
     with stalled_mid_crawl(env, cluster, start + 10) as (victim, survivors):
         victim.signal(signal.SIGKILL)
         victim.wait()

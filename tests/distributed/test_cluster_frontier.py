@@ -13,7 +13,7 @@ import pymongo
 import pytest
 
 from tests.cluster import LIMIT, Env, Worker, finish, stored_products
-from tests.crawling import crawl
+from tests.inprocess import crawl_in_process
 from tests.test_splitting import MODES, SMALL
 from tmapi_crawler import api
 
@@ -39,8 +39,8 @@ def test_three_workers_pay_what_one_process_pays(
     truth = {c: set(env.sandbox.truth(cat_id=c)["item_ids"]) for c in (SPLIT, WALKED)}
     settings = {"TMAPI_RESULT_CAP": cap, "TMAPI_CONCURRENCY": LIMIT}
 
-    solo = crawl(tmp_path / "solo", f"plan={plan}", base_url=env.sandbox.url, store=False,
-                 feed=True, settings={**settings, "LOG_LEVEL": "INFO"})
+    solo = crawl_in_process(tmp_path / "solo", f"plan={plan}", base_url=env.sandbox.url,
+                            feed=True, settings={**settings, "LOG_LEVEL": "INFO"})
     assert solo.returncode == 0, solo.log[-3000:]
     solo_calls = env.sandbox.stats(records=False)["pages_served"]
     found = {c: {i["item_id"] for i in solo.items if i["context"]["cat_id"] == c}
@@ -92,8 +92,8 @@ def test_two_workers_pay_what_one_process_pays_however_the_api_answers(
     env = start_env(latency=0.02, size={SMALL: 610}, **MODES[mode])
     truth = set(env.sandbox.truth(cat_id=SMALL)["item_ids"])
     settings = {"TMAPI_RESULT_CAP": REACH, "TMAPI_CONCURRENCY": LIMIT}
-    solo = crawl(tmp_path / "solo", f"cat_id={SMALL}", base_url=env.sandbox.url, store=False,
-                 feed=True, settings={**settings, "LOG_LEVEL": "INFO"})
+    solo = crawl_in_process(tmp_path / "solo", f"cat_id={SMALL}", base_url=env.sandbox.url,
+                            feed=True, settings={**settings, "LOG_LEVEL": "INFO"})
     assert solo.returncode == 0, solo.log[-3000:]
     solo_calls = env.sandbox.stats(records=False)["pages_served"]
     env.sandbox.reset()

@@ -47,7 +47,7 @@ def test_a_local_crawl_during_a_cluster_crawl_makes_no_listed_product_look_gone(
 
     assert env.seed(everything).returncode == 0
     start = served(env)
-    cluster = joined_before_any_call(env, workers, 2, "cluster")
+    cluster = joined_before_any_call(env, workers, 2, "cluster", stall_after=start + 10)
     with (SandboxProcess(token=[TOKEN], default_size=SIZE, size=SHRUNK) as other,
           stalled_mid_crawl(env, cluster, start + 10)):
         assert set(other.truth(cat_id=1)["item_ids"]) == listed[1], "the same catalogue"

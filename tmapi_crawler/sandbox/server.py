@@ -45,7 +45,7 @@ RUNTIME_SETTINGS: Final = frozenset({
     "latency", "latency_jitter", "concurrency_limit", "result_cap", "max_page_size", "sizes",
     # How the real API answers (see SandboxConfig).
     "totals", "short_page_rate", "promoted", "string_values", "page_size_limit", "claimed_total",
-    "repeat_last_page", "ignore_price_filter", "stalled",
+    "repeat_last_page", "ignore_price_filter", "stalled", "stall_after",
 }) | misbehaviour.SETTINGS
 GARBAGE_BODY: Final = "<html>upstream error</html>"
 CONTROL_PREFIX: Final = "/_sandbox"
@@ -94,6 +94,10 @@ class SandboxConfig:
     # Answers wait, their latency up, until it is false again: an API that stops answering for
     # a while, and how a test freezes a crawl at a known point (every call in flight).
     stalled: bool = False
+    # Once this many pages were served since the last reset (0: off), answers wait as `stalled`
+    # makes them, until `stalled` and this are both off: a crawl frozen mid-way at a known
+    # point, however fast the machine lets it run.
+    stall_after: int = 0
     # Misbehaving answers (sandbox/misbehaviour.py).
     compress: str = ""  # Content-Encoding of every API answer, whatever the client accepts
     message_bytes: int = 0  # error answers carry a `msg` of this many characters
@@ -429,6 +433,8 @@ class Sandbox:
         body, served = self.listing_body(listing)
         self.stats.pages_served += 1
         self.stats.items_served += served
+        if self.config.stall_after and self.stats.pages_served >= self.config.stall_after:
+            self._answering.clear()  # this answer too
         return self._reply(record, api.SUCCESS_CODE, api.SUCCESS_CODE, body, ok=True)
 
     def _max_page_size(self) -> int | None:
