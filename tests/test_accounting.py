@@ -22,7 +22,7 @@ from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.accounting import Completeness, PageAccounting
 from tmapi_crawler.frontier.completeness import STALE_STOPPED, Loss
-from tmapi_crawler.frontier.context import REPLAYED_META, PageContext
+from tmapi_crawler.frontier.context import CALLS_META, REPLAYED_META, PageContext
 from tmapi_crawler.frontier.decisions import Decision, Note
 from tmapi_crawler.frontier.replay import Replay
 from tmapi_crawler.frontier.summary import PageSummary
@@ -30,7 +30,7 @@ from tmapi_crawler.items import ProductItem, ProductPage, QueryContext
 from tmapi_crawler.plan import Query
 from tmapi_crawler.storage.collections import LEDGER
 from tmapi_crawler.storage.store import ProductStore
-from tmapi_crawler.transport.middleware import CALLS_META, NOT_SENT
+from tmapi_crawler.transport.middleware import NOT_SENT
 
 CAT = 7
 

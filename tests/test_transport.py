@@ -39,7 +39,7 @@ from tests.inprocess import (
 from tests.servers import RedisProcess
 from tmapi_crawler import api
 from tmapi_crawler import stats as stats_keys
-from tmapi_crawler.frontier.context import META_KEY, PageContext
+from tmapi_crawler.frontier.context import CALLS_META, META_KEY, PageContext
 from tmapi_crawler.frontier.paging import page_url
 from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.misbehaviour import COMPRESSIONS
@@ -47,7 +47,7 @@ from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.servers import free_port
 from tmapi_crawler.transport.call import ApiError
 from tmapi_crawler.transport.http import ApiDownloadHandler
-from tmapi_crawler.transport.middleware import CALLS_META, TmapiTransportMiddleware
+from tmapi_crawler.transport.middleware import TmapiTransportMiddleware
 
 FAST_RETRIES = {"TMAPI_RETRY_TIMES": 2, "TMAPI_RETRY_BASE_DELAY": 0.01,
                 "TMAPI_RETRY_MAX_DELAY": 0.02}

@@ -28,14 +28,20 @@ from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.crawl import crawl_id
 from tmapi_crawler.frontier.completeness import PAGES_GIVEN_UP, STOPPED, Loss, Losses, loss_to_dict
-from tmapi_crawler.frontier.context import META_KEY, REPLAYED_META, PageContext
+from tmapi_crawler.frontier.context import (
+    CALLS_META,
+    META_KEY,
+    REPLAYED_META,
+    SPOOLED_CALLS_META,
+    PageContext,
+)
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.storage.cost import count_page
 from tmapi_crawler.storage.coverage import mark_incomplete
 from tmapi_crawler.storage.ledger import LOST, STORED, Ledger, ledger_document, planned_key
 from tmapi_crawler.storage.ledger import now as ledger_now
 from tmapi_crawler.storage.store import ProductStore
-from tmapi_crawler.transport.middleware import CALLS_META, NOT_SENT, SPOOLED_CALLS_META
+from tmapi_crawler.transport.middleware import NOT_SENT
 
 if TYPE_CHECKING:
     from scrapy import Request

@@ -16,9 +16,9 @@ from scrapy.utils.test import get_crawler
 from tests.cluster import cluster_settings
 from tests.crawling import TOKEN
 from tmapi_crawler.distributed.cluster import Cluster
-from tmapi_crawler.distributed.leases import LEASE_META, Leases
+from tmapi_crawler.distributed.leases import Leases
 from tmapi_crawler.distributed.queue import SharedQueue, page_push
-from tmapi_crawler.frontier.context import PageContext
+from tmapi_crawler.frontier.context import LEASE_META, PageContext
 from tmapi_crawler.plan import Query
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
 

@@ -18,9 +18,8 @@ from tests.cluster import cluster_settings
 from tests.distributed.parts import Part, leased
 from tests.inprocess import until
 from tests.servers import RedisProcess
-from tmapi_crawler.distributed.leases import LEASE_META
 from tmapi_crawler.distributed.scheduler import DistributedScheduler
-from tmapi_crawler.frontier.context import PageContext
+from tmapi_crawler.frontier.context import LEASE_META, PageContext
 from tmapi_crawler.frontier.decisions import priority
 from tmapi_crawler.plan import Query
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider

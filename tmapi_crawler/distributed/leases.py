@@ -28,6 +28,7 @@ from tmapi_crawler.aio import wait_set
 from tmapi_crawler.closing import STOPPING_OUTCOMES
 from tmapi_crawler.distributed.cluster import Outage
 from tmapi_crawler.distributed.queue import CrawlGone
+from tmapi_crawler.frontier.context import LEASE_META
 
 if TYPE_CHECKING:
     from scrapy import Spider
@@ -40,10 +41,6 @@ if TYPE_CHECKING:
     from tmapi_crawler.items import ProductPage
 
 logger = logging.getLogger(__name__)
-
-#: ``Request.meta`` key carrying the lease id of a request popped from the shared queue.
-#: Copies made for retries keep it, so any of them can acknowledge the page.
-LEASE_META = "tmapi_lease"
 
 #: Page failures that are not the page's fault: the crawl is stopping (quota, bad token,
 #: shutdown). Such pages stay leased and go back to the queue, for a later resume.

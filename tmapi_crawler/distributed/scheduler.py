@@ -40,12 +40,12 @@ from tmapi_crawler.distributed import entries
 from tmapi_crawler.distributed.cluster import Cluster, ClusterSettingsError
 from tmapi_crawler.distributed.keeper import Keeper
 from tmapi_crawler.distributed.keys import redact_url
-from tmapi_crawler.distributed.leases import LEASE_META, Leases, on_redis
+from tmapi_crawler.distributed.leases import Leases, on_redis
 from tmapi_crawler.distributed.queue import CrawlGone, Leased, page_push
 from tmapi_crawler.distributed.status import (
     read_status,
 )
-from tmapi_crawler.frontier.context import META_KEY, PageContext
+from tmapi_crawler.frontier.context import LEASE_META, META_KEY, PageContext
 from tmapi_crawler.storage.spool import Spool
 from tmapi_crawler.storage.writer import MongoPipeline
 

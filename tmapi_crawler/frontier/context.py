@@ -19,6 +19,13 @@ META_KEY: Final = "tmapi"
 #: ``Request.meta`` key of the pages asked for by a page decided again (``Decision.replayed``):
 #: kept in this process only; such a page dropped as a duplicate was asked for already.
 REPLAYED_META: Final = "tmapi_replayed"
+#: ``Request.meta`` key: the paid calls this page took, retries included (set by the transport).
+CALLS_META: Final = "tmapi_calls"
+#: ``Request.meta`` key: an answer handed back from the spool, the paid calls it had taken.
+SPOOLED_CALLS_META: Final = "tmapi_spooled_calls"
+#: ``Request.meta`` key carrying the lease id of a request popped from the shared queue.
+#: Copies made for retries keep it, so any of them can acknowledge the page.
+LEASE_META: Final = "tmapi_lease"
 
 
 @dataclass(frozen=True, slots=True)

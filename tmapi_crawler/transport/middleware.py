@@ -41,7 +41,12 @@ from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.aio import Interrupted, Interrupter
 from tmapi_crawler.deprecations import load_class
-from tmapi_crawler.frontier.context import META_KEY, PageContext
+from tmapi_crawler.frontier.context import (
+    CALLS_META,
+    META_KEY,
+    SPOOLED_CALLS_META,
+    PageContext,
+)
 from tmapi_crawler.storage.spool import Spool
 from tmapi_crawler.transport import credentials
 from tmapi_crawler.transport.answers import Answer, BrokenAnswer, read_answer
@@ -54,10 +59,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: ``Request.meta`` key: the paid calls this page took, retries included (set by the transport).
-CALLS_META: Final = "tmapi_calls"
-#: ``Request.meta`` key: an answer handed back from the spool, the paid calls it had taken.
-SPOOLED_CALLS_META: Final = "tmapi_spooled_calls"
 #: A page the crawl's stop kept from being sent; a cluster queues it again for a resume.
 NOT_SENT: Final = "not_sent"
 #: Event-loop rounds an answer lets go by after its release, before it is processed (``_attempt``).
