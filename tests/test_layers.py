@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "api": 0, "aio": 0, "stats": 0, "signals": 0, "validation": 0, "folders": 0,
     "settings": 0, "__init__": 0, "shell": 0, "quoting": 0, "deprecations": 0,
     # L1: the crawl's plan, its items, its identity, how it closes.
-    "plan": 1, "items": 1, "normalize": 1, "crawl": 1, "closing": 1,
+    "plan": 1, "items": 1, "normalize": 1, "scalars": 1, "crawl": 1, "closing": 1,
     # logformatter: it says how an item was dropped, so it knows the items (L1), not below.
     "logformatter": 1,
     # progress: its counters and its line are also the cluster's (``distributed.status``,

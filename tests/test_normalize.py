@@ -20,12 +20,11 @@ from tmapi_crawler.normalize import (
     PASSTHROUGH_FIELDS,
     TRANSLATED_FIELDS,
     TYPED_FIELDS,
-    MalformedItem,
     normalize,
-    parse_item_id,
     rendered,
     translated_fields,
 )
+from tmapi_crawler.scalars import MalformedItem, parse_item_id
 
 #: The example item of the API reference (docs: category-items-v2.md, "Response Example"), verbatim.
 REFERENCE_ITEM: dict[str, Any] = json.loads("""

@@ -46,7 +46,8 @@ from scrapy.extensions import feedexport
 
 from tmapi_crawler import api
 from tmapi_crawler.items import ProductItem, ProductPage
-from tmapi_crawler.normalize import MalformedItem, translated_fields
+from tmapi_crawler.normalize import translated_fields
+from tmapi_crawler.scalars import MalformedItem
 
 logger = logging.getLogger(__name__)
 

@@ -11,13 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tmapi_crawler.normalize import (
-    MalformedItem,
-    normalize,
-    parse_item_id,
-    rendered,
-    translated_fields,
-)
+from tmapi_crawler.normalize import normalize, rendered, translated_fields
+from tmapi_crawler.scalars import MalformedItem, parse_item_id
 
 
 @dataclass(frozen=True, slots=True)

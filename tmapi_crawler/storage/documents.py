@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tmapi_crawler.items import ProductItem
-from tmapi_crawler.normalize import TRANSLATED_FIELDS, MalformedItem, check_storable, rendered
+from tmapi_crawler.normalize import TRANSLATED_FIELDS, check_storable, rendered
+from tmapi_crawler.scalars import MalformedItem
 
 #: Where each translated field is kept, per language: ``titles.en``, ``titles.ru``, …
 TRANSLATED = dict(zip(TRANSLATED_FIELDS, ("titles", "company_names", "area_from"), strict=True))
