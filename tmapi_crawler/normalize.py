@@ -30,7 +30,7 @@ from tmapi_crawler.scalars import (
     parse_price,
     parse_rate,
     parse_sales,
-    shown,
+    shown_value,
 )
 
 #: Keys of :func:`normalize`'s result that are always present — the public contract.
@@ -81,7 +81,7 @@ def _block(parent: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
         return _EMPTY
     if isinstance(value, Mapping):
         return value
-    raise MalformedItem(f"{path}: not an object: {shown(value)}")
+    raise MalformedItem(f"{path}: not an object: {shown_value(value)}")
 
 
 def _text(value: Any, name: str) -> str | None:
@@ -90,7 +90,7 @@ def _text(value: Any, name: str) -> str | None:
         return value or None
     if value is None:
         return None
-    raise MalformedItem(f"{name}: not a string: {shown(value)}")
+    raise MalformedItem(f"{name}: not a string: {shown_value(value)}")
 
 
 def _text_list(value: Any, name: str) -> list[str] | None:
@@ -98,7 +98,7 @@ def _text_list(value: Any, name: str) -> list[str] | None:
     if value is None:
         return None
     if type(value) is not list:
-        raise MalformedItem(f"{name}: not a list: {shown(value)}")
+        raise MalformedItem(f"{name}: not a list: {shown_value(value)}")
     for element in value:
         if type(element) is not str:
             break
@@ -111,7 +111,7 @@ def _text_list(value: Any, name: str) -> list[str] | None:
         elif type(element) is int:
             converted.append(str(element))
         else:
-            raise MalformedItem(f"{name}: not a list of strings: {shown(value)}")
+            raise MalformedItem(f"{name}: not a list of strings: {shown_value(value)}")
     return converted
 
 
@@ -137,7 +137,7 @@ def check_storable(raw: Mapping[str, Any]) -> None:
     except UnicodeEncodeError:
         raise MalformedItem("item: text that is not valid Unicode") from None
     except (BSONError, RecursionError, TypeError, ValueError) as error:
-        raise MalformedItem(f"item: not storable: {shown(str(error))}") from None
+        raise MalformedItem(f"item: not storable: {shown_value(str(error))}") from None
     if size > MAX_RAW_BYTES:
         raise MalformedItem(f"item: {size} bytes, more than the {MAX_RAW_BYTES} kept")
     if _nested_deeper(raw if type(raw) is dict else dict(raw), MAX_RAW_DEPTH):
@@ -151,7 +151,7 @@ def rendered(raw: Any) -> str:
 
 def _require_mapping(raw: Any) -> None:
     if type(raw) is not dict and not isinstance(raw, Mapping):
-        raise MalformedItem(f"item: not an object: {shown(raw)}")
+        raise MalformedItem(f"item: not an object: {shown_value(raw)}")
 
 
 def normalize(raw: Mapping[str, Any]) -> dict[str, Any]:

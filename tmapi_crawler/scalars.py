@@ -32,7 +32,7 @@ class MalformedItem(ValueError):
         self.reason = reason
 
 
-def shown(value: Any) -> str:
+def shown_value(value: Any) -> str:
     """A bounded repr, so a huge or hostile value cannot flood logs or stored rejections."""
     text = repr(value)
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
@@ -49,21 +49,21 @@ def parse_float(value: Any, name: str) -> float | None:
         except ValueError:
             if value.isspace():
                 return None
-            raise MalformedItem(f"{name}: not a number: {shown(value)}") from None
+            raise MalformedItem(f"{name}: not a number: {shown_value(value)}") from None
     elif kind is float:
         number = value
     elif kind is int:
         if not -_MAX_INT <= value <= _MAX_INT:
-            raise MalformedItem(f"{name}: out of range: {shown(value)}")
+            raise MalformedItem(f"{name}: out of range: {shown_value(value)}")
         number = float(value)
     elif value is None:
         return None
     else:
-        raise MalformedItem(f"{name}: not a number: {shown(value)}")
+        raise MalformedItem(f"{name}: not a number: {shown_value(value)}")
     if not isfinite(number):
-        raise MalformedItem(f"{name}: not a number: {shown(value)}")
+        raise MalformedItem(f"{name}: not a number: {shown_value(value)}")
     if number < 0:
-        raise MalformedItem(f"{name}: out of range: {shown(value)}")
+        raise MalformedItem(f"{name}: out of range: {shown_value(value)}")
     return number
 
 
@@ -88,7 +88,7 @@ def parse_price(value: Any, name: str) -> float | None:
             if low_price is None or high_price is None:
                 break
             return min(low_price, high_price)
-    raise MalformedItem(f"{name}: not a number: {shown(value)}")
+    raise MalformedItem(f"{name}: not a number: {shown_value(value)}")
 
 
 def parse_int(value: Any, name: str) -> int | None:
@@ -104,7 +104,7 @@ def parse_int(value: Any, name: str) -> int | None:
     if number is None:
         return None
     if not number.is_integer():
-        raise MalformedItem(f"{name}: not a whole number: {shown(value)}")
+        raise MalformedItem(f"{name}: not a whole number: {shown_value(value)}")
     return _bounded(int(number), value, name)
 
 
@@ -112,7 +112,7 @@ def _bounded(number: int, value: Any, name: str) -> int:
     """``number`` if it fits a non-negative 64-bit integer (what MongoDB can store)."""
     if 0 <= number <= _MAX_INT:
         return number
-    raise MalformedItem(f"{name}: out of range: {shown(value)}")
+    raise MalformedItem(f"{name}: out of range: {shown_value(value)}")
 
 
 def parse_bool(value: Any, name: str) -> bool | None:
@@ -126,7 +126,7 @@ def parse_bool(value: Any, name: str) -> bool | None:
             return flag
     elif kind is int and value in (0, 1):
         return value == 1
-    raise MalformedItem(f"{name}: not a boolean: {shown(value)}")
+    raise MalformedItem(f"{name}: not a boolean: {shown_value(value)}")
 
 
 def parse_sales(value: Any, name: str) -> tuple[int | None, bool]:
@@ -153,10 +153,10 @@ def parse_sales(value: Any, name: str) -> tuple[int | None, bool]:
     except MalformedItem:
         number = None
     if number is None:
-        raise MalformedItem(f"{name}: not a sales count: {shown(value)}")
+        raise MalformedItem(f"{name}: not a sales count: {shown_value(value)}")
     number *= multiplier or 1
     if number > _MAX_INT:  # also keeps an infinite product away from round()
-        raise MalformedItem(f"{name}: out of range: {shown(value)}")
+        raise MalformedItem(f"{name}: out of range: {shown_value(value)}")
     return round(number), is_lower_bound
 
 
@@ -168,7 +168,7 @@ def parse_rate(value: Any, name: str) -> float | None:
         except MalformedItem:
             percent = None
         if percent is None:
-            raise MalformedItem(f"{name}: not a rate: {shown(value)}")
+            raise MalformedItem(f"{name}: not a rate: {shown_value(value)}")
         rate = percent / 100
     else:
         rate = parse_float(value, name)
@@ -177,7 +177,7 @@ def parse_rate(value: Any, name: str) -> float | None:
         if rate > 1:
             rate /= 100
     if rate > 1:
-        raise MalformedItem(f"{name}: out of range: {shown(value)}")
+        raise MalformedItem(f"{name}: out of range: {shown_value(value)}")
     return rate
 
 
@@ -195,4 +195,4 @@ def parse_item_id(value: Any) -> int:
             return int(text)
     if value is None:
         raise MalformedItem("item_id: missing")
-    raise MalformedItem(f"item_id: not a positive integer: {shown(value)}")
+    raise MalformedItem(f"item_id: not a positive integer: {shown_value(value)}")
