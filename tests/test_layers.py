@@ -22,7 +22,7 @@ PACKAGE = Path(tmapi_crawler.__file__).parent
 LAYERS: dict[str, int] = {
     # L0: the API's shape and what everything else needs without knowing the crawl.
     "api": 0, "aio": 0, "stats": 0, "signals": 0, "validation": 0, "folders": 0,
-    "settings": 0, "__init__": 0, "shell": 0, "quoting": 0, "deprecations": 0,
+    "settings": 0, "__init__": 0, "shell": 0, "quoting": 0, "deprecations": 0, "per_crawler": 0,
     # L1: the crawl's plan, its items, its identity, how it closes.
     "plan": 1, "items": 1, "normalize": 1, "scalars": 1, "crawl": 1, "closing": 1,
     # logformatter: it says how an item was dropped, so it knows the items (L1), not below.

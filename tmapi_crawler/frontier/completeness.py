@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
-from weakref import WeakKeyDictionary
 
 from tmapi_crawler.closing import FINISHED, PROBED
+from tmapi_crawler.per_crawler import PerCrawler
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -73,7 +73,7 @@ def merge(losses: Iterable[Loss]) -> list[Loss]:
     return sorted(merged.values(), key=lambda x: (x.cat_id, x.reason, x.query))
 
 
-_LOSSES: WeakKeyDictionary[Crawler, Losses] = WeakKeyDictionary()
+_LOSSES: PerCrawler[Losses] = PerCrawler()
 
 
 class Losses:
@@ -91,10 +91,7 @@ class Losses:
 
     @classmethod
     def of(cls, crawler: Crawler) -> Losses:
-        losses = _LOSSES.get(crawler)
-        if losses is None:
-            losses = _LOSSES[crawler] = cls()
-        return losses
+        return _LOSSES.made(crawler, cls)
 
     def track(self, follow: Iterable[PageContext], done: Iterable[str]) -> None:
         """The queries a decision of the frontier opened (the pages it follows) or finished

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
-from weakref import WeakKeyDictionary
 
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 
@@ -31,6 +30,7 @@ from tmapi_crawler.closing import FINISHED
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.replay import HeldPage
 from tmapi_crawler.frontier.summary import PageSummary
+from tmapi_crawler.per_crawler import PerCrawler
 from tmapi_crawler.plan import Plan, PlanError, Query
 from tmapi_crawler.storage.collections import CRAWL_RUNS, LEDGER
 from tmapi_crawler.storage.spool import Spool
@@ -54,7 +54,7 @@ INDEXES: Final = (
     ("crawl_id", ASCENDING), ("seq", ASCENDING),
 )
 
-_LEDGERS: WeakKeyDictionary[Crawler, Ledger] = WeakKeyDictionary()
+_LEDGERS: PerCrawler[Ledger] = PerCrawler()
 
 
 def fresh_requested(arguments: Mapping[str, Any]) -> bool:
@@ -143,10 +143,7 @@ class Ledger:
 
     @classmethod
     def of(cls, crawler: Crawler) -> Ledger:
-        ledger = _LEDGERS.get(crawler)
-        if ledger is None:
-            ledger = _LEDGERS[crawler] = cls(crawler)
-        return ledger
+        return _LEDGERS.made(crawler, lambda: cls(crawler))
 
     async def open(self, store: Connection, fingerprint: str, spider: str, *,
                    fresh: bool) -> Resume | None:

@@ -35,13 +35,13 @@ import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
-from weakref import WeakKeyDictionary
 
 from bson import Binary
 from pymongo import ASCENDING, WriteConcern
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from tmapi_crawler import stats as stats_keys
+from tmapi_crawler.per_crawler import PerCrawler
 from tmapi_crawler.quoting import shown
 from tmapi_crawler.storage.collections import SPOOL
 
@@ -62,7 +62,7 @@ PAUSE: Final = 10.0
 #: ``keep``'s write concern: handed to the socket, not waited for (see the module's docstring).
 UNACKNOWLEDGED: Final = WriteConcern(w=0)
 
-_SPOOLS: WeakKeyDictionary[Crawler, Spool] = WeakKeyDictionary()
+_SPOOLS: PerCrawler[Spool] = PerCrawler()
 
 
 class Spool:
@@ -88,10 +88,7 @@ class Spool:
 
     @classmethod
     def of(cls, crawler: Crawler) -> Spool:
-        spool = _SPOOLS.get(crawler)
-        if spool is None:
-            spool = _SPOOLS[crawler] = cls(crawler)
-        return spool
+        return _SPOOLS.made(crawler, lambda: cls(crawler))
 
     @property
     def replaying(self) -> bool:
