@@ -2,8 +2,8 @@
 
 It sits at the bottom of the house because everything that records a crawl needs it: the
 writer and the run recorder (``storage``), the ledger, the cluster (a distributed scheduler
-shares its crawl's id), the spider's ledger entries. A resumed crawl keeps the id of the crawl
-it continues (``resume_crawl``).
+shares its crawl's id), the page accounting's ledger entries. A resumed crawl keeps the id of
+the crawl it continues (``resume_crawl``).
 """
 
 from __future__ import annotations

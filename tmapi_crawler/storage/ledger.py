@@ -7,8 +7,8 @@ power loss as well as the products do. A page given up on is recorded too (``los
 cost and the losses; a resume fetches it again.
 
 Running the same command again (same plan fingerprint, same database) after any interruption
-continues the interrupted crawl under the same crawl id: the spider replays the frontier over
-the pages held here (free) and fetches only what the replay asks for that is not held. A new
+continues the interrupted crawl under the same crawl id: the frontier is replayed over
+the pages held here (free), and only what the replay asks for that is not held is fetched. A new
 crawl of the plan starts only once the last one finished, or with ``-a fresh=true``.
 """
 
@@ -134,7 +134,8 @@ def ledger_document(crawl_id: str, context: PageContext, summary: PageSummary, c
 
 
 class Ledger:
-    """One crawl's ledger, shared by the writer (records) and the spider (replays)."""
+    """One crawl's ledger, shared by the writer and the page accounting (records) and the spider
+    (the pages it replays, ``frontier.replay``)."""
 
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
