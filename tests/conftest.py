@@ -23,8 +23,8 @@ if str(PROJECT_ROOT) not in sys.path:
 
 from tests.servers import MongodProcess, RedisProcess  # noqa: E402
 from tests.web_data import Crawled, crawl_twice  # noqa: E402
+from tmapi_crawler.sandbox.config import RUNTIME_SETTINGS, SandboxConfig  # noqa: E402
 from tmapi_crawler.sandbox.process import SandboxProcess  # noqa: E402
-from tmapi_crawler.sandbox.server import RUNTIME_SETTINGS, SandboxConfig  # noqa: E402
 
 #: The sandbox's runtime settings as it starts: what a test's changes are undone to.
 SANDBOX_DEFAULTS = {name: getattr(SandboxConfig(), name) for name in RUNTIME_SETTINGS}

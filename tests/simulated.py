@@ -23,7 +23,8 @@ from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.plan import Query
-from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig, parse_request
+from tmapi_crawler.sandbox.config import SandboxConfig, parse_request
+from tmapi_crawler.sandbox.server import Sandbox
 
 
 @dataclass

@@ -33,7 +33,8 @@ from tmapi_crawler.frontier.completeness import (
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.decisions import Decision
 from tmapi_crawler.plan import Query
-from tmapi_crawler.sandbox.catalog import PRICE_POINT_CENTS, format_price
+from tmapi_crawler.sandbox.catalog import PRICE_POINT_CENTS
+from tmapi_crawler.sandbox.items import format_price
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.transport.middleware import NOT_SENT
 

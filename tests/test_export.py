@@ -37,7 +37,8 @@ from tmapi_crawler.exporters import (
     flat,
 )
 from tmapi_crawler.items import ProductItem, QueryContext
-from tmapi_crawler.sandbox.catalog import Catalog, build_item
+from tmapi_crawler.sandbox.catalog import Catalog
+from tmapi_crawler.sandbox.items import build_item
 from tmapi_crawler.storage.collections import CRAWL_RUNS, HISTORY, PRODUCTS
 from tmapi_crawler.storage.documents import batch_now, updates_by_id
 from tmapi_crawler.storage.history import AVAILABLE_IN

@@ -23,7 +23,8 @@ from tests.crawling import TOKEN, crawl
 from tmapi_crawler import api
 from tmapi_crawler.exporters import FeedExporter, ProductRecords, flat
 from tmapi_crawler.items import ProductItem, ProductPage, QueryContext
-from tmapi_crawler.sandbox.catalog import Catalog, build_item
+from tmapi_crawler.sandbox.catalog import Catalog
+from tmapi_crawler.sandbox.items import build_item
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.settings import FEED_EXPORTERS
 

@@ -32,9 +32,11 @@ from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.frontier.state import MemoryState
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.plan import Query
-from tmapi_crawler.sandbox.catalog import PRICE_POINT_CENTS, format_price
+from tmapi_crawler.sandbox.catalog import PRICE_POINT_CENTS
 from tmapi_crawler.sandbox.catalog import Query as CatalogQuery
-from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig
+from tmapi_crawler.sandbox.config import SandboxConfig
+from tmapi_crawler.sandbox.items import format_price
+from tmapi_crawler.sandbox.server import Sandbox
 
 T = TypeVar("T")
 D = Decimal

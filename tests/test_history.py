@@ -22,7 +22,8 @@ from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.summary import PageSummary
 from tmapi_crawler.items import ProductItem, QueryContext
 from tmapi_crawler.plan import Query
-from tmapi_crawler.sandbox.catalog import Catalog, build_item
+from tmapi_crawler.sandbox.catalog import Catalog
+from tmapi_crawler.sandbox.items import build_item
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.storage.collections import HISTORY, LEDGER, PRODUCTS
 from tmapi_crawler.storage.documents import batch_now, updates_by_id

@@ -15,7 +15,8 @@ from tmapi_crawler.frontier.decisions import FrontierSettings
 from tmapi_crawler.frontier.frontier import Frontier
 from tmapi_crawler.frontier.replay import HeldPage, replay
 from tmapi_crawler.plan import Query
-from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig
+from tmapi_crawler.sandbox.config import SandboxConfig
+from tmapi_crawler.sandbox.server import Sandbox
 from tmapi_crawler.storage.ledger import planned_key
 
 CAT = 9001

@@ -21,7 +21,8 @@ import pytest
 from tests.crawling import TOKEN
 from tests.inprocess import crawl_in_process
 from tmapi_crawler.items import ProductItem, QueryContext
-from tmapi_crawler.sandbox.catalog import Catalog, build_item
+from tmapi_crawler.sandbox.catalog import Catalog
+from tmapi_crawler.sandbox.items import build_item
 from tmapi_crawler.sandbox.process import SandboxProcess
 from tmapi_crawler.storage import prices
 from tmapi_crawler.storage.collections import HISTORY, PRODUCTS

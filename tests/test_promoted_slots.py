@@ -25,8 +25,9 @@ from tests.simulated import crawl as simulate
 from tmapi_crawler import stats as stats_keys
 from tmapi_crawler.plan import Query
 from tmapi_crawler.sandbox.catalog import Query as CatalogQuery
+from tmapi_crawler.sandbox.config import ListingRequest, SandboxConfig
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.sandbox.server import ListingRequest, Sandbox, SandboxConfig
+from tmapi_crawler.sandbox.server import Sandbox
 
 CAT = 7
 PAGE = 20

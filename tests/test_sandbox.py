@@ -24,15 +24,10 @@ import pytest
 from tests.crawling import wait_until
 from tmapi_crawler import api
 from tmapi_crawler.sandbox.__main__ import build_parser
-from tmapi_crawler.sandbox.catalog import (
-    PRICE_POINT_CENTS,
-    Catalog,
-    Query,
-    format_price,
-    sales_value,
-)
+from tmapi_crawler.sandbox.catalog import PRICE_POINT_CENTS, Catalog, Query
+from tmapi_crawler.sandbox.config import SandboxConfig, token_fingerprint
+from tmapi_crawler.sandbox.items import format_price, sales_value
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.sandbox.server import SandboxConfig, token_fingerprint
 
 TOKEN = "sandbox-test-token-8c1f"
 OTHER_TOKEN = "sandbox-other-token-77ab"

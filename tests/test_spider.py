@@ -23,7 +23,8 @@ from tmapi_crawler import signals as tmapi_signals
 from tmapi_crawler.frontier.context import META_KEY, PageContext
 from tmapi_crawler.frontier.state import MemoryState, StateLost
 from tmapi_crawler.items import ProductPage
-from tmapi_crawler.sandbox.server import Sandbox, SandboxConfig, parse_request
+from tmapi_crawler.sandbox.config import SandboxConfig, parse_request
+from tmapi_crawler.sandbox.server import Sandbox
 from tmapi_crawler.spiders.category_items import CategoryItemsSpider
 from tmapi_crawler.transport.call import ApiError
 

@@ -27,9 +27,10 @@ from tmapi_crawler import api
 from tmapi_crawler.distributed import entries
 from tmapi_crawler.frontier.context import CellRef, PageContext
 from tmapi_crawler.plan import Query
-from tmapi_crawler.sandbox.catalog import PRICE_POINT_CENTS, format_price
+from tmapi_crawler.sandbox.catalog import PRICE_POINT_CENTS
+from tmapi_crawler.sandbox.config import RUNTIME_SETTINGS, SandboxConfig
+from tmapi_crawler.sandbox.items import format_price
 from tmapi_crawler.sandbox.process import SandboxProcess
-from tmapi_crawler.sandbox.server import RUNTIME_SETTINGS, SandboxConfig
 
 D = Decimal
 REACH = 2000

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 import pymongo
 
 from tmapi_crawler.items import ProductItem, QueryContext
-from tmapi_crawler.sandbox.catalog import Catalog, build_item
+from tmapi_crawler.sandbox.catalog import Catalog
+from tmapi_crawler.sandbox.items import build_item
 from tmapi_crawler.storage.collections import PRODUCTS
 from tmapi_crawler.storage.documents import updates_by_id
 from tmapi_crawler.storage.store import ProductStore

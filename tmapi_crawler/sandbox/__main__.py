@@ -16,7 +16,8 @@ from typing import TypeVar
 from aiohttp import web
 
 from tmapi_crawler.sandbox import misbehaviour
-from tmapi_crawler.sandbox.server import FAULT_MODES, TOTAL_MODES, SandboxConfig, make_app
+from tmapi_crawler.sandbox.config import FAULT_MODES, TOTAL_MODES, SandboxConfig
+from tmapi_crawler.sandbox.server import make_app
 
 READY_PREFIX = "sandbox listening on "
 K = TypeVar("K")

@@ -4,178 +4,39 @@ Every product is a pure function of (seed, origin category, position), hashed wi
 never with Python's per-process `hash()`, so every process builds the same catalogue and a test
 can compare what a crawler stored with the truth. Nothing here does I/O; everything expensive is
 built lazily and cached, because benchmarks page through categories of 50,000+ products.
+A product's item JSON is written in sandbox/items.py, from the word tables of sandbox/words.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
 from tmapi_crawler import api
-
-#: Column order of the translation tables below.
-_COLUMNS = ("en", "zh", "ru", "vi", "ja", "ko")
-if set(_COLUMNS) != set(api.LANGUAGES):
-    raise ImportError("the sandbox's translation tables do not cover api.LANGUAGES")
-
-_ADJECTIVES = (
-    ("portable", "便携", "портативный", "di động", "携帯用", "휴대용"),
-    ("waterproof", "防水", "водонепроницаемый", "chống nước", "防水", "방수"),
-    ("wireless", "无线", "беспроводной", "không dây", "ワイヤレス", "무선"),
-    ("stainless steel", "不锈钢", "нержавеющий", "inox", "ステンレス", "스테인리스"),
-    ("foldable", "折叠", "складной", "gấp gọn", "折りたたみ", "접이식"),
-    ("mini", "迷你", "мини", "mini", "ミニ", "미니"),
-    ("vintage", "复古", "винтажный", "cổ điển", "ヴィンテージ", "빈티지"),
-    ("cotton", "纯棉", "хлопковый", "cotton", "綿", "면"),
-    ("LED", "LED", "светодиодный", "đèn LED", "LED", "LED"),
-    ("kids", "儿童", "детский", "trẻ em", "子供用", "어린이"),
-    ("heart-shaped", "心形", "в форме сердца", "hình trái tim", "ハート型", "하트모양"),
-    ("rechargeable", "充电", "перезаряжаемый", "sạc lại", "充電式", "충전식"),
-    ("silicone", "硅胶", "силиконовый", "silicon", "シリコン", "실리콘"),
-    ("wooden", "木制", "деревянный", "bằng gỗ", "木製", "나무"),
-    ("magnetic", "磁性", "магнитный", "từ tính", "マグネット", "자석"),
-    ("summer", "夏季", "летний", "mùa hè", "夏用", "여름"),
+from tmapi_crawler.sandbox.items import (
+    BAD_PRICE,
+    MISSING_ITEM_ID,
+    Product,
+    build_item,
+    item_json,
 )
-_NOUNS = (
-    ("sunglasses", "太阳镜", "солнцезащитные очки", "kính râm", "サングラス", "선글라스"),
-    ("phone case", "手机壳", "чехол для телефона", "ốp điện thoại", "スマホケース",
-     "휴대폰 케이스"),
-    ("water bottle", "水杯", "бутылка для воды", "bình nước", "水筒", "물병"),
-    ("backpack", "背包", "рюкзак", "ba lô", "リュック", "백팩"),
-    ("desk lamp", "台灯", "настольная лампа", "đèn bàn", "デスクライト", "스탠드"),
-    ("hair clip", "发夹", "заколка", "kẹp tóc", "ヘアクリップ", "머리핀"),
-    ("storage box", "收纳盒", "коробка для хранения", "hộp đựng đồ", "収納ボックス", "수납함"),
-    ("T-shirt", "T恤", "футболка", "áo phông", "Tシャツ", "티셔츠"),
-    ("earphones", "耳机", "наушники", "tai nghe", "イヤホン", "이어폰"),
-    ("kitchen knife", "菜刀", "кухонный нож", "dao bếp", "包丁", "식칼"),
-    ("toy car", "玩具车", "игрушечная машинка", "xe đồ chơi", "おもちゃの車", "장난감 자동차"),
-    ("umbrella", "雨伞", "зонт", "ô che mưa", "傘", "우산"),
-    ("socks", "袜子", "носки", "tất", "靴下", "양말"),
-    ("keychain", "钥匙扣", "брелок", "móc khóa", "キーホルダー", "열쇠고리"),
-    ("mug", "马克杯", "кружка", "cốc", "マグカップ", "머그컵"),
-    ("electric fan", "风扇", "вентилятор", "quạt điện", "扇風機", "선풍기"),
-)
-_BRANDS = (
-    ("Bright Star", "明星", "Яркая звезда", "Sao Sáng", "明星", "밝은별"),
-    ("Golden Sun", "金阳", "Золотое солнце", "Mặt Trời Vàng", "金陽", "황금태양"),
-    ("Happy Home", "乐家", "Счастливый дом", "Nhà Vui", "楽家", "행복한집"),
-    ("Sea Breeze", "海风", "Морской бриз", "Gió Biển", "海風", "바닷바람"),
-    ("Red Maple", "红枫", "Красный клён", "Phong Đỏ", "紅楓", "붉은단풍"),
-    ("Jade River", "玉河", "Нефритовая река", "Sông Ngọc", "玉河", "옥강"),
-    ("Swift Crane", "飞鹤", "Быстрый журавль", "Hạc Bay", "飛鶴", "나는학"),
-    ("Blue Peak", "蓝峰", "Синяя вершина", "Đỉnh Xanh", "藍峰", "푸른봉우리"),
-)
-#: (province, city) pairs, the way `delivery_info.area_from` spells them.
-_AREAS = (
-    (("Zhejiang", "Jinhua"), ("浙江", "金华市"), ("Чжэцзян", "Цзиньхуа"),
-     ("Chiết Giang", "Kim Hoa"), ("浙江省", "金華市"), ("저장성", "진화시")),
-    (("Zhejiang", "Taizhou"), ("浙江", "台州市"), ("Чжэцзян", "Тайчжоу"),
-     ("Chiết Giang", "Thai Châu"), ("浙江省", "台州市"), ("저장성", "타이저우시")),
-    (("Guangdong", "Guangzhou"), ("广东", "广州市"), ("Гуандун", "Гуанчжоу"),
-     ("Quảng Đông", "Quảng Châu"), ("広東省", "広州市"), ("광둥성", "광저우시")),
-    (("Guangdong", "Shenzhen"), ("广东", "深圳市"), ("Гуандун", "Шэньчжэнь"),
-     ("Quảng Đông", "Thâm Quyến"), ("広東省", "深圳市"), ("광둥성", "선전시")),
-    (("Jiangsu", "Suzhou"), ("江苏", "苏州市"), ("Цзянсу", "Сучжоу"),
-     ("Giang Tô", "Tô Châu"), ("江蘇省", "蘇州市"), ("장쑤성", "쑤저우시")),
-    (("Fujian", "Xiamen"), ("福建", "厦门市"), ("Фуцзянь", "Сямынь"),
-     ("Phúc Kiến", "Hạ Môn"), ("福建省", "厦門市"), ("푸젠성", "샤먼시")),
-    (("Shandong", "Qingdao"), ("山东", "青岛市"), ("Шаньдун", "Циндао"),
-     ("Sơn Đông", "Thanh Đảo"), ("山東省", "青島市"), ("산둥성", "칭다오시")),
-    (("Hebei", "Baoding"), ("河北", "保定市"), ("Хэбэй", "Баодин"),
-     ("Hà Bắc", "Bảo Định"), ("河北省", "保定市"), ("허베이성", "바오딩시")),
-)
-_TITLE_FORMATS = dict(zip(_COLUMNS, (
-    "{model} {a1} {a2} {noun}", "{model}{a1}{a2}{noun}", "{a1} {a2} {noun} {model}",
-    "{noun} {a1} {a2} {model}", "{model} {a1}{a2}{noun}", "{model} {a1} {a2} {noun}",
-), strict=True))
-_COMPANY_FORMATS = dict(zip(_COLUMNS, (
-    "{city} {brand} Trading Co., Ltd.", "{city}{brand}贸易有限公司",
-    "Торговая компания «{brand}» ({city})", "Công ty TNHH Thương mại {brand} {city}",
-    "{city}{brand}貿易有限公司", "{city} {brand} 무역유한회사",
-), strict=True))
-_COLUMN = {language: index for index, language in enumerate(_COLUMNS)}
-_JSON_BOOL = ("false", "true")
-
-
-def _check_tables() -> None:
-    """`item_json` pastes table text into JSON verbatim: right only if none needs escaping."""
-    texts = [text for table in (_ADJECTIVES, _NOUNS, _BRANDS) for row in table for text in row]
-    texts += [text for row in _AREAS for pair in row for text in pair]
-    texts += [*_TITLE_FORMATS.values(), *_COMPANY_FORMATS.values()]
-    if any(json.dumps(text, ensure_ascii=False) != f'"{text}"' for text in texts):
-        raise ImportError("a sandbox text table entry needs JSON escaping")
-
-
-_check_tables()
-
-
-def _title_parts(column: int) -> list[tuple[str, str]]:
-    """Every title in one language as (text before, text after) the model number.
-
-    Precomputed (16 x 16 x 16 per language) because formatting titles per item was the
-    sandbox's hottest path.
-    """
-    template = _TITLE_FORMATS[_COLUMNS[column]]
-    parts = []
-    for a1 in _ADJECTIVES:
-        for a2 in _ADJECTIVES:
-            for noun in _NOUNS:
-                text = template.format(model="\0", a1=a1[column], a2=a2[column],
-                                       noun=noun[column])
-                before, _, after = text.partition("\0")
-                parts.append((before, after))
-    return parts
-
-
-_TITLE_PARTS = [_title_parts(column) for column in range(len(_COLUMNS))]
-_COMPANIES = [
-    [_COMPANY_FORMATS[language].format(city=area[column][1], brand=brand[column])
-     for area in _AREAS for brand in _BRANDS]
-    for column, language in enumerate(_COLUMNS)
-]
-_AREA_JSON = [[json.dumps(area[column], ensure_ascii=False, separators=(",", ":"))
-               for area in _AREAS] for column in range(len(_COLUMNS))]
 
 #: Item ids are an affine permutation modulo this prime, so they are unique 12-digit numbers.
 _ID_PRIME = 899_999_999_981
 _ID_BASE = 100_000_000_000
 _MAX_SIZE = 1 << 20
-_MOQS = ("1", "1", "1", "2", "3", "5", "10", "20", "50", "100")
 _EPOCH_CHANGE_THRESHOLD = 51  # of 256: ~20 % of products change price at each epoch
 _EPOCHS_PER_DIGEST = 16
 #: The one price (9.90 CNY) that `price_point_share` of the products cost.
 PRICE_POINT_CENTS = 990
-MISSING_ITEM_ID = "missing_item_id"
-BAD_PRICE = "bad_price"
 #: Withdrawn products are drawn from the item id modulo this prime (see `withdrawn`).
 _WITHDRAWN_MODULUS = 9973
-
-
-class Product(NamedTuple):
-    """What filtering and sorting need; the rest of the item is derived from `digest` on demand.
-
-    A NamedTuple because 50,000 of them must be built in a fraction of a second.
-    """
-
-    item_id: int
-    origin_cat: int
-    position: int
-    digest: bytes
-    price_cents: int
-    sales: int
-    new_arrival: bool
-    support_dropshipping: bool
-    free_shipping: bool
-    is_super_factory: bool
-    malformed: str  # "", MISSING_ITEM_ID or BAD_PRICE
-    half_fen: bool = False  # priced half a fen above price_cents, in three decimals (9.995)
 
 
 _PRICE_TEXT = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
@@ -270,32 +131,6 @@ def withdrawn(product: Product, rate: float) -> bool:
     Drawn from the item id, a pseudo-random permutation, so every query agrees on it.
     """
     return product.item_id % _WITHDRAWN_MODULUS < rate * _WITHDRAWN_MODULUS
-
-
-def format_price(cents: int) -> str:
-    """Prices are strings with two decimals, as the reference shows ("0.60")."""
-    return f"{cents // 100}.{cents % 100:02d}"
-
-
-def format_sales(sales: int) -> str:
-    """1688's coarse 90-day sales figure: "350", "1.2万+", "100000+" or "" for none."""
-    if sales <= 0:
-        return ""
-    if sales < 10_000:
-        return str(sales)
-    if sales < 100_000:
-        thousands = sales // 1000
-        return f"{thousands // 10}.{thousands % 10}万+".replace(".0万", "万")
-    return "100000+"
-
-
-def sales_value(text: str) -> int:
-    """The number a sales figure stands for (its lower bound); the inverse of `format_sales`."""
-    if not text:
-        return 0
-    if text.endswith("万+"):
-        return int(Decimal(text[:-2]) * 10_000)
-    return int(text.rstrip("+"))
 
 
 class Catalog:
@@ -530,67 +365,3 @@ class Catalog:
                             strict=True)
             if (a.price_cents, a.sales) != (b.price_cents, b.sales)
         }
-
-
-def item_json(product: Product, language: str) -> str:
-    """The product as the API serves it in `language`, already encoded.
-
-    Written as one template rather than `json.dumps` of a dict because it is several times faster
-    and the sandbox must serve thousands of pages a second; `build_item` parses this text, so
-    the layout (key order included, as in the reference's example item) lives here only. Text
-    comes from tables checked at import time to need no JSON escaping.
-    """
-    d = product.digest
-    column = _COLUMN[language]
-    first = d[23] % len(_ADJECTIVES)
-    second = (first + 1 + d[24] % (len(_ADJECTIVES) - 1)) % len(_ADJECTIVES)
-    before, after = _TITLE_PARTS[column][(first * len(_ADJECTIVES) + second) * len(_NOUNS)
-                                         + d[25] % len(_NOUNS)]
-    area = d[21] % len(_AREAS)
-    company = _COMPANIES[column][area * len(_BRANDS) + d[22] % len(_BRANDS)]
-    price = "abc" if product.malformed == BAD_PRICE else format_price(product.price_cents)
-    if product.half_fen and product.malformed != BAD_PRICE:
-        price += "5"
-    ship_in_48h = _JSON_BOOL[d[7] < 128]
-    moq = _MOQS[d[9] % len(_MOQS)]
-    if product.malformed == MISSING_ITEM_ID:
-        head = '{"product_url":""'
-    else:
-        item_id = product.item_id
-        head = f'{{"item_id":{item_id},"product_url":"https://detail.1688.com/offer/{item_id}.html"'
-    # Each optional block is missing ~5 % of the time (byte < 13 of 256).
-    price_info = sale_info = delivery_info = score_info = ""
-    if d[17] >= 13:
-        origin_price = (
-            format_price(product.price_cents * (105 + d[11] % 75) // 100) if d[10] < 102 else ""
-        )
-        price_info = (f',"price_info":{{"price":"{price}","sale_price":"{price}",'
-                      f'"origin_price":"{origin_price}"}}')
-    if d[18] >= 13:
-        sale_info = f',"sale_info":{{"sale_quantity_90days":"{format_sales(product.sales)}"}}'
-    if d[20] >= 13:
-        delivery_info = (f',"delivery_info":{{"area_from":{_AREA_JSON[column][area]},'
-                         f'"free_shipping":{_JSON_BOOL[product.free_shipping]},'
-                         f'"ship_in_48h":{ship_in_48h}}}')
-    if d[19] >= 13:
-        score_info = f',"score_info":{{"composite_score":"{3 + d[16] % 21 / 10:.1f}"}}'
-    repurchase = "" if d[14] < 77 else f"{5 + d[14] % 70}%"
-    return (
-        f'{head},"title":"{before}{1000 + int.from_bytes(d[26:28]) % 9000}{after}",'
-        f'"img":"https://cbu01.alicdn.com/img/ibank/O1CN01{d[37:48].hex()}_!!'
-        f'{2_200_000_000_000 + int.from_bytes(d[32:37]) % 10**11}-0-cib.jpg",'
-        f'"category_path":["{10 + d[31] % 90}","{product.origin_cat}"],'
-        f'"price":"{price}"{price_info},"currency":"CNY","moq":"{moq}","quantity_begin":"{moq}"'
-        f'{sale_info}{delivery_info},"shop_info":{{"company_name":"{company}",'
-        f'"is_powerful_seller":{_JSON_BOOL[d[6] < 64]},'
-        f'"is_super_factory":{_JSON_BOOL[product.is_super_factory]},'
-        f'"shop_years":{1 + d[15] % 15}{score_info}}},'
-        f'"item_repurchase_rate":"{repurchase}","low_refund_rate":{_JSON_BOOL[d[8] < 77]},'
-        f'"ship_in_48h":{ship_in_48h},"one_piece_min_order":{_JSON_BOOL[moq == "1"]}}}'
-    )
-
-
-def build_item(product: Product, language: str) -> dict[str, Any]:
-    """The product as a dict, exactly as a client decodes it from an answer."""
-    item: dict[str, Any] = json.loads(item_json(product, language))
-    return item
