@@ -46,7 +46,6 @@ LAYERS: dict[str, int] = {
 }
 
 
-
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE).with_suffix("").parts
     if parts[-1] == "__init__" and len(parts) > 1:
