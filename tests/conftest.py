@@ -29,6 +29,7 @@ from tmapi_crawler.sandbox.process import SandboxProcess  # noqa: E402
 #: The sandbox's runtime settings as it starts: what a test's changes are undone to.
 SANDBOX_DEFAULTS = {name: getattr(SandboxConfig(), name) for name in RUNTIME_SETTINGS}
 
+
 @pytest.fixture(autouse=True)
 def _project_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """``get_project_settings()`` exports ``SCRAPY_SETTINGS_MODULE``: undone after each test, or

@@ -231,6 +231,7 @@ def test_changes_export_has_a_row_per_product_crawl_and_field(
     assert sum(row["field"] == AVAILABLE_IN for row in expected) == GONE
     rows = export_to(db, tmp_path, "changes", fmt)
     assert len(rows) == len(expected)
+
     def key(row: dict[str, Any]) -> tuple[str, str]:
         return str(row["item_id"]), row["field"]
 
@@ -243,6 +244,7 @@ def test_changes_export_has_a_row_per_product_crawl_and_field(
 
 def test_filters_narrow_products_and_changes(database, tmp_path: Path) -> None:
     db, starts, crawls = database
+
     def ids(rows: list[dict[str, Any]]) -> set[int]:
         return {row["item_id"] for row in rows}
 

@@ -247,7 +247,6 @@ def test_availability_changes_across_categories_merge_into_one_document_per_craw
     assert stored["seen_in"] == {"7": "c3", "9": "c3"}
 
 
-
 def ledger_page(crawl_id: str, page: int, items: list[ProductItem]) -> dict[str, Any]:
     """The ``crawl_pages`` document of a page of category 7 showing ``items``."""
     summary = PageSummary(len(items), tuple(i.item_id for i in items if i.item_id))

@@ -49,6 +49,8 @@ USAGE_ERROR = 2
 INCOMPLETE = 3
 #: Exit status of a command whose reader went away, as if SIGPIPE had ended it (128 + 13).
 BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
 def fail(message: str, status: int = USAGE_ERROR) -> NoReturn:
     """End the command with one line on stderr."""
     print(f"error: {message}", file=sys.stderr)

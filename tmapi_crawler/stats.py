@@ -194,6 +194,8 @@ def with_prefix(stats: dict[str, Any], prefix: str) -> dict[str, Any]:
 #: Seconds of history the rate is measured over: long enough to smooth bursts of page 1s and
 #: retries, short enough to follow a throttled account.
 RATE_WINDOW = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class Progress:
     """The counters of one crawl (or, summed, of a cluster's workers)."""

@@ -101,6 +101,7 @@ class RedisState:
         if result[1] and not sent:
             self._replayed = True
         return int(result[2]) if len(result) > 2 else None
+
     async def claim(self, key: str) -> bool:
         return bool(await self._call("claim", [key]))
 

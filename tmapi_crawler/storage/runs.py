@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 #: ``crawl_runs.status``: still going, closed by Scrapy, or cut short by a forced stop.
 RUNNING, CLOSED, KILLED = "running", "closed", "killed"
 
+
 def run_document(crawl_id_: str, spider: Spider | None, settings: BaseSettings,
                  database: str) -> dict[str, Any]:
     """The ``crawl_runs`` document a run starts with (a cluster crawl's: ``record_seeded``)."""
