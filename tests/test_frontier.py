@@ -280,24 +280,42 @@ def test_a_capped_query_is_walked_by_price_from_its_first_page() -> None:
     f = frontier(window=4, reach=100)
     first = begin(f, Query(cat_id=CAT))
     decision = run(f.on_page(first, page(total=100, prices=(D(1),) * 20)))
-    (walk,) = decision.follow
+    walk, *window = decision.follow
     assert walk.query == Query(cat_id=CAT, sort="price_up")
     assert (walk.page, walk.depth) == (1, 1)
     assert decision.counters[stats_keys.split_by("walk")] == 1
     assert decision.counters[stats_keys.SPLIT_EXTRA_REQUESTS] == 1
     assert decision.done == [Query(cat_id=CAT).key()]
-    # The walk's first page asks for its last reachable page ahead of its window.
+    # The walk holds what the query held, the reach: its window and its last reachable page,
+    # ahead of the window, are asked for with its page 1 rather than one round trip later.
+    assert [c.page for c in window] == [2, 3, 5]
+    assert all(c.query == walk.query and (c.last, c.ahead) == (5, 5) for c in decision.follow)
+    assert decision.counters[stats_keys.PAGES_KNOWN] == 5
+    # Its page 1 then asks for what it would have asked for last: the window's next page.
     prices = tuple(D(n) / 100 for n in range(100, 120))
     walked = run(f.on_page(walk, page(total=100, prices=prices)))
-    assert pages_of(walked) == [5, 2, 3, 4]
-    assert all(c.ahead == 5 for c in walked.follow)
-    # That page says where the next walk starts: its last price.
-    last = run(f.on_page(walked.follow[0], page(total=100, first_id=81,
+    assert pages_of(walked) == [4]
+    assert walked.counters[stats_keys.PAGES_KNOWN] == 0
+    # Its last reachable page says where the next walk starts: its last price.
+    last = run(f.on_page(window[-1], page(total=100, first_id=81,
                                                 prices=tuple(D(n) for n in range(3, 23)))))
     (following,) = [c for c in last.follow if c.query != walk.query]
     assert following.query == Query(cat_id=CAT, sort="price_up", price_start="22")
     assert following.depth == 2
     assert pages_of(last) == [1]  # the look-ahead page moves no window
+
+
+def test_a_walk_shorter_than_its_window_asks_for_every_page_once_and_ends() -> None:
+    f = frontier(window=8, reach=100)
+    decision = run(f.on_page(begin(f, Query(cat_id=CAT)), page(total=100, prices=(D(1),) * 20)))
+    assert pages_of(decision) == [1, 2, 3, 4, 5]
+    asked = []
+    for n, context in enumerate(decision.follow):
+        prices = tuple(D(100 * n + i) for i in range(20))
+        answered = run(f.on_page(context, page(total=100, first_id=20 * n + 1, prices=prices)))
+        asked += [c.page for c in answered.follow if c.query == context.query]
+    assert asked == []  # nothing asked twice, nothing past the reach
+    assert decision.follow[0].query.key() in answered.done
 
 
 def test_a_price_crowding_the_last_reachable_page_gets_a_query_of_its_own() -> None:

@@ -436,6 +436,12 @@ def test_records_and_counters(sandbox: SandboxProcess) -> None:
     assert stats["requests"] == 2
     assert stats["pages_served"] == 1
     assert stats["items_served"] == 10
+    # When each call came in and (answered after the latency) went out, on the clock the
+    # first request's time is on: what a benchmark's timeline of calls in flight is made of.
+    served, refused = stats["records"]
+    assert stats["first_request_at"] == served.pop("received_at") < refused.pop("received_at")
+    assert served.pop("answered_at") >= stats["first_request_at"]
+    assert "answered_at" not in refused
     assert stats["records"] == [
         {"cat_id": 1001, "language": "en", "sort": "sales", "page": 2, "page_size": 10,
          "free_shipping": False, "code": 200, "ok": True},

@@ -45,6 +45,12 @@ TMAPI_BUDGET = "tmapi_crawler.transport.budget.LocalBudget"
 TMAPI_QUERY_WINDOW = 0
 #: What the frontier remembers between answers (a ``frontier.state.FrontierState``).
 TMAPI_FRONTIER_STATE = "tmapi_crawler.frontier.state.MemoryState"
+# Pages of one priority leave in the order they were queued, as the cluster's queue sends them
+# (page order). Scrapy's LIFO sent a query's early pages last, and a window's page asks for
+# the page a window further only when it is answered: the crawl ended in a chain of single
+# calls, one round trip each (BENCHMARKS.md, B11).
+SCHEDULER_MEMORY_QUEUE = "scrapy.squeues.FifoMemoryQueue"
+SCHEDULER_DISK_QUEUE = "scrapy.squeues.PickleFifoDiskQueue"
 
 # An API, not a web site.
 ROBOTSTXT_OBEY = False

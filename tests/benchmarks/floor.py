@@ -3,6 +3,10 @@
 Fetches the same pages with the same concurrency, normalises every product with the project's
 own code and writes the same documents with the same batched upserts. Whatever the project
 spends above this is the price of Scrapy.
+
+``--one-query`` is the floor of one large query (B11): page 1 alone (any client must read its
+``total_count`` before it knows the pages), then every other page with ``--concurrency`` in
+flight; with ``--batch-size 1`` each page's products are one bulk upsert as the page arrives.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ async def crawl(args: argparse.Namespace) -> int:
         )
         stored += len(batch)
 
-    async def page(session: aiohttp.ClientSession, cat_id: int, number: int) -> None:
+    async def page(session: aiohttp.ClientSession, cat_id: int, number: int) -> int:
         params = {"apiToken": args.token, "cat_id": cat_id, "page": number,
                   "page_size": args.page_size}
         async with semaphore, session.get(args.base_url + api.PATH, params=params) as answer:
@@ -45,12 +49,21 @@ async def crawl(args: argparse.Namespace) -> int:
             pending.append(ProductItem.from_raw(raw, context))
         if len(pending) >= args.batch_size:
             await flush()
+        return int(data["total_count"])
+
+    async def one_query(session: aiohttp.ClientSession, cat_id: int) -> None:
+        total = await page(session, cat_id, 1)
+        await asyncio.gather(*(page(session, cat_id, number)
+                               for number in range(2, -(-total // args.page_size) + 1)))
 
     async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(
-            page(session, cat_id, number)
-            for cat_id in args.cat_ids for number in range(1, args.pages + 1)
-        ))
+        if args.one_query:
+            await asyncio.gather(*(one_query(session, cat_id) for cat_id in args.cat_ids))
+        else:
+            await asyncio.gather(*(
+                page(session, cat_id, number)
+                for cat_id in args.cat_ids for number in range(1, args.pages + 1)
+            ))
     if pending:
         await flush()
     await client.close()
@@ -64,7 +77,8 @@ def main() -> None:
     parser.add_argument("--mongo-uri", required=True)
     parser.add_argument("--database", required=True)
     parser.add_argument("--cat-ids", type=lambda s: [int(c) for c in s.split(",")], required=True)
-    parser.add_argument("--pages", type=int, required=True)
+    parser.add_argument("--pages", type=int, default=0)
+    parser.add_argument("--one-query", action="store_true")
     parser.add_argument("--page-size", type=int, required=True)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=500)

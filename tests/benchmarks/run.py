@@ -11,6 +11,7 @@ measured side by side in one run; absolute numbers are context only.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -28,16 +29,18 @@ import pymongo
 
 from tests.benchmarks.export import export_products
 from tests.benchmarks.prices import price_stats_cost
+from tests.benchmarks.timeline import timeline
 from tests.benchmarks.web import web_app
 from tests.servers import MongodProcess, RedisProcess
 from tmapi_crawler.sandbox.process import SandboxProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "benchmark-" + os.urandom(8).hex()
+TOKEN = f"benchmark-{os.getpid()}"  # the same in __main__ and in an import of this module
 
 
 @dataclass
 class Measured:
+    started: float  # time.monotonic() when the process was started
     cpu: float
     max_rss_mb: float
     wall: float
@@ -58,7 +61,7 @@ def measure(command: list[str], env: dict[str, str], cwd: Path, stats_file: Path
         log.seek(0)
         output = log.read()
     stats = json.loads(stats_file.read_text()) if stats_file and stats_file.exists() else {}
-    return Measured(usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
+    return Measured(started, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
                     time.monotonic() - started, process.returncode, stats, output)
 
 
@@ -211,29 +214,44 @@ def _spread(values: list[float]) -> str:
 def _b5_run(bench: Bench, redis: RedisProcess, workers: int, category_ids: list[int],
             prefix: str) -> dict[str, Any]:
     """One B5 crawl: ``workers`` distributed workers, or (0) one local process."""
+    return cluster_run(bench, redis, workers, category_ids, prefix=prefix,
+                       sandbox_options={"latency": LATENCY,
+                                        "default_size": PAGES_PER_CATEGORY * 20},
+                       pages=len(category_ids) * PAGES_PER_CATEGORY)
+
+
+def cluster_run(bench: Bench, redis: RedisProcess, workers: int, category_ids: list[int], *,
+                prefix: str, sandbox_options: dict[str, Any], pages: int,
+                settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One crawl of ``category_ids`` by ``workers`` distributed workers, or (0) one local
+    process, against a sandbox with a limit of ``LIMIT``; its efficiency at the sandbox's mean
+    latency. ``pages``: the pages it must have fetched."""
     cats = ",".join(map(str, category_ids))
-    with SandboxProcess(token=[TOKEN], latency=LATENCY, concurrency_limit=LIMIT,
-                        default_size=PAGES_PER_CATEGORY * 20) as sandbox:
+    settings = {"TMAPI_CONCURRENCY": LIMIT, **(settings or {})}
+    latency = sandbox_options["latency"] + sandbox_options.get("latency_jitter", 0) / 2
+    with SandboxProcess(token=[TOKEN], concurrency_limit=LIMIT, **sandbox_options) as sandbox:
         warmed(sandbox, category_ids)
         if not workers:
-            bench.crawl(sandbox, [f"cat_id={cats}"], bench.database(),
-                        {"TMAPI_CONCURRENCY": LIMIT})
+            bench.crawl(sandbox, [f"cat_id={cats}"], bench.database(), settings)
         else:
             env = {**os.environ, "SCRAPY_PROJECT": "distributed", "REDIS_URL": redis.uri,
                    "TMAPI_REDIS_PREFIX": prefix, "TMAPI_TOKEN": TOKEN,
                    "TMAPI_BASE_URL": sandbox.url, "MONGO_URI": bench.mongod.uri,
-                   "MONGO_DATABASE": bench.database(), "TMAPI_CONCURRENCY": str(LIMIT)}
+                   "MONGO_DATABASE": bench.database()}
+            options = [part for name, value in settings.items()
+                       for part in ("-s", f"{name}={value}")]
             subprocess.run([sys.executable, "-m", "scrapy", "seed", "category_items",
-                            "-a", f"cat_id={cats}"], cwd=ROOT, env=env, check=True,
+                            "-a", f"cat_id={cats}", *options], cwd=ROOT, env=env, check=True,
                            capture_output=True)
-            crawl = [sys.executable, "-m", "scrapy", "crawl", "category_items",
+            crawl = [sys.executable, "-m", "scrapy", "crawl", "category_items", *options,
                      "-s", "LOG_LEVEL=INFO", "-s", "MAX_IDLE_TIME_BEFORE_CLOSE=2"]
             processes = [subprocess.Popen(crawl, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL) for _ in range(workers)]
             if any(p.wait() for p in processes):
                 raise RuntimeError(f"a worker of {workers} failed")
-        result = efficiency(sandbox, LIMIT, LATENCY)
-    if result["pages"] < len(category_ids) * PAGES_PER_CATEGORY:
+        result = {**efficiency(sandbox, LIMIT, latency),
+                  **timeline(sandbox.stats()["records"], LIMIT)}
+    if result["pages"] < pages:
         raise RuntimeError(f"{workers} workers fetched only {result['pages']} pages")
     return result
 
@@ -385,7 +403,17 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "B9": ("the writer per 1,000 products with and without price_stats", price_stats_cost),
     "B10": ("export of 1,000,000 stored products to CSV and XLSX, beside a bare pymongo loop",
             export_products),
+    "B11": ("one query of 260 pages, and walked past a cap, beside the floor",
+            lambda b: _one_query().one_query(b)),
+    "B12": ("start-up to the first call, beside bare Scrapy", lambda b: _one_query().start_up(b)),
+    "B13": ("one query of 2,010 pages: 1, 2 and 4 workers beside a single process",
+            lambda b: _one_query().cluster_one_query(b)),
 }
+
+
+def _one_query() -> Any:
+    """B11-B13's module, imported late: it builds on this one's helpers."""
+    return importlib.import_module("tests.benchmarks.one_query")
 
 
 def main() -> None:

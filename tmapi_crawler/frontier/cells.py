@@ -55,11 +55,21 @@ class Cells(Reach):
         split = splitting.plan_split(query, by_price=context.by_price)
         if split.how == "sort":
             return await self._open_cell(decision, context, summary, split, reach), False
-        return await self._replace(decision, context, summary, split), True
+        holds = 1
+        if split.how == "walk" and summary.total_count is not None and \
+                summary.total_count >= reach:
+            holds = last_reachable  # the walk holds what this query holds: the reach, or more
+        return await self._replace(decision, context, summary, split, holds), True
 
     async def _replace(self, decision: Decision, context: PageContext, summary: PageSummary,
-                       split: splitting.Split) -> PageContext:
-        await self._children(decision, context, split.how, split.queries)
+                       split: splitting.Split, holds: int = 1) -> PageContext:
+        """The query replaced by the queries ``split`` cuts it into; ``holds``: the pages a
+        walk of it is known to hold (asked for a window at a time from the start)."""
+        if holds > 1:
+            await self._children(decision, context, split.how, split.queries, last=holds,
+                                 ahead=holds)
+        else:
+            await self._children(decision, context, split.how, split.queries)
         if context.page == 1 and summary.items:
             decision.counters[stats_keys.SPLIT_EXTRA_REQUESTS] += 1  # read again by the split
         return context

@@ -129,12 +129,14 @@ class Queries:
         return True
 
     async def _children(self, decision: Decision, context: PageContext, how: str,
-                        queries: Iterable[Query], cell: CellRef | None = None) -> int:
-        """Begin the queries a split leads to; how many were new."""
+                        queries: Iterable[Query], cell: CellRef | None = None, *,
+                        last: int = 1, ahead: int | None = None) -> int:
+        """Begin the queries a split leads to; how many were new. ``last``: the pages each
+        is known to hold already; ``ahead``: the page each asks for ahead of its window."""
         begun = 0
         for query in queries:
-            child = PageContext(query, size=context.size, by_price=context.by_price, cell=cell,
-                                depth=context.depth + 1)
+            child = PageContext(query, last=last, size=context.size, ahead=ahead,
+                                by_price=context.by_price, cell=cell, depth=context.depth + 1)
             begun += await self._begin(decision, child)
         decision.counters[stats_keys.SPLIT_QUERIES] += 1
         decision.counters[stats_keys.split_by(how)] += 1

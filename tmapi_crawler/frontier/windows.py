@@ -89,6 +89,26 @@ class Windows(Cells):
                 logging.DEBUG, f"{context.query.key()}: max_pages={max_pages} leaves results "
                 "unread", context.query.cat_id))
 
+    async def _begin(self, decision: Decision, context: PageContext) -> bool:
+        """Begin a query. One known to hold ``context.last`` pages already (the walk of a
+        query whose page 1 showed it holds more than the reach) asks for its window, and its
+        page ahead, with its page 1: not one round trip of the API later, with every permit
+        but one idle meanwhile. Its pages ask for the rest as page 1's would have."""
+        if not await super()._begin(decision, context):
+            return False
+        if context.last > 1:
+            state, key, last, ahead = self.state, context.query.key(), context.last, context.ahead
+            window = self.settings.window - (1 if ahead else 0)
+            own = [context.at(n, last) for n in range(2, min(last, window) + 1) if n != ahead]
+            if ahead and await state.claim(state_key(key, "ahead")):
+                own.append(context.at(ahead, last))
+            top = max((c.page for c in own if c.page != ahead), default=1)
+            await state.raise_to(state_key(key, "hi"), top)
+            await state.add(state_key(key, "open"), len(own))
+            decision.counters[stats_keys.PAGES_KNOWN] += max(last, top, ahead or 0) - 1
+            decision.follow.extend(own)
+        return True
+
     async def _advance(self, decision: Decision, context: PageContext,
                        summary: PageSummary | None, reach: int | None, own: list[PageContext],
                        *, known: int, ended: bool, new: int | None = None) -> None:
