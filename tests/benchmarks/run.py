@@ -406,7 +406,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Bench], dict[str, Any]]]] = {
     "B11": ("one query of 260 pages, and walked past a cap, beside the floor",
             lambda b: _one_query().one_query(b)),
     "B12": ("start-up to the first call, beside bare Scrapy", lambda b: _one_query().start_up(b)),
-    "B13": ("one query of 2,010 pages: 1, 2 and 4 workers beside a single process",
+    "B13": ("one query of 2,010 pages walked past the cap: 1, 2 and 4 workers beside one process",
             lambda b: _one_query().cluster_one_query(b)),
 }
 
