@@ -1,7 +1,8 @@
 """What the cluster commands (``scrapy seed``, ``scrapy status``) share.
 
 Kept outside ``tmapi_crawler.commands``: Scrapy takes every command class defined there for a
-command of its own.
+command of its own. Scrapy imports every command to list them, ``scrapy crawl`` too: what needs
+redis-py is imported when a cluster command runs, not before (BENCHMARKS.md, B12).
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from tmapi_crawler.cli import USAGE_ERROR, ProjectCommand, fail
-from tmapi_crawler.distributed.cluster import Cluster, ClusterSettingsError
 from tmapi_crawler.distributed.embedded import resolve_redis_url
 from tmapi_crawler.servers import EmbeddedServerError
 
 if TYPE_CHECKING:
-
     from scrapy.settings import BaseSettings
+
+    from tmapi_crawler.distributed.cluster import Cluster
 
 
 def require_distributed(settings: BaseSettings, command: str) -> None:
@@ -36,6 +37,11 @@ class ClusterCommand(ProjectCommand):
     def open_cluster(self, spider_name: str) -> Cluster:
         """The cluster of ``spider_name``, or exit 2 with one line on bad settings; the
         command closes it (``Cluster.aclose``) inside the event loop it used."""
+        from tmapi_crawler.distributed.cluster import (  # noqa: PLC0415 - see the docstring
+            Cluster,
+            ClusterSettingsError,
+        )
+
         assert self.settings is not None
         if not self.settings.get("REDIS_URL"):
             try:

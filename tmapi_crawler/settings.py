@@ -6,6 +6,8 @@ a token or a database address never has to be written into a file or a command l
 
 import os
 
+from scrapy.settings import default_settings
+
 from tmapi_crawler import api
 
 BOT_NAME = "tmapi_crawler"
@@ -55,6 +57,11 @@ SCHEDULER_DISK_QUEUE = "scrapy.squeues.PickleFifoDiskQueue"
 # An API, not a web site.
 ROBOTSTXT_OBEY = False
 COOKIES_ENABLED = False
+# Left out, not only off: its module imports tldextract and filelock, a tenth of start-up
+# (BENCHMARKS.md, B12), for a middleware that would only say it is not configured.
+DOWNLOADER_MIDDLEWARES_BASE = {
+    path: order for path, order in default_settings.DOWNLOADER_MIDDLEWARES_BASE.items()
+    if path != "scrapy.downloadermiddlewares.cookies.CookiesMiddleware"}
 TELNETCONSOLE_ENABLED = False
 USER_AGENT = "tmapi-crawler/0.1 (+https://github.com/tmapi-crawler)"
 DOWNLOAD_TIMEOUT = api.MIN_TIMEOUT_SECONDS
@@ -118,6 +125,12 @@ EXTENSIONS = {
     "scrapy.extensions.feedexport.FeedExporter": None,
     "tmapi_crawler.exporters.FeedExporter": 0,
 }
+# Scrapy 2.19's remote control runs Python sent over HTTP inside the crawl, where the token is
+# in the settings (as the telnet console, off above). It is left out of Scrapy's base list
+# rather than set to None in EXTENSIONS, where the add-on would import it (aiohttp's web
+# server: a tenth of start-up, BENCHMARKS.md, B12) only to find it off.
+EXTENSIONS_BASE = {path: order for path, order in default_settings.EXTENSIONS_BASE.items()
+                   if path != "scrapy.extensions.remote_control.RemoteControl"}
 #: Who records a run's end in crawl_runs: this process's crawl, or (distributed profile) a
 #: worker's share of the cluster crawl.
 TMAPI_RUN_FINISHER = "tmapi_crawler.storage.runs.RunFinisher"

@@ -25,13 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-import redis
-import scrapy_redis
 from pymongo.errors import InvalidURI
 from pymongo.uri_parser import parse_uri
 from scrapy.settings import SETTINGS_PRIORITIES, default_settings
 from scrapy.utils.misc import load_object
-from scrapy_redis import defaults as scrapy_redis_defaults
 
 from tmapi_crawler.deprecations import current_path
 
@@ -173,6 +170,8 @@ def redis_url() -> Rule:
         if not isinstance(value, str) or urlsplit(value).scheme not in (
                 "redis", "rediss", "unix"):
             return False
+        import redis  # noqa: PLC0415 - a local crawl's start-up never needs redis-py (B12)
+
         try:
             redis.ConnectionPool.from_url(value)
         except ValueError:
@@ -307,6 +306,9 @@ def library_settings() -> frozenset[str]:
     ``REDIS_START_URLS_KEY``, ...), taken from the installed packages rather than a copied list:
     scrapy-redis's defaults, and every ``REDIS_*`` string its modules look up. redis-py itself
     reads no settings."""
+    import scrapy_redis  # noqa: PLC0415 - only for a setting under its prefixes (B12)
+    from scrapy_redis import defaults as scrapy_redis_defaults  # noqa: PLC0415
+
     names = {name for name in dir(default_settings) if name.startswith(PREFIXES)}
     names.update(name for name in dir(scrapy_redis_defaults) if name.startswith(PREFIXES))
     for module in Path(scrapy_redis.__file__).parent.glob("*.py"):

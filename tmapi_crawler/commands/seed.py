@@ -22,7 +22,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis
 from pymongo.errors import PyMongoError
 from scrapy.crawler import Crawler
 from scrapy.spiderloader import get_spider_loader
@@ -32,8 +31,6 @@ from tmapi_crawler.cli import SpiderArguments
 from tmapi_crawler.cluster_command import ClusterCommand, require_distributed
 from tmapi_crawler.commands.crawl import check_before_start
 from tmapi_crawler.distributed.keys import redact_url
-from tmapi_crawler.distributed.queue import page_push
-from tmapi_crawler.distributed.state import RedisState, ReplayState
 from tmapi_crawler.frontier.context import PageContext
 from tmapi_crawler.frontier.replay import Replay, replay
 from tmapi_crawler.quoting import shown
@@ -90,6 +87,8 @@ class Command(SpiderArguments, ClusterCommand):
         # The settings the add-ons derive (the query window) are the workers' too.
         crawler.addons.load_settings(crawler.settings)
         spider = spidercls.from_crawler(crawler, **opts.spargs)
+        import redis  # noqa: PLC0415 - when the command runs (cluster_command)
+
         cluster = self.open_cluster(spider.name)
         try:
             seeded = asyncio.run(_seed(cluster, ProductStore.of(crawler), spider))
@@ -134,6 +133,8 @@ class Seeded:
 async def _keep_seeding(cluster: Cluster, crawl_id: str) -> None:
     """Renew the seed's hold on the crawl until cancelled (a renewal Redis missed is retried
     at the next one; the seed's own calls report a Redis that is gone)."""
+    import redis  # noqa: PLC0415 - as in run()
+
     while True:
         await asyncio.sleep(SEEDING_SECONDS / 3)
         with contextlib.suppress(redis.RedisError):
@@ -168,6 +169,9 @@ async def _seed(cluster: Cluster, store: ProductStore, spider: Spider) -> Seeded
     holds (free) on the cluster's state, and only the pages the replay asks for that are not
     held are queued. ``-a fresh=true`` starts a new crawl instead, as locally.
     """
+    from tmapi_crawler.distributed.queue import page_push  # noqa: PLC0415 - as redis in run()
+    from tmapi_crawler.distributed.state import RedisState, ReplayState  # noqa: PLC0415
+
     settings = spider.crawler.settings
     queries = spider.plan.queries
     seeding: asyncio.Future[None] | None = None

@@ -14,14 +14,12 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-import redis
 from scrapy.exceptions import UsageError
 from scrapy.spiderloader import get_spider_loader
 
 from tmapi_crawler.cluster_command import ClusterCommand, require_distributed
 from tmapi_crawler.commands.crawl import USAGE_ERROR
 from tmapi_crawler.distributed.keys import redact_url
-from tmapi_crawler.distributed.status import read_status
 
 if TYPE_CHECKING:
     import argparse
@@ -50,6 +48,8 @@ class Command(ClusterCommand):
         except KeyError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(USAGE_ERROR) from None
+        import redis  # noqa: PLC0415 - when the command runs (cluster_command)
+
         cluster = self.open_cluster(name)
         try:
             status = asyncio.run(_read(cluster))
@@ -61,6 +61,8 @@ class Command(ClusterCommand):
 
 
 async def _read(cluster: Cluster) -> dict[str, Any]:
+    from tmapi_crawler.distributed.status import read_status  # noqa: PLC0415 - as redis
+
     try:
         return await read_status(cluster)
     finally:

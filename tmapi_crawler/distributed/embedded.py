@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import redis
-
 from tmapi_crawler.servers import (
     LOCALHOST,
     EmbeddedServer,
@@ -57,6 +55,8 @@ def redis_pid(port: int, timeout: float = 0.25) -> int | None:
     """The pid the redis-server on ``port`` reports, if it answers in time (and is loaded)."""
     if not port_open(port, timeout):
         return None
+    import redis  # noqa: PLC0415 - every command loads this module; only this needs redis-py
+
     client = redis.Redis(
         host=LOCALHOST, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
     )

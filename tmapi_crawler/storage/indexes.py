@@ -3,6 +3,7 @@ opens: each serves a query named beside it (the catalogue's, the writer's, the m
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -50,6 +51,8 @@ PRODUCT_INDEXES = [
 
 async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
     """Make the indexes (MongoDB makes each once; an existing one is left as it is)."""
-    await db[PRODUCTS].create_indexes(PRODUCT_INDEXES)
-    await db[REJECTED].create_index([("crawl_id", ASCENDING)], name="crawl")
-    await db[HISTORY].create_indexes(HISTORY_INDEXES)
+    # At once, one round trip each: on a new database they were a tenth of start-up (B12).
+    await asyncio.gather(
+        db[PRODUCTS].create_indexes(PRODUCT_INDEXES),
+        db[REJECTED].create_index([("crawl_id", ASCENDING)], name="crawl"),
+        db[HISTORY].create_indexes(HISTORY_INDEXES))

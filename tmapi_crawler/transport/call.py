@@ -22,6 +22,7 @@ and says what came back, and holds the token — so that
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, quote, urlsplit
@@ -90,11 +91,7 @@ class PaidCall:
         self.base_url: str = settings["TMAPI_BASE_URL"]
         self.timeout = settings.getfloat("DOWNLOAD_TIMEOUT")
         self._api = _target(self.base_url.rstrip("/") + api.PATH)
-        #: The transport failures named in stats (anything else is ``other_error``).
-        self._failures = tuple(
-            load_object(cls) if isinstance(cls, str) else cls
-            for cls in settings.getlist("RETRY_EXCEPTIONS")
-        )
+        self._retry_exceptions = settings.getlist("RETRY_EXCEPTIONS")
         # Scrapy's own decompression, with its DOWNLOAD_MAXSIZE/WARNSIZE bounds, run here on
         # the raw answer whatever COMPRESSION_ENABLED says: a server may compress unasked.
         self._decoder = HttpCompressionMiddleware(crawler=crawler)
@@ -121,6 +118,14 @@ class PaidCall:
         logger.error("Refused to send the token to %s: not the API at %s",
                      shown(request.url), self.base_url)
         raise ApiError("not a request to TMAPI_BASE_URL; not sent", FOREIGN_REQUEST)
+
+    @functools.cached_property
+    def _failures(self) -> tuple[type[BaseException], ...]:
+        """The transport failures named in stats (anything else is ``other_error``); loaded at
+        the first failure: Scrapy's list names Twisted's HTTP client, whose import was a fifth
+        of the start-up of a crawl that never uses it (BENCHMARKS.md, B12)."""
+        return tuple(load_object(cls) if isinstance(cls, str) else cls
+                     for cls in self._retry_exceptions)
 
     async def send(self, request: Request) -> tuple[Answer, JsonResponse | None]:
         """The call: a checked request signed, downloaded and read. The response (None for a
