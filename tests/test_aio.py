@@ -15,7 +15,14 @@ from scrapy.utils.log import (  # the private one: nothing public takes Scrapy's
 )
 from scrapy.utils.test import get_crawler
 
-from tmapi_crawler.aio import FrozenStartup, Interrupted, Interrupter, RootLogLevel, wait_set
+from tmapi_crawler.aio import (
+    YOUNG_THRESHOLD,
+    FrozenStartup,
+    Interrupted,
+    Interrupter,
+    RootLogLevel,
+    wait_set,
+)
 
 
 def test_a_wait_cancelled_as_its_event_is_set_ends_cancelled() -> None:
@@ -53,12 +60,17 @@ def test_what_start_up_allocated_is_out_of_the_collectors_walks_while_the_crawl_
     crawler = get_crawler()
     extension = FrozenStartup.from_crawler(crawler)  # signals hold their receivers weakly
     gc.unfreeze()
+    before = gc.get_threshold()
     crawler.signals.send_catch_log(signals.spider_opened, spider=None)
-    frozen = gc.get_freeze_count()
+    frozen, crawling = gc.get_freeze_count(), gc.get_threshold()
     crawler.signals.send_catch_log(signals.spider_closed, spider=None, reason="finished")
     del extension
     assert frozen > 10_000  # the interpreter, Scrapy and every module imported so far
     assert gc.get_freeze_count() == 0
+    # The youngest generation is collected less often while the crawl runs, and as before
+    # once it is over.
+    assert crawling == (YOUNG_THRESHOLD, *before[1:]) != before
+    assert gc.get_threshold() == before
 
 
 @pytest.mark.parametrize("level", ["INFO", "DEBUG"])

@@ -116,11 +116,16 @@ def _text_list(value: Any, name: str) -> list[str] | None:
 
 
 def _nested_deeper(value: Mapping[str, Any] | list[Any], limit: int) -> bool:
-    for element in value.values() if type(value) is dict else value:
-        kind = type(element)
-        if (kind is dict or kind is list) and (limit == 0 or _nested_deeper(element, limit - 1)):
-            return True
-    return False
+    """Whether containers nest more than ``limit`` levels below ``value``: a level at a time,
+    one comprehension each, not a call per container (a sixth of a page's CPU, B3)."""
+    level = [value]
+    for _ in range(limit + 1):
+        level = [element for container in level
+                 for element in (container.values() if type(container) is dict else container)
+                 if type(element) is dict or type(element) is list]
+        if not level:
+            return False
+    return True
 
 
 def check_storable(raw: Mapping[str, Any]) -> None:

@@ -82,11 +82,18 @@ def statistics(
     """``price_stats`` of a line up to ``as_of`` (its last sighting)."""
     points = steps["points"]
     start, end = points[0][0], ms(as_of)
-    stats: dict[str, Any] = {
-        name: _window(points, max(end - length, start), end) for name, length in WINDOWS.items()
-    }
-    total = _window(points, start, end, (steps["sum"], steps["ms"], steps["min"], steps["max"]))
-    stats["all"] = total
+    if len(points) == 1 and not steps["ms"] and steps["min"] is None:
+        # One price all along, nothing folded (most products, every crawl): each window is
+        # that price (the general sum below reached it through rounding, a tenth of B3's CPU).
+        price = points[0][1]
+        stats: dict[str, Any] = {name: {"min": price, "max": price, "avg": price}
+                                 for name in (*WINDOWS, "all")}
+    else:
+        stats = {name: _window(points, max(end - length, start), end)
+                 for name, length in WINDOWS.items()}
+        stats["all"] = _window(points, start, end,
+                               (steps["sum"], steps["ms"], steps["min"], steps["max"]))
+    total = stats["all"]
     current = points[-1][1]
     stats["last_change"] = dict(last_change) if last_change is not None else None
     stats["vs_avg90"] = _ratio(current, stats["d90"]["avg"])

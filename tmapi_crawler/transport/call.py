@@ -42,6 +42,7 @@ from tmapi_crawler.transport.answers import (
     OTHER_ERROR,
     TOO_LARGE,
     Answer,
+    ApiResponse,
     BrokenAnswer,
     failure_name,
     read_answer,
@@ -154,7 +155,7 @@ class PaidCall:
         except Exception as exc:
             logger.debug("%s does not decode as it says: %s", response, shown(str(exc)))
             return self._broken(BAD_ENCODING)
-        response = response.replace(cls=JsonResponse)
+        response = response.replace(cls=ApiResponse)
         try:
             answer = read_answer(response)
         except BrokenAnswer as exc:

@@ -49,7 +49,7 @@ from tmapi_crawler.frontier.context import (
 )
 from tmapi_crawler.storage.spool import Spool
 from tmapi_crawler.transport import credentials
-from tmapi_crawler.transport.answers import Answer, BrokenAnswer, read_answer
+from tmapi_crawler.transport.answers import Answer, ApiResponse, BrokenAnswer, read_answer
 from tmapi_crawler.transport.budget import Budget
 from tmapi_crawler.transport.call import ApiError, PaidCall
 from tmapi_crawler.transport.limiter import Limiter, LimiterClosed
@@ -155,9 +155,9 @@ class TmapiTransportMiddleware:
         document = await self.spool.answer(key)
         if document is None:
             return None
-        response = JsonResponse(request.url, status=document["status"],
-                                body=bytes(document["body"]), encoding=document["encoding"],
-                                request=request, flags=["spooled"])
+        response = ApiResponse(request.url, status=document["status"],
+                               body=bytes(document["body"]), encoding=document["encoding"],
+                               request=request, flags=["spooled"])
         try:
             answer = read_answer(response)
         except BrokenAnswer:
