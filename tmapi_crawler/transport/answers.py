@@ -11,7 +11,6 @@ cut to ``quoting.MESSAGE_CHARS``: a 1 MB ``msg`` is not logged a million charact
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -62,14 +61,17 @@ class Answer:
         return api.outcome_of(self.code)
 
 
+#: Every digit made a 0, so that a run of them is one ``in`` away (a regular expression took
+#: four times orjson's time on a page).
+_DIGITS_AS_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
 #: Digits enough for an integer orjson would not read as the standard library does.
-_LONG_NUMBER: Final = re.compile(rb"\d{19}")
+_LONG_NUMBER: Final = b"0" * 19
 _REFUSED: Final = object()
 
 
 def _fast(body: bytes) -> Any:
     """The body as orjson reads it, or ``_REFUSED`` where it would differ (``ApiResponse``)."""
-    if _LONG_NUMBER.search(body):
+    if _LONG_NUMBER in body.translate(_DIGITS_AS_ZERO):
         return _REFUSED
     try:
         return orjson.loads(body)
