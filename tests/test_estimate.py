@@ -244,7 +244,8 @@ def _figure(summary: PageSummary, reach: int | None = 2000, max_pages: int | Non
     (PageSummary(20, total_count=130, has_next_page=True), 2000, 3, 3, False),
     (PageSummary(12, total_count=12, has_next_page=False), 2000, None, 1, False),
     (PageSummary(0, total_count=0), 2000, None, 1, False),
-    (PageSummary(20, total_count=2000, has_next_page=True), 2000, None, 100, True),
+    # The walk holds the reach: its 100 pages, and page 1 read again under its sort.
+    (PageSummary(20, total_count=2000, has_next_page=True), 2000, None, 101, True),
     (PageSummary(20, total_count=4500, has_next_page=True), 2000, None, 225, True),
     (PageSummary(20, has_next_page=True), 2000, None, 2, True),
     (PageSummary(20, total_count=130, has_next_page=True), None, None, 7, True),

@@ -165,7 +165,10 @@ def test_a_page_decided_again_asks_for_what_it_asked_for_the_first_time(
 
     decided, again, other, remembered, kept, left, begun = run_with(cluster, scenario)
     assert isinstance(decided, Decision)
-    assert [c.query.sort for c in decided.follow] == ["price_up"]  # the split, claimed once
+    # The split, claimed once: its walk holds the reach, so its window and the page ahead go
+    # with its page 1.
+    assert {c.query.sort for c in decided.follow} == {"price_up"}
+    assert [c.page for c in decided.follow] == [1, 2, 3, 5]
     assert again.follow == decided.follow
     assert (decided.replayed, again.replayed, other.replayed) == (False, True, False)
     assert begun == b"2"  # the planned query and its split, not the split again
