@@ -117,7 +117,7 @@ def _text_list(value: Any, name: str) -> list[str] | None:
 
 def _nested_deeper(value: Mapping[str, Any] | list[Any], limit: int) -> bool:
     """Whether containers nest more than ``limit`` levels below ``value``: a level at a time,
-    one comprehension each, not a call per container (a sixth of a page's CPU, B3)."""
+    one comprehension each, not a call per container (B3's profile, BENCHMARKS.md)."""
     level = [value]
     for _ in range(limit + 1):
         level = [element for container in level

@@ -65,11 +65,8 @@ class Cells(Reach):
                        split: splitting.Split, holds: int = 1) -> PageContext:
         """The query replaced by the queries ``split`` cuts it into; ``holds``: the pages a
         walk of it is known to hold (asked for a window at a time from the start)."""
-        if holds > 1:
-            await self._children(decision, context, split.how, split.queries, last=holds,
-                                 ahead=holds)
-        else:
-            await self._children(decision, context, split.how, split.queries)
+        await self._children(decision, context, split.how, split.queries, last=holds,
+                             ahead=holds if holds > 1 else None)
         if context.page == 1 and summary.items:
             decision.counters[stats_keys.SPLIT_EXTRA_REQUESTS] += 1  # read again by the split
         return context

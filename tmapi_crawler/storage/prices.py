@@ -84,7 +84,7 @@ def statistics(
     start, end = points[0][0], ms(as_of)
     if len(points) == 1 and not steps["ms"] and steps["min"] is None:
         # One price all along, nothing folded (most products, every crawl): each window is
-        # that price (the general sum below reached it through rounding, a tenth of B3's CPU).
+        # that price, which the general sum below reached through rounding, at more CPU (B3).
         price = points[0][1]
         stats: dict[str, Any] = {name: {"min": price, "max": price, "avg": price}
                                  for name in (*WINDOWS, "all")}
