@@ -23,12 +23,11 @@ from tests.benchmarks.run import (
     ROOT,
     TOKEN,
     Bench,
+    at_the_limit,
     cluster_run,
-    efficiency,
     measure,
     warmed,
 )
-from tests.benchmarks.timeline import timeline
 from tests.servers import RedisProcess
 from tmapi_crawler.sandbox.process import SandboxProcess
 
@@ -47,12 +46,6 @@ def _sandbox(cat_id: int, size: int, cap: int) -> SandboxProcess:
                           concurrency_limit=LIMIT, size={cat_id: size}, result_cap=cap)
 
 
-def _guards(sandbox: SandboxProcess) -> dict[str, Any]:
-    """Efficiency, 503s, calls in flight; and where the time at the limit went."""
-    return {**efficiency(sandbox, LIMIT, MEAN),
-            **timeline(sandbox.stats()["records"], LIMIT)}
-
-
 def _floor(bench: Bench, cat_id: int) -> dict[str, Any]:
     with _sandbox(cat_id, PRODUCTS, 0) as sandbox:
         warmed(sandbox, [cat_id])
@@ -63,7 +56,7 @@ def _floor(bench: Bench, cat_id: int) -> dict[str, Any]:
                        "--concurrency", str(LIMIT), "--batch-size", "1"], {}, ROOT)
         if run.returncode != 0:
             raise RuntimeError(f"the floor failed:\n{run.output[-3000:]}")
-        return _guards(sandbox)
+        return at_the_limit(sandbox, MEAN)
 
 
 def _crawler(bench: Bench, cat_id: int, cap: int,
@@ -74,7 +67,7 @@ def _crawler(bench: Bench, cat_id: int, cap: int,
         run = bench.crawl(sandbox, [f"cat_id={cat_id}"], database,
                           {"TMAPI_CONCURRENCY": LIMIT, "TMAPI_RESULT_CAP": cap,
                            **(settings or {})})
-        result = _guards(sandbox)
+        result = at_the_limit(sandbox, MEAN)
         first = sandbox.stats(records=False)["first_request_at"]
         truth = set(sandbox.truth(cat_id=cat_id)["item_ids"])
     if bench.stored(database) != len(truth):

@@ -114,6 +114,12 @@ def efficiency(sandbox: SandboxProcess, limit: int, latency: float) -> dict[str,
     }
 
 
+def at_the_limit(sandbox: SandboxProcess, latency: float) -> dict[str, Any]:
+    """``efficiency`` at a limit of ``LIMIT``, and where the time went (``timeline``)."""
+    return {**efficiency(sandbox, LIMIT, latency),
+            **timeline(sandbox.stats()["records"], LIMIT)}
+
+
 LATENCY, LIMIT, PAGES_PER_CATEGORY = 0.2, 8, 25
 REPEAT = 5
 
@@ -250,8 +256,7 @@ def cluster_run(bench: Bench, redis: RedisProcess, workers: int, category_ids: l
                                           stderr=subprocess.DEVNULL) for _ in range(workers)]
             if any(p.wait() for p in processes):
                 raise RuntimeError(f"a worker of {workers} failed")
-        result = {**efficiency(sandbox, LIMIT, latency),
-                  **timeline(sandbox.stats()["records"], LIMIT)}
+        result = at_the_limit(sandbox, latency)
     if result["pages"] < pages:
         raise RuntimeError(f"{workers} workers fetched only {result['pages']} pages")
     return result
